@@ -1,0 +1,11 @@
+"""tf-ffjord: FFJORD continuous normalizing flows for TensorFlow and Keras."""
+
+from tf_ffjord import datasets
+from tf_ffjord.bijector import FFJORD, Solution
+from tf_ffjord.dynamics import ODENet
+from tf_ffjord.model import FFJORDModel
+from tf_ffjord.solvers import FixedGrid, make_solver
+
+__all__ = ["FFJORD", "Solution", "ODENet", "FFJORDModel", "FixedGrid", "make_solver",
+           "datasets"]
+__version__ = "0.1.0"

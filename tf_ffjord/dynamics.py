@@ -1,0 +1,196 @@
+"""Time-conditioned Keras layers and the `ODENet` dynamics network f(t, x)."""
+
+import keras
+import tensorflow as tf
+
+__all__ = ["ConcatSquashDense", "ConcatDense", "IgnoreDense", "SquashDense",
+           "BlendDense", "ODENet", "LAYER_TYPES", "ACTIVATIONS",
+           "time_features"]
+
+ACTIVATIONS = ("tanh", "softplus", "elu", "swish", "relu")
+
+
+def time_features(t, x, context=None):
+  """Returns the conditioning features [t, context] with one row per example.
+
+  Args:
+    t: scalar, `[1]` or `[batch]` time.
+    x: `[batch, ...]` state; fixes the batch size and dtype.
+    context: optional `[batch, k]` (or `[k]`, broadcast) context.
+
+  Returns:
+    A `[batch, 1 + k]` tensor.
+  """
+  batch = tf.shape(x)[0]
+  t = tf.cast(t, x.dtype)
+  t = tf.broadcast_to(tf.reshape(t, [-1, 1]), [batch, 1])
+  if context is None:
+    return t
+  context = tf.cast(context, x.dtype)
+  if context.shape.rank == 1:
+    context = tf.broadcast_to(context[tf.newaxis], [batch, context.shape[0]])
+  return tf.concat([t, context], axis=-1)
+
+
+class _TimeDense(keras.layers.Layer):
+  """Base of the dense layers that take (features tc, state x)."""
+
+  def __init__(self, units, **kwargs):
+    super().__init__(**kwargs)
+    self.units = int(units)
+    self.linear = keras.layers.Dense(self.units, name="linear")
+
+  def get_config(self):
+    return {**super().get_config(), "units": self.units}
+
+
+@keras.saving.register_keras_serializable("tf_ffjord")
+class ConcatSquashDense(_TimeDense):
+  """y = (W x + b) * sigmoid(G tc + g) + B tc: the paper's default layer."""
+
+  def __init__(self, units, **kwargs):
+    super().__init__(units, **kwargs)
+    self.gate = keras.layers.Dense(self.units, name="gate")
+    self.bias = keras.layers.Dense(self.units, use_bias=False, name="bias")
+
+  def call(self, tc, x):
+    return self.linear(x) * tf.sigmoid(self.gate(tc)) + self.bias(tc)
+
+
+@keras.saving.register_keras_serializable("tf_ffjord")
+class ConcatDense(_TimeDense):
+  """y = W [tc, x] + b."""
+
+  def call(self, tc, x):
+    return self.linear(tf.concat([tc, x], axis=-1))
+
+
+@keras.saving.register_keras_serializable("tf_ffjord")
+class IgnoreDense(_TimeDense):
+  """y = W x + b (time-independent dynamics)."""
+
+  def call(self, tc, x):
+    del tc
+    return self.linear(x)
+
+
+@keras.saving.register_keras_serializable("tf_ffjord")
+class SquashDense(_TimeDense):
+  """y = (W x + b) * sigmoid(G tc + g)."""
+
+  def __init__(self, units, **kwargs):
+    super().__init__(units, **kwargs)
+    self.gate = keras.layers.Dense(self.units, name="gate")
+
+  def call(self, tc, x):
+    return self.linear(x) * tf.sigmoid(self.gate(tc))
+
+
+@keras.saving.register_keras_serializable("tf_ffjord")
+class BlendDense(_TimeDense):
+  """y = L0(x) + (L1(x) - L0(x)) * t: linear interpolation in time.
+
+  With a context, t is replaced by a learned scalar of [t, context].
+  """
+
+  def __init__(self, units, **kwargs):
+    super().__init__(units, **kwargs)
+    self.linear1 = keras.layers.Dense(self.units, name="linear1")
+    self.mix = None
+
+  def build(self, tc_shape, x_shape):
+    if tc_shape[-1] != 1:  # a context is present: learn the blend weight
+      self.mix = keras.layers.Dense(1, name="mix")
+
+  def call(self, tc, x):
+    w = tc if self.mix is None else self.mix(tc)
+    y0 = self.linear(x)
+    return y0 + (self.linear1(x) - y0) * w
+
+
+LAYER_TYPES = {
+    "concatsquash": ConcatSquashDense,
+    "concat": ConcatDense,
+    "ignore": IgnoreDense,
+    "squash": SquashDense,
+    "blend": BlendDense,
+}
+
+
+@keras.saving.register_keras_serializable("tf_ffjord")
+class ODENet(keras.Model):
+  """A time-conditioned MLP f(t, x[, context]) -> dx/dt.
+
+  Every layer sees the time (and the context, if any) through its layer type;
+  activations sit between layers and the last layer is linear, with as many
+  units as x has features.
+
+  Args:
+    hidden: widths of the hidden layers.
+    layer: one of `"concatsquash"`, `"concat"`, `"ignore"`, `"squash"`,
+      `"blend"`.
+    activation: one of `"tanh"`, `"softplus"`, `"elu"`, `"swish"`, `"relu"`.
+    dim: output width; `None` takes it from the first input.
+    context_dim: width of the context vector, 0 for none.
+    **kwargs: passed to `keras.Model`.
+
+  #### Examples
+
+  >>> f = ODENet(hidden=(16, 16))
+  >>> f(0.5, tf.zeros([3, 2])).shape
+  TensorShape([3, 2])
+  """
+
+  def __init__(self, hidden=(64, 64, 64), layer="concatsquash",
+               activation="tanh", dim=None, context_dim=0, **kwargs):
+    super().__init__(**kwargs)
+    if layer not in LAYER_TYPES:
+      raise ValueError(f"Unknown layer type {layer!r}; expected one of "
+                       f"{sorted(LAYER_TYPES)}.")
+    if activation not in ACTIVATIONS:
+      raise ValueError(f"Unknown activation {activation!r}; expected one of "
+                       f"{ACTIVATIONS}.")
+    self.hidden = tuple(int(h) for h in hidden)
+    self.layer_type = layer
+    self.activation_name = activation
+    self.dim = None if dim is None else int(dim)
+    self.context_dim = int(context_dim)
+    self.activation = keras.activations.get(activation)
+    cls = LAYER_TYPES[layer]
+    self.hidden_layers = [cls(h, name=f"{layer}_{i}")
+                          for i, h in enumerate(self.hidden)]
+    self.out_layer = None
+    if self.dim is not None:
+      self.out_layer = cls(self.dim, name=f"{layer}_out")
+
+  def __call__(self, t, x, context=None, **kwargs):
+    # Keras only accepts tensors as positional inputs; t is often a float.
+    x = tf.convert_to_tensor(x)
+    t = tf.convert_to_tensor(t, dtype=x.dtype)
+    if context is not None:
+      context = tf.convert_to_tensor(context, dtype=x.dtype)
+    return super().__call__(t, x, context=context, **kwargs)
+
+  def build(self, t_shape, x_shape, context_shape=None):
+    if self.out_layer is None:
+      self.dim = int(x_shape[-1])
+      self.out_layer = LAYER_TYPES[self.layer_type](
+          self.dim, name=f"{self.layer_type}_out")
+
+  def call(self, t, x, context=None):
+    if context is None and self.context_dim:
+      raise ValueError(f"This ODENet was built with context_dim="
+                       f"{self.context_dim}; pass a context.")
+    if context is not None and context.shape[-1] != self.context_dim:
+      raise ValueError(f"Context has {context.shape[-1]} features; this "
+                       f"ODENet expects context_dim={self.context_dim}.")
+    tc = time_features(t, x, context)
+    h = x
+    for layer in self.hidden_layers:
+      h = self.activation(layer(tc, h))
+    return self.out_layer(tc, h)
+
+  def get_config(self):
+    return {**super().get_config(), "hidden": self.hidden,
+            "layer": self.layer_type, "activation": self.activation_name,
+            "dim": self.dim, "context_dim": self.context_dim}

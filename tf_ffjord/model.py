@@ -1,0 +1,276 @@
+"""`FFJORDModel`: a Keras model that trains a FFJORD flow by maximum likelihood."""
+
+import math
+
+import keras
+import numpy as np
+import tensorflow as tf
+
+from tf_ffjord.bijector import FFJORD
+from tf_ffjord.dynamics import ODENet
+
+__all__ = ["FFJORDModel", "LastValue"]
+
+_LOG_2PI = math.log(2 * math.pi)
+
+
+@keras.saving.register_keras_serializable("tf_ffjord")
+class LastValue(keras.metrics.Metric):
+  """A metric that reports the last value it was given (e.g. the last NFE)."""
+
+  def __init__(self, name="last_value", **kwargs):
+    super().__init__(name=name, **kwargs)
+    self.value = self.add_variable(shape=(), initializer="zeros", name="value")
+
+  def update_state(self, value):
+    self.value.assign(tf.cast(value, self.value.dtype))
+
+  def result(self):
+    return self.value.value
+
+  def reset_state(self):
+    self.value.assign(0.0)
+
+
+@keras.saving.register_keras_serializable("tf_ffjord")
+class FFJORDModel(keras.Model):
+  """A FFJORD density model: dynamics, bijector and a standard-normal base.
+
+  `compile(optimizer)` + `fit(x)` minimizes the mean negative log-likelihood
+  (nats). The metrics are `nll`, `nfe` (dynamics evaluations of the last
+  forward solve), `nfe_backward` (of its gradient) and one per regularizer.
+  `evaluate` reports `nll` with `eval_trace`.
+
+  Args:
+    event_shape: shape of one example, e.g. `(2,)`.
+    dynamics: a callable `f(t, x[, context])`, by default
+      `ODENet(dim=event_shape[-1], context_dim=context_dim)`.
+    eval_trace: trace used by `evaluate`, `log_prob(exact=True)` and export;
+      default `"exact"` for events of up to 64 values, else the training
+      trace.
+    regularization: dict regularizer name -> weight, e.g.
+      `{"kinetic": 0.01, "jacobian": 0.01}`; each integral is added to the
+      loss and logged as a metric.
+    context_dim: width of the conditioning vector; `fit` then takes
+      `(x, context)` pairs.
+    train_time: learn the end time T (softplus-parameterized Keras weight).
+    **ffjord_kwargs: passed to `FFJORD` (time_length, trace, noise, solver,
+      rtol, atol, max_num_steps, step_size, gradient, ...).
+
+  #### Examples
+
+  >>> model = FFJORDModel((2,), dynamics=ODENet(hidden=(16,)), solver="rk4")
+  >>> model.compile(keras.optimizers.Adam(1e-3))
+  >>> x = datasets.toy.sample("8gaussians", 64, seed=0)
+  >>> history = model.fit(x, batch_size=32, epochs=1, verbose=0)
+  >>> sorted(history.history)
+  ['nfe', 'nfe_backward', 'nll']
+  """
+
+  def __init__(self, event_shape, dynamics=None, eval_trace=None,
+               regularization=None, context_dim=0, train_time=False,
+               **ffjord_kwargs):
+    name = ffjord_kwargs.pop("name", None)
+    trainable = ffjord_kwargs.pop("trainable", True)
+    ffjord_kwargs.pop("dtype", None)
+    super().__init__(name=name, trainable=trainable)
+    self.event_shape = tuple(int(d) for d in event_shape)
+    if not self.event_shape or min(self.event_shape) < 1:
+      raise ValueError(f"event_shape must be non-empty and positive, got "
+                       f"{event_shape}.")
+    self.event_size = int(np.prod(self.event_shape))
+    self.context_dim = int(context_dim)
+    if dynamics is None:
+      if len(self.event_shape) != 1:
+        raise ValueError("Pass dynamics for non-vector events (e.g. a conv "
+                         "ODENet for images).")
+      dynamics = ODENet(dim=self.event_shape[0], context_dim=self.context_dim)
+    self.dynamics = dynamics
+    self.regularization = dict(regularization or {})
+    self.train_time = bool(train_time)
+    self.ffjord_kwargs = dict(ffjord_kwargs)
+    trace = ffjord_kwargs.get("trace", "hutchinson")
+    if eval_trace is None:
+      eval_trace = "exact" if self.event_size <= 64 else trace
+    self.eval_trace = eval_trace
+    kwargs = dict(ffjord_kwargs)
+    kwargs["event_ndims"] = len(self.event_shape)
+    if self.train_time:
+      t_init = float(kwargs.get("time_length", 1.0))
+      self.time_raw = self.add_weight(
+          shape=(), name="time_length_raw",
+          initializer=keras.initializers.Constant(
+              np.log(np.expm1(t_init))))  # softplus^-1
+      kwargs["time_length"] = lambda: tf.math.softplus(self.time_raw.value)
+    self.bijector = FFJORD(self.dynamics,
+                           regularizers=tuple(self.regularization), **kwargs)
+    self.eval_bijector = FFJORD(self.dynamics, **{**kwargs,
+                                                   "trace": eval_trace})
+    self.nll_tracker = keras.metrics.Mean(name="nll")
+    self.nfe_tracker = LastValue(name="nfe")
+    self.nfe_backward_tracker = LastValue(name="nfe_backward")
+    self.reg_trackers = {r: keras.metrics.Mean(name=r)
+                         for r in self.regularization}
+
+  @property
+  def metrics(self):
+    return [self.nll_tracker, self.nfe_tracker, self.nfe_backward_tracker,
+            *self.reg_trackers.values()]
+
+  # -- densities ---------------------------------------------------------
+
+  def _check(self, x, context=None):
+    x = tf.convert_to_tensor(x)
+    if not x.dtype.is_floating:
+      raise ValueError(f"FFJORDModel expects float data, got dtype "
+                       f"{x.dtype.name}.")
+    if tuple(x.shape[1:]) != self.event_shape:
+      raise ValueError(f"FFJORDModel expects examples of shape "
+                       f"{self.event_shape}, got data of shape {x.shape}.")
+    x = tf.cast(x, self.compute_dtype)
+    if self.context_dim and context is None:
+      raise ValueError(f"This model is conditional (context_dim="
+                       f"{self.context_dim}): pass (x, context).")
+    if context is not None:
+      context = tf.cast(context, x.dtype)
+      if not self.context_dim or context.shape[-1] != self.context_dim:
+        raise ValueError(f"context has {context.shape[-1]} features; the "
+                         f"model expects context_dim={self.context_dim}.")
+    return x, context
+
+  def base_log_prob(self, z):
+    """Standard-normal log-density, summed over the event."""
+    z = tf.reshape(z, [tf.shape(z)[0], -1])
+    return -0.5 * tf.reduce_sum(tf.square(z), -1) - 0.5 * self.event_size * _LOG_2PI
+
+  def _log_prob(self, x, context, bijector):
+    sol = bijector.solve(x, "inverse", context=context)
+    return self.base_log_prob(sol.state) + sol.log_det, sol
+
+  def call(self, x, context=None, training=False):
+    """log p(x) with the training trace (training) or `eval_trace`."""
+    x, context = self._check(x, context)
+    bij = self.bijector if training else self.eval_bijector
+    return self._log_prob(x, context, bij)[0]
+
+  def log_prob(self, x, context=None, exact=False):
+    """log p(x) in nats per example, computed in a compiled graph.
+
+    Args:
+      x: `[batch, *event_shape]` float data.
+      context: `[batch, context_dim]` for conditional models.
+      exact: use `eval_trace` (exact by default for small events) instead of
+        the training trace.
+    """
+    x, context = self._check(x, context)
+    fns = self.__dict__.setdefault("_compiled", {})
+    key = ("log_prob", bool(exact), context is not None)
+    if key not in fns:
+      bij = self.eval_bijector if exact else self.bijector
+      fns[key] = tf.function(
+          lambda x, c: self._log_prob(x, c, bij)[0], reduce_retracing=True)
+    return fns[key](x, context)
+
+  def sample(self, n, context=None, seed=None):
+    """Draws `n` samples by integrating base samples forward.
+
+    Args:
+      n: number of samples.
+      context: `[n, context_dim]` for conditional models.
+      seed: int seed for reproducible base samples.
+    """
+    if seed is None:
+      seed = int(np.random.randint(0, 2**31 - 1))
+    fns = self.__dict__.setdefault("_compiled", {})
+    key = ("sample", context is not None)
+    if key not in fns:
+      fns[key] = tf.function(self._sample, reduce_retracing=True)
+    return fns[key](tf.constant(n, tf.int32), tf.constant(seed, tf.int32),
+                    context)
+
+  def _sample(self, n, seed, context=None):
+    z = tf.random.stateless_normal(
+        tf.concat([[n], self.event_shape], 0), tf.stack([seed, 0]),
+        dtype=self.compute_dtype)
+    if context is not None:
+      context = tf.cast(context, z.dtype)
+    return self.eval_bijector.solve(z, "forward", context=context).state
+
+  # -- training ----------------------------------------------------------
+
+  def _unpack(self, data):
+    x, context, _ = keras.utils.unpack_x_y_sample_weight(data)
+    return self._check(x, context)
+
+  def train_step(self, data):
+    x, context = self._unpack(data)
+    replicas = tf.distribute.get_strategy().num_replicas_in_sync
+    with tf.GradientTape() as tape:
+      logp, sol = self._log_prob(x, context, self.bijector)
+      nll = -tf.reduce_mean(logp)
+      loss = nll
+      for r, w in self.regularization.items():
+        loss += w * tf.reduce_mean(sol.regularization[r])
+      if self.losses:
+        loss += tf.add_n(self.losses)
+      # Gradients are summed over replicas: scale for the global batch.
+      scaled = loss / replicas
+    variables = self.trainable_variables
+    grads = tape.gradient(scaled, variables)
+    self.optimizer.apply_gradients(zip(grads, variables))
+    nfe_total = self.bijector.nfe_counter.read_value()
+    self.nll_tracker.update_state(nll)
+    self.nfe_tracker.update_state(sol.nfe)
+    self.nfe_backward_tracker.update_state(nfe_total - sol.nfe)
+    for r, tracker in self.reg_trackers.items():
+      tracker.update_state(tf.reduce_mean(sol.regularization[r]))
+    return {m.name: m.result() for m in self.metrics}
+
+  def test_step(self, data):
+    x, context = self._unpack(data)
+    logp, sol = self._log_prob(x, context, self.eval_bijector)
+    self.nll_tracker.update_state(-tf.reduce_mean(logp))
+    self.nfe_tracker.update_state(sol.nfe)
+    return {m.name: m.result() for m in (self.nll_tracker, self.nfe_tracker)}
+
+  # -- saving ------------------------------------------------------------
+
+  def export(self, path, batch_size=None):
+    """Writes a SavedModel with `log_prob` (eval trace) and `sample`.
+
+    Signatures: `log_prob(x: float32[batch, *event_shape]) -> float32[batch]`
+    and `sample(n: int32[], seed: int32[]) -> float32[n, *event_shape]`.
+    """
+    if self.context_dim:
+      raise NotImplementedError("Export of conditional models is not "
+                                "supported yet.")
+    archive = keras.export.ExportArchive()
+    archive.track(self)
+    archive.add_endpoint(
+        "log_prob",
+        tf.function(lambda x: self._log_prob(x, None, self.eval_bijector)[0]),
+        input_signature=[tf.TensorSpec([batch_size, *self.event_shape],
+                                       tf.float32)])
+    archive.add_endpoint(
+        "sample", tf.function(lambda n, seed: self._sample(n, seed)),
+        input_signature=[tf.TensorSpec([], tf.int32),
+                         tf.TensorSpec([], tf.int32)])
+    archive.write_out(str(path), verbose=False)
+    return path
+
+  def get_config(self):
+    config = {**super().get_config(), **self.ffjord_kwargs,
+              "event_shape": self.event_shape,
+              "dynamics": keras.saving.serialize_keras_object(self.dynamics),
+              "eval_trace": self.eval_trace,
+              "regularization": self.regularization,
+              "context_dim": self.context_dim,
+              "train_time": self.train_time}
+    return config
+
+  @classmethod
+  def from_config(cls, config):
+    config = dict(config)
+    config["dynamics"] = keras.saving.deserialize_keras_object(
+        config["dynamics"])
+    return cls(**config)
