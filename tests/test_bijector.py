@@ -1,0 +1,240 @@
+"""FFJORD bijector against closed forms: linear flows, time shifts, traces."""
+
+import signal
+
+import numpy as np
+import pytest
+import scipy.linalg
+import tensorflow as tf
+import tensorflow_probability as tfp
+
+from tf_ffjord import FFJORD, ODENet
+
+tfb = tfp.bijectors
+tfd = tfp.distributions
+
+A = np.array([[0.3, -0.5], [0.2, -0.1]], np.float32)  # Tr(A) = 0.2
+
+
+def linear(a):
+  a = tf.constant(a)
+  return lambda t, x: tf.linalg.matvec(a, x)
+
+
+@pytest.mark.parametrize("trace", ["exact", "hutchinson"])
+@pytest.mark.parametrize("solver", ["dopri5", "rk4"])
+def test_linear_flow_log_det_is_t_trace(trace, solver):
+  t_len = 0.7
+  bij = FFJORD(linear(A), time_length=t_len, trace=trace, solver=solver,
+               step_size=0.05)
+  x = tf.random.normal([4000, 2])
+  z, ildj = tf.function(lambda x: (bij.inverse(x),
+                                   bij.inverse_log_det_jacobian(x, 1)))(x)
+  expected = t_len * np.trace(A)
+  tol = 1e-4 if trace == "exact" else 4 * np.std(ildj) / np.sqrt(len(ildj))
+  assert abs(np.mean(ildj) - expected) < tol
+  if trace == "exact":
+    np.testing.assert_allclose(ildj, expected, atol=1e-4)
+  # The state itself is expm(T A) x.
+  np.testing.assert_allclose(z, x.numpy() @ scipy.linalg.expm(t_len * A).T,
+                             rtol=1e-3, atol=1e-4)
+  # forward maps base -> data, integrating backwards: log-det -T Tr(A).
+  fldj = tf.function(lambda z: bij.forward_log_det_jacobian(z, 1))(z + 0.0)
+  assert abs(np.mean(fldj) + expected) < tol
+
+
+def test_inverse_of_forward_is_identity_at_solver_tolerance():
+  f = ODENet(hidden=(32, 32))
+  bij = FFJORD(f, time_length=1.0, trace="exact", rtol=1e-6, atol=1e-6)
+  z = tf.random.normal([64, 2])
+
+  @tf.function
+  def round_trip(z):
+    x = bij.solve(z, "forward").state
+    return x, bij.solve(x, "inverse").state
+
+  x, z_back = round_trip(z)
+  assert np.max(np.abs(x - z)) > 1e-2  # the flow does move points
+  np.testing.assert_allclose(z_back, z, atol=1e-4)
+
+
+def test_nonzero_initial_time():
+  # f = t x on [1, 2]: data -> base multiplies by exp(int_1^2 t dt) = e^1.5.
+  bij = FFJORD(lambda t, x: t * x, initial_time=1.0, time_length=1.0,
+               trace="exact")
+  x = tf.constant([[1.0, -2.0], [0.5, 0.25]])
+  z = tf.function(lambda x: bij.solve(x, "inverse").state)(x)
+  np.testing.assert_allclose(z, x * np.exp(1.5), rtol=1e-4)
+  x_back = tf.function(lambda z: bij.solve(z, "forward").state)(z)
+  np.testing.assert_allclose(x_back, x, rtol=1e-4, atol=1e-5)
+
+
+@pytest.mark.parametrize("noise", ["rademacher", "gaussian"])
+def test_hutchinson_is_unbiased(noise):
+  f = ODENet(hidden=(16, 16), activation="softplus")
+  exact = FFJORD(f, trace="exact", solver="rk4", step_size=0.25)
+  hutch = FFJORD(f, trace="hutchinson", noise=noise, solver="rk4",
+                 step_size=0.25)
+  x = tf.constant([[0.5, -1.0]])
+  reps = tf.tile(x, [5000, 1])  # one probe per row
+  ref = tf.function(lambda x: exact.solve(x).log_det)(x)[0]
+  est = tf.function(lambda x: hutch.solve(x).log_det)(reps).numpy()
+  se = est.std() / np.sqrt(len(est))
+  assert est.std() > 0  # the probes really vary
+  assert abs(est.mean() - ref) < 4 * se + 1e-5
+
+
+def test_end_time_gets_its_gradient():
+  # d/dT [T Tr(A)] = Tr(A); T = softplus(raw), so d/draw = Tr(A) sigmoid(raw).
+  bij = FFJORD(linear(A), time_length=0.5, train_time=True, trace="exact")
+  assert len(bij.trainable_variables) == 1
+  x = tf.random.normal([8, 2])
+
+  @tf.function
+  def grad(x):
+    with tf.GradientTape() as tape:
+      ildj = tf.reduce_mean(bij.solve(x).log_det)
+    return tape.gradient(ildj, bij.trainable_variables)[0], bij.time_length
+
+  g, t = grad(x)
+  assert float(t) == pytest.approx(0.5, rel=1e-5)
+  raw = np.log(np.expm1(0.5))
+  expected = np.trace(A) / (1 + np.exp(-raw))
+  assert float(g) == pytest.approx(expected, rel=1e-3)
+
+
+@pytest.mark.parametrize("gradient", ["adjoint", "backprop"])
+def test_parameter_gradients_match_closed_form(gradient):
+  # f = W x: ildj = T Tr(W), so d ildj / dW = T I and d z / dW follows expm.
+  w = tf.Variable(A)
+  bij = FFJORD(lambda t, x: tf.linalg.matvec(w, x), time_length=0.5,
+               trace="exact", solver="rk4" if gradient == "backprop" else
+               "dopri5", step_size=0.02, gradient=gradient)
+  x = tf.random.normal([8, 2])
+
+  @tf.function
+  def grad(x):
+    with tf.GradientTape() as tape:
+      ildj = tf.reduce_mean(bij.solve(x).log_det)
+    return tape.gradient(ildj, w)
+
+  np.testing.assert_allclose(grad(x), 0.5 * np.eye(2), atol=1e-4)
+
+
+def test_context_reaches_dynamics_and_gets_gradient():
+  f = ODENet(hidden=(8,), context_dim=3)
+  bij = FFJORD(f, trace="exact", solver="rk4")
+  x = tf.random.normal([5, 2])
+  c = tf.random.normal([5, 3])
+
+  @tf.function
+  def run(x, c):
+    with tf.GradientTape() as tape:
+      tape.watch(c)
+      sol = bij.solve(x, context=c)
+      loss = tf.reduce_sum(sol.state) + tf.reduce_sum(sol.log_det)
+    return sol.state, tape.gradient(loss, c)
+
+  z1, gc = run(x, c)
+  z2, _ = run(x, c + 1.0)
+  assert np.max(np.abs(z1 - z2)) > 1e-4
+  assert np.max(np.abs(gc)) > 0
+
+
+def test_chain_of_flows_adds_log_dets():
+  b = np.array([[-0.2, 0.1], [0.0, 0.4]], np.float32)  # Tr = 0.2
+  chain = tfb.Chain([FFJORD(linear(A), time_length=0.5, trace="exact"),
+                     FFJORD(linear(b), time_length=2.0, trace="exact")])
+  dist = tfd.TransformedDistribution(tfd.MultivariateNormalDiag(tf.zeros(2)),
+                                     chain)
+  x = tf.random.normal([16, 2])
+  logp = tf.function(dist.log_prob)(x)
+  z = x.numpy() @ scipy.linalg.expm(0.5 * A).T @ scipy.linalg.expm(2.0 * b).T
+  base = tfd.MultivariateNormalDiag(tf.zeros(2)).log_prob(z)
+  np.testing.assert_allclose(logp, base + 0.5 * 0.2 + 2.0 * 0.2, atol=1e-4)
+
+
+def test_log_prob_costs_one_solve():
+  bij = FFJORD(linear(A), trace="exact", solver="dopri5")
+  dist = tfd.TransformedDistribution(tfd.MultivariateNormalDiag(tf.zeros(2)),
+                                     bij)
+  x = tf.random.normal([4, 2])
+
+  @tf.function
+  def one_solve(x):
+    return bij.solve(x).nfe
+
+  @tf.function
+  def log_prob(x):
+    lp = dist.log_prob(x)
+    with tf.control_dependencies([lp]):
+      return bij.nfe_counter.read_value()
+
+  assert int(log_prob(x)) == int(one_solve(x))
+
+
+def test_density_integrates_to_one_on_a_grid():
+  f = ODENet(hidden=(32, 32))
+  dist = tfd.TransformedDistribution(
+      tfd.MultivariateNormalDiag(tf.zeros(2)),
+      FFJORD(f, time_length=1.0, trace="exact", rtol=1e-6, atol=1e-6))
+  side = np.linspace(-7, 7, 141, dtype=np.float32)
+  xx, yy = np.meshgrid(side, side)
+  grid = np.stack([xx.ravel(), yy.ravel()], 1)
+  dens = np.exp(tf.function(dist.log_prob)(grid).numpy())
+  mass = dens.sum() * (side[1] - side[0]) ** 2
+  assert mass == pytest.approx(1.0, abs=0.02)
+
+
+@pytest.mark.parametrize("bad,error", [
+    (np.array([[np.nan, 0.0]], np.float32), "NaN or inf"),
+    (np.array([[np.inf, 0.0]], np.float32), "NaN or inf"),
+])
+def test_non_finite_input_is_rejected(bad, error):
+  bij = FFJORD(linear(A), trace="exact")
+  with pytest.raises(tf.errors.InvalidArgumentError, match=error):
+    tf.function(lambda x: bij.solve(x).state)(bad)
+
+
+def test_integer_input_is_rejected():
+  bij = FFJORD(linear(A))
+  with pytest.raises(ValueError, match="float"):
+    bij.solve(tf.zeros([2, 2], tf.int32))
+
+
+@pytest.mark.parametrize("kwargs,error", [
+    (dict(trace="diag"), "trace"), (dict(noise="uniform"), "noise"),
+    (dict(solver="rk45"), "solver"), (dict(time_length=-1.0), "time_length"),
+    (dict(gradient="magic"), "gradient"), (dict(rtol=0.0), "rtol"),
+    (dict(regularizers=("entropy",)), "regularizer"),
+])
+def test_bad_options_are_rejected(kwargs, error):
+  with pytest.raises(ValueError, match=error):
+    FFJORD(linear(A), **kwargs)
+
+
+def _alarm(seconds):
+  def handler(*_):
+    raise TimeoutError(f"solve still running after {seconds} s")
+  signal.signal(signal.SIGALRM, handler)
+  signal.alarm(seconds)
+
+
+def test_nan_dynamics_raise_instead_of_hanging():
+  bij = FFJORD(lambda t, x: x * np.nan, trace="exact", max_num_steps=50)
+  _alarm(300)
+  try:
+    with pytest.raises(tf.errors.InvalidArgumentError,
+                       match="max_num_steps|NaN"):
+      tf.function(lambda x: bij.solve(x).state)(tf.ones([2, 2]))
+  finally:
+    signal.alarm(0)
+
+
+def test_step_limit_error_suggests_looser_tolerances():
+  # Stiff, fast dynamics at a tight tolerance cannot finish in 5 steps.
+  bij = FFJORD(lambda t, x: -200.0 * x + 50.0 * tf.sin(40.0 * t),
+               trace="exact", rtol=1e-8, atol=1e-8, max_num_steps=5)
+  with pytest.raises(tf.errors.InvalidArgumentError,
+                     match="max_num_steps.*tolerance|tolerance.*max_num_steps"):
+    tf.function(lambda x: bij.solve(x).state)(tf.ones([2, 2]))

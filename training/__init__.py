@@ -1,0 +1,1 @@
+"""Experiments of the FFJORD paper as command-line programs, one per module."""
