@@ -234,7 +234,11 @@ class FFJORD(tfb.Bijector):
     if context is not None:
       context = tf.convert_to_tensor(context, dtype=dtype)
       if context.shape.rank is not None and context.shape.rank > 1:
+        rank, width = context.shape.rank, context.shape[-1]
         context = tf.reshape(context, [batch, -1])
+        if rank == 2 and x.shape.rank - self._event_ndims == 1:
+          # Keep the static width through a dynamic batch (layers check it).
+          context.set_shape([None, width])
 
     time_length = tf.cast(self.time_length, dtype)
     t0 = tf.constant(self._initial_time, dtype)

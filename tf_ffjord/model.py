@@ -235,28 +235,26 @@ class FFJORDModel(keras.Model):
 
   # -- saving ------------------------------------------------------------
 
-  def export(self, path, batch_size=None):
-    """Writes a SavedModel with `log_prob` (eval trace) and `sample`.
+  def export(self, path, batch_size=None, custom_gradients=False):
+    """Writes a SavedModel that serves without tf_ffjord installed.
 
-    Signatures: `log_prob(x: float32[batch, *event_shape]) -> float32[batch]`
-    and `sample(n: int32[], seed: int32[]) -> float32[n, *event_shape]`.
+    Signatures `log_prob` (exact trace; also `serving_default`),
+    `log_prob_hutchinson(x, seed)`, `sample(n, seed)`, `forward(z)` and
+    `inverse(x)`; see `tf_ffjord.export.export_saved_model` for their
+    inputs, outputs and dtypes.
+
+    Args:
+      path: output directory.
+      batch_size: fix the batch dimension of the signatures (`None`: any).
+      custom_gradients: also save the adjoint gradient (slow to save; not
+        needed for serving).
+
+    Returns:
+      `path`.
     """
-    if self.context_dim:
-      raise NotImplementedError("Export of conditional models is not "
-                                "supported yet.")
-    archive = keras.export.ExportArchive()
-    archive.track(self)
-    archive.add_endpoint(
-        "log_prob",
-        tf.function(lambda x: self._log_prob(x, None, self.eval_bijector)[0]),
-        input_signature=[tf.TensorSpec([batch_size, *self.event_shape],
-                                       tf.float32)])
-    archive.add_endpoint(
-        "sample", tf.function(lambda n, seed: self._sample(n, seed)),
-        input_signature=[tf.TensorSpec([], tf.int32),
-                         tf.TensorSpec([], tf.int32)])
-    archive.write_out(str(path), verbose=False)
-    return path
+    from tf_ffjord import export  # pylint: disable=g-import-not-at-top
+    return export.export_saved_model(self, path, batch_size=batch_size,
+                                     custom_gradients=custom_gradients)
 
   def get_config(self):
     config = {**super().get_config(), **self.ffjord_kwargs,

@@ -1,0 +1,193 @@
+"""Tests of the SavedModel export (served without tf_ffjord) and the .keras round trip."""
+
+import json
+import os
+import pathlib
+import subprocess
+import sys
+import textwrap
+
+import keras
+import numpy as np
+import tensorflow as tf
+
+from tf_ffjord import FFJORDModel, ODENet
+from tf_ffjord import export as export_lib
+
+ROOT = pathlib.Path(__file__).resolve().parents[1]
+
+# Runs in a fresh interpreter that cannot import tf_ffjord or TFP: the
+# SavedModel must need TensorFlow only.
+_SERVE = textwrap.dedent("""
+  import importlib.abc, json, sys
+  class _Block(importlib.abc.MetaPathFinder):
+    def find_spec(self, name, path=None, target=None):
+      if name.split(".")[0] in ("tf_ffjord", "tensorflow_probability"):
+        raise ImportError("blocked in this test: " + name)
+  sys.meta_path.insert(0, _Block())
+  import numpy as np
+  import tensorflow as tf
+  export_dir, inputs, outputs = sys.argv[1:4]
+  data = dict(np.load(inputs))
+  m = tf.saved_model.load(export_dir)
+  out = {}
+  out["log_prob"] = m.log_prob(data["x"])["log_prob"].numpy()
+  out["serving_default"] = m.signatures["serving_default"](
+      x=tf.constant(data["x"]))["log_prob"].numpy()
+  inv = m.inverse(data["x"])
+  out["z"], out["inverse_log_det"] = inv["z"].numpy(), inv["log_det"].numpy()
+  fwd = m.forward(data["z"])
+  out["x"], out["forward_log_det"] = fwd["x"].numpy(), fwd["log_det"].numpy()
+  out["sample"] = m.sample(n=tf.constant(5), seed=tf.constant(3))["x"].numpy()
+  tiled = tf.tile(data["x"][:1], [64, 1])
+  out["hutchinson_a"] = m.log_prob_hutchinson(tiled, 7)["log_prob"].numpy()
+  out["hutchinson_b"] = m.log_prob_hutchinson(tiled, 7)["log_prob"].numpy()
+  out["hutchinson_c"] = m.log_prob_hutchinson(tiled, 8)["log_prob"].numpy()
+  try:
+    m.log_prob(tf.zeros([2, 3]))
+    out["bad_shape_error"] = np.array("")
+  except (TypeError, ValueError) as e:
+    out["bad_shape_error"] = np.array(str(e)[:200])
+  sigs = {k: {"inputs": {n: [s.dtype.name, s.shape.as_list()] for n, s in
+                         f.structured_input_signature[1].items()},
+              "outputs": {n: [s.dtype.name, s.shape.as_list()] for n, s in
+                          f.structured_outputs.items()}}
+          for k, f in m.signatures.items()}
+  out["signatures"] = np.array(json.dumps(sigs))
+  out["imported"] = np.array(json.dumps(sorted(
+      k for k in sys.modules if k.split(".")[0] in ("tf_ffjord", "tensorflow_probability"))))
+  np.savez(outputs, **out)
+""")
+
+
+def _tiny_model(**kwargs):
+  kwargs = {"solver": "euler", "step_size": 0.5, **kwargs}
+  return FFJORDModel((2,), dynamics=ODENet(hidden=(8,)), **kwargs)
+
+
+def _perturb(model, seed=0):
+  """Random weights, so a load that skipped a variable cannot match."""
+  rng = np.random.default_rng(seed)
+  for v in model.trainable_variables:
+    v.assign(0.5 * rng.standard_normal(v.shape).astype(v.dtype))
+
+
+def test_saved_model_serves_without_tf_ffjord(tmp_path):
+  model = _tiny_model(trace="hutchinson")
+  _perturb(model)
+  path = model.export(tmp_path / "flow")
+  rng = np.random.default_rng(1)
+  x = rng.standard_normal([6, 2]).astype(np.float32)
+  z = rng.standard_normal([6, 2]).astype(np.float32)
+  np.savez(tmp_path / "in.npz", x=x, z=z)
+  env = {k: v for k, v in os.environ.items() if k != "PYTHONPATH"}
+  env["TF_CPP_MIN_LOG_LEVEL"] = "2"
+  proc = subprocess.run(
+      [sys.executable, "-c", _SERVE, str(path), str(tmp_path / "in.npz"),
+       str(tmp_path / "out.npz")],
+      cwd=tmp_path, env=env, capture_output=True, text=True, timeout=300)
+  assert proc.returncode == 0, proc.stderr[-3000:]
+  out = np.load(tmp_path / "out.npz")
+  assert json.loads(str(out["imported"])) == []
+
+  live = model.log_prob(x, exact=True).numpy()
+  np.testing.assert_allclose(out["log_prob"], live, atol=1e-5)
+  np.testing.assert_allclose(out["serving_default"], live, atol=1e-5)
+  sol = model.eval_bijector.solve(x, "inverse")
+  np.testing.assert_allclose(out["z"], sol.state, atol=1e-5)
+  np.testing.assert_allclose(out["inverse_log_det"], sol.log_det, atol=1e-5)
+  # forward inverts inverse: x -> z -> x, log-dets cancel.
+  back = model.eval_bijector.solve(z, "forward")
+  np.testing.assert_allclose(out["x"], back.state, atol=1e-5)
+  np.testing.assert_allclose(out["forward_log_det"], back.log_det, atol=1e-5)
+  np.testing.assert_allclose(out["sample"], model.sample(5, seed=3),
+                             atol=1e-5)
+
+  # Hutchinson: deterministic per seed, different across seeds. With the
+  # Euler grid the state ignores the probe and the log-det is the quadratic
+  # form eps^T A eps, so the 2-D Rademacher probes give exactly two values
+  # (eps and -eps agree) whose mean is the exact trace.
+  a, b, c = out["hutchinson_a"], out["hutchinson_b"], out["hutchinson_c"]
+  np.testing.assert_array_equal(a, b)
+  assert not np.array_equal(a, c)
+  values = np.concatenate([a, c])
+  lo, hi = values.min(), values.max()
+  assert np.all(np.minimum(abs(values - lo), abs(values - hi)) < 1e-5)
+  assert hi - lo > 1e-3
+  np.testing.assert_allclose((lo + hi) / 2, live[0], atol=1e-5)
+
+  assert str(out["bad_shape_error"])
+  sigs = json.loads(str(out["signatures"]))
+  assert set(sigs) == {*export_lib.SIGNATURES, "serving_default"}
+  assert sigs["log_prob"] == {"inputs": {"x": ["float32", [None, 2]]},
+                              "outputs": {"log_prob": ["float32", [None]]}}
+  assert sigs["log_prob_hutchinson"]["inputs"] == {
+      "x": ["float32", [None, 2]], "seed": ["int32", []]}
+  assert sigs["sample"] == {
+      "inputs": {"n": ["int32", []], "seed": ["int32", []]},
+      "outputs": {"x": ["float32", [None, 2]]}}
+  assert sigs["forward"]["outputs"] == {"x": ["float32", [None, 2]],
+                                        "log_det": ["float32", [None]]}
+  assert sigs["inverse"]["outputs"] == {"z": ["float32", [None, 2]],
+                                        "log_det": ["float32", [None]]}
+
+
+def test_conditional_export_round_trip(tmp_path):
+  model = FFJORDModel((2,), dynamics=ODENet(hidden=(8,), context_dim=1),
+                      context_dim=1, solver="euler", step_size=1.0,
+                      trace="exact")
+  _perturb(model, seed=2)
+  loaded = tf.saved_model.load(str(model.export(tmp_path / "cond")))
+  x = np.random.default_rng(3).standard_normal([4, 2]).astype(np.float32)
+  c = np.array([[-1.0], [0.0], [0.5], [2.0]], np.float32)
+  np.testing.assert_allclose(loaded.log_prob(x, c)["log_prob"],
+                             model.log_prob(x, c, exact=True), atol=1e-5)
+  # The context matters: the same x under other contexts has other densities.
+  assert not np.allclose(loaded.log_prob(x, c[::-1])["log_prob"],
+                         loaded.log_prob(x, c)["log_prob"], atol=1e-3)
+  np.testing.assert_allclose(loaded.sample(4, 5, c)["x"],
+                             model.sample(4, context=c, seed=5), atol=1e-5)
+
+
+def test_keras_save_round_trip(tmp_path):
+  model = _tiny_model(trace="exact", train_time=True, time_length=0.7,
+                      regularization={"kinetic": 0.1})
+  _perturb(model, seed=4)
+  model.compile(keras.optimizers.Adam(1e-3))
+  model.save(tmp_path / "flow.keras")
+  loaded = keras.saving.load_model(tmp_path / "flow.keras")
+  assert isinstance(loaded, FFJORDModel)
+  assert isinstance(loaded.dynamics, ODENet)
+  assert loaded.dynamics.hidden == (8,)
+  assert loaded.regularization == {"kinetic": 0.1}
+  assert loaded.train_time
+  assert len(loaded.weights) == len(model.weights)
+  for a, b in zip(model.weights, loaded.weights):
+    np.testing.assert_array_equal(a.numpy(), b.numpy())
+  x = np.random.default_rng(5).standard_normal([5, 2]).astype(np.float32)
+  np.testing.assert_allclose(loaded.log_prob(x, exact=True),
+                             model.log_prob(x, exact=True), atol=1e-6)
+  # The learned end time (a Keras weight, perturbed above) survived.
+  np.testing.assert_allclose(loaded.eval_bijector.time_length,
+                             model.eval_bijector.time_length, rtol=1e-6)
+
+
+
+def test_keras_save_keeps_optimizer_state(tmp_path):
+  model = _tiny_model(trace="exact", step_size=1.0)
+  model.compile(keras.optimizers.Adam(1e-2))
+  model.optimizer.build(model.trainable_variables)
+  state = [v for v in model.optimizer.variables
+           if "learning_rate" not in v.path]
+  for v in state:  # iterations and Adam's moments
+    v.assign(tf.fill(v.shape, tf.cast(3, v.dtype)))
+  model.save(tmp_path / "flow.keras")
+  loaded = keras.saving.load_model(tmp_path / "flow.keras")
+  assert loaded.objective == "likelihood"
+  assert isinstance(loaded.optimizer, keras.optimizers.Adam)
+  np.testing.assert_allclose(float(loaded.optimizer.learning_rate), 1e-2)
+  loaded_state = [v for v in loaded.optimizer.variables
+                  if "learning_rate" not in v.path]
+  assert len(loaded_state) == len(state) > 1
+  for v in loaded_state:
+    np.testing.assert_array_equal(v.numpy(), np.full(v.shape, 3))
