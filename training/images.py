@@ -215,7 +215,7 @@ def main(argv=None):
       ImagesConfig, "Train multiscale FFJORD on images.", argv)
   if config.data == "cifar10" and config.data_path == ImagesConfig.data_path:
     raise SystemExit("Pass --data-path to the cifar-10-batches-py directory.")
-  run(config)
+  return run(config)
 
 
 if __name__ == "__main__":
