@@ -185,8 +185,8 @@ class FFJORDModel(keras.Model):
     key = ("sample", context is not None)
     if key not in fns:
       fns[key] = tf.function(self._sample, reduce_retracing=True)
-    return fns[key](tf.constant(n, tf.int32), tf.constant(seed, tf.int32),
-                    context)
+    return fns[key](tf.convert_to_tensor(n, tf.int32),
+                    tf.convert_to_tensor(seed, tf.int32), context)
 
   def _sample(self, n, seed, context=None):
     z = tf.random.stateless_normal(
