@@ -6,12 +6,14 @@ import keras
 import numpy as np
 import tensorflow as tf
 
+from tf_ffjord import flow_matching
 from tf_ffjord.bijector import FFJORD
 from tf_ffjord.dynamics import ODENet
 
 __all__ = ["FFJORDModel", "LastValue"]
 
 _LOG_2PI = math.log(2 * math.pi)
+OBJECTIVES = ("likelihood", "flow_matching")
 
 
 @keras.saving.register_keras_serializable("tf_ffjord")
@@ -111,11 +113,58 @@ class FFJORDModel(keras.Model):
     self.nfe_backward_tracker = LastValue(name="nfe_backward")
     self.reg_trackers = {r: keras.metrics.Mean(name=r)
                          for r in self.regularization}
+    # Set by compile(objective=...).
+    self.objective, self.ot, self.fm_sigma = "likelihood", False, 0.0
+    self.fm_tracker = keras.metrics.Mean(name="fm_loss")
 
   @property
   def metrics(self):
+    if self.objective == "flow_matching":
+      return [self.fm_tracker, self.nll_tracker, self.nfe_tracker]
     return [self.nll_tracker, self.nfe_tracker, self.nfe_backward_tracker,
             *self.reg_trackers.values()]
+
+  def compile(self, optimizer="adam", objective="likelihood", ot=False,
+              sigma=0.0, **kwargs):
+    """Configures training; `objective` picks the loss.
+
+    Args:
+      optimizer: a Keras optimizer or its name.
+      objective: `"likelihood"` (maximum likelihood through ODE solves, plus
+        the regularizers) or `"flow_matching"` (the simulation-free
+        regression of `tf_ffjord.flow_matching.flow_matching_loss`; no ODE
+        solve while training, metric `fm_loss`). Densities, samples,
+        `evaluate` and export use the same bijector either way.
+      ot: flow matching with minibatch optimal-transport pairing (scipy's
+        `linear_sum_assignment` through `tf.numpy_function`, so the train
+        step runs without XLA).
+      sigma: flow matching's noise around the straight paths.
+      **kwargs: passed to `keras.Model.compile`.
+
+    Raises:
+      ValueError: an unknown objective, `ot`/`sigma` without flow matching,
+        flow matching with `regularization` or `train_time`, or `ot` with
+        `jit_compile=True`.
+    """
+    if objective not in OBJECTIVES:
+      raise ValueError(f"Unknown objective {objective!r}; expected one of "
+                       f"{OBJECTIVES}.")
+    if objective == "flow_matching":
+      if self.regularization:
+        raise ValueError("regularization applies to objective='likelihood'; "
+                         "flow matching has no ODE solve to regularize.")
+      if self.train_time:
+        raise ValueError("objective='flow_matching' needs a fixed end time "
+                         "(train_time=False).")
+      if ot:
+        if kwargs.get("jit_compile") is True:
+          raise ValueError("ot=True runs scipy in the train step and cannot "
+                           "be XLA-compiled; use jit_compile=False.")
+        kwargs["jit_compile"] = False
+    elif ot or sigma:
+      raise ValueError("ot and sigma apply to objective='flow_matching'.")
+    self.objective, self.ot, self.fm_sigma = objective, bool(ot), float(sigma)
+    super().compile(optimizer=optimizer, **kwargs)
 
   # -- densities ---------------------------------------------------------
 
@@ -204,6 +253,8 @@ class FFJORDModel(keras.Model):
 
   def train_step(self, data):
     x, context = self._unpack(data)
+    if self.objective == "flow_matching":
+      return self._flow_matching_step(x, context)
     replicas = tf.distribute.get_strategy().num_replicas_in_sync
     with tf.GradientTape() as tape:
       logp, sol = self._log_prob(x, context, self.bijector)
@@ -225,6 +276,23 @@ class FFJORDModel(keras.Model):
     for r, tracker in self.reg_trackers.items():
       tracker.update_state(tf.reduce_mean(sol.regularization[r]))
     return {m.name: m.result() for m in self.metrics}
+
+  def _flow_matching_step(self, x, context):
+    replicas = tf.distribute.get_strategy().num_replicas_in_sync
+    with tf.GradientTape() as tape:
+      fm = tf.reduce_mean(flow_matching.flow_matching_loss(
+          self.dynamics, x, context, time_length=self.bijector.time_length,
+          initial_time=self.bijector.parameters["initial_time"], ot=self.ot,
+          sigma=self.fm_sigma))
+      loss = fm
+      if self.losses:
+        loss += tf.add_n(self.losses)
+      scaled = loss / replicas
+    variables = self.trainable_variables
+    grads = tape.gradient(scaled, variables)
+    self.optimizer.apply_gradients(zip(grads, variables))
+    self.fm_tracker.update_state(fm)
+    return {"fm_loss": self.fm_tracker.result()}
 
   def test_step(self, data):
     x, context = self._unpack(data)
