@@ -16,19 +16,35 @@ _LOG_2PI = math.log(2 * math.pi)
 OBJECTIVES = ("likelihood", "flow_matching")
 
 
+def _step_logs(logs):
+  """Step logs in the shape Keras can reduce under the current strategy.
+
+  Keras 3 averages multi-worker step logs with `strategy.reduce("MEAN", v,
+  axis=0)`, which fails on scalars; give them a length-1 axis there.
+  """
+  strategy = tf.distribute.get_strategy()
+  if (isinstance(strategy, tf.distribute.MultiWorkerMirroredStrategy)
+      and strategy.extended._in_multi_worker_mode()):  # pylint: disable=protected-access
+    return {k: tf.reshape(v, [1]) for k, v in logs.items()}
+  return logs
+
+
 @keras.saving.register_keras_serializable("tf_ffjord")
 class LastValue(keras.metrics.Metric):
   """A metric that reports the last value it was given (e.g. the last NFE)."""
 
   def __init__(self, name="last_value", **kwargs):
     super().__init__(name=name, **kwargs)
-    self.value = self.add_variable(shape=(), initializer="zeros", name="value")
+    # Under tf.distribute each replica keeps its own value; report their
+    # mean, not their sum.
+    self.value = self.add_variable(shape=(), initializer="zeros", name="value",
+                                   aggregation="mean")
 
   def update_state(self, value):
     self.value.assign(tf.cast(value, self.value.dtype))
 
   def result(self):
-    return self.value.value
+    return tf.convert_to_tensor(self.value)  # a tensor, also under tf.distribute
 
   def reset_state(self):
     self.value.assign(0.0)
@@ -192,9 +208,23 @@ class FFJORDModel(keras.Model):
     z = tf.reshape(z, [tf.shape(z)[0], -1])
     return -0.5 * tf.reduce_sum(tf.square(z), -1) - 0.5 * self.event_size * _LOG_2PI
 
-  def _log_prob(self, x, context, bijector):
-    sol = bijector.solve(x, "inverse", context=context)
+  def _log_prob(self, x, context, bijector, seed=None):
+    sol = bijector.solve(x, "inverse", context=context, seed=seed)
     return self.base_log_prob(sol.state) + sol.log_det, sol
+
+  def _noise_seed(self):
+    """A fresh stateless seed for the training probes, distinct per replica.
+
+    A stateful draw alone repeats on every worker of a multi-worker run
+    (same graph, same global seed), so the global replica id is folded in.
+    """
+    if self.bijector.trace != "hutchinson":
+      return None
+    ctx = tf.distribute.get_replica_context()
+    replica = 0 if ctx is None else ctx.replica_id_in_sync_group
+    draw = tf.random.uniform([2], maxval=tf.int32.max, dtype=tf.int32)
+    return tf.random.experimental.stateless_fold_in(
+        draw, tf.cast(replica, tf.int32))
 
   def call(self, x, context=None, training=False):
     """log p(x) with the training trace (training) or `eval_trace`."""
@@ -257,7 +287,8 @@ class FFJORDModel(keras.Model):
       return self._flow_matching_step(x, context)
     replicas = tf.distribute.get_strategy().num_replicas_in_sync
     with tf.GradientTape() as tape:
-      logp, sol = self._log_prob(x, context, self.bijector)
+      logp, sol = self._log_prob(x, context, self.bijector,
+                                 seed=self._noise_seed())
       nll = -tf.reduce_mean(logp)
       loss = nll
       for r, w in self.regularization.items():
@@ -275,7 +306,7 @@ class FFJORDModel(keras.Model):
     self.nfe_backward_tracker.update_state(nfe_total - sol.nfe)
     for r, tracker in self.reg_trackers.items():
       tracker.update_state(tf.reduce_mean(sol.regularization[r]))
-    return {m.name: m.result() for m in self.metrics}
+    return _step_logs({m.name: m.result() for m in self.metrics})
 
   def _flow_matching_step(self, x, context):
     replicas = tf.distribute.get_strategy().num_replicas_in_sync
@@ -292,14 +323,15 @@ class FFJORDModel(keras.Model):
     grads = tape.gradient(scaled, variables)
     self.optimizer.apply_gradients(zip(grads, variables))
     self.fm_tracker.update_state(fm)
-    return {"fm_loss": self.fm_tracker.result()}
+    return _step_logs({"fm_loss": self.fm_tracker.result()})
 
   def test_step(self, data):
     x, context = self._unpack(data)
     logp, sol = self._log_prob(x, context, self.eval_bijector)
     self.nll_tracker.update_state(-tf.reduce_mean(logp))
     self.nfe_tracker.update_state(sol.nfe)
-    return {m.name: m.result() for m in (self.nll_tracker, self.nfe_tracker)}
+    return _step_logs({m.name: m.result()
+                       for m in (self.nll_tracker, self.nfe_tracker)})
 
   # -- saving ------------------------------------------------------------
 
@@ -323,6 +355,23 @@ class FFJORDModel(keras.Model):
     from tf_ffjord import export  # pylint: disable=g-import-not-at-top
     return export.export_saved_model(self, path, batch_size=batch_size,
                                      custom_gradients=custom_gradients)
+
+  def get_compile_config(self):
+    # Keras skips compile() on load for a custom compile unless these exist.
+    config = super().get_compile_config()
+    if config:
+      config = {**config, "objective": self.objective, "ot": self.ot,
+                "sigma": self.fm_sigma}
+    return config
+
+  def compile_from_config(self, config):
+    config = dict(config)
+    extra = {k: config.pop(k) for k in ("objective", "ot", "sigma")
+             if k in config}
+    config = keras.saving.deserialize_keras_object(config)
+    self.compile(**config, **extra)
+    if self.built:
+      self.optimizer.build(self.trainable_variables)  # slots to load into
 
   def get_config(self):
     config = {**super().get_config(), **self.ffjord_kwargs,
