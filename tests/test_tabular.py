@@ -309,7 +309,7 @@ def test_bsds300_patches_recipe(tmp_path):
   rows, cols = np.mgrid[0:12, 0:10]
   images = {"train_1": (7 * cols).astype(np.uint8),
             "train_2": (5 * cols + 3).astype(np.uint8),
-            "test_3": (9 * rows).astype(np.uint8).T.copy().T}
+            "test_3": (9 * rows).astype(np.uint8)}
   np.savez(tmp_path / "bsds300_gray.npz", **images)
   s = tabular.load("bsds300", str(tmp_path), n_train=30, n_val=6, n_test=10,
                    seed=1)
