@@ -426,3 +426,14 @@ def test_cli_resumes_after_kill_and_keeps_best(tmp_path):
       lambda x, s: model.log_prob(x, model.val_bijectors, s), splits.val,
       config.test_batch_size, config.seed)
   np.testing.assert_allclose(-logp.mean(), val_nll, rtol=1e-5)
+
+
+def test_gaussian_baseline_matches_entropy():
+  from training.tabular import gaussian_nll  # pylint: disable=import-outside-toplevel
+  rng = np.random.default_rng(7)
+  scale = np.array([[2.0, 0, 0], [0.5, 1.0, 0], [0, -0.3, 0.1]])
+  x = rng.normal(size=(200000, 3)) @ scale.T
+  nll, se = gaussian_nll(x[:100000], x[100000:])
+  # Entropy of N(0, S S^T): D/2 log(2 pi e) + log|det S|.
+  want = 1.5 * np.log(2 * np.pi * np.e) + np.log(abs(np.linalg.det(scale)))
+  assert abs(nll - want) < 4 * se + 1e-3
