@@ -273,6 +273,7 @@ class VAE(keras.Model):
       made(mu, h)
     if self.dynamics is not None:
       self.dynamics(0.0, mu, h)
+    self.built = True
 
   @property
   def metrics(self):
