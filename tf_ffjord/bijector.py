@@ -132,9 +132,11 @@ class FFJORD(tfb.Bijector):
       self._initial_time = float(initial_time)
       self._trace = trace
       self._noise = noise
+      # Regularizer integrals need no step size control: weight 0.
       self._solver = solvers.make_solver(
           solver, rtol=rtol, atol=atol, max_num_steps=max_num_steps,
-          step_size=step_size)
+          step_size=step_size,
+          error_weights=(1.0, 1.0) + (0.0,) * len(regularizers))
       if gradient == "auto":
         gradient = ("backprop" if isinstance(self._solver, solvers.FixedGrid)
                     else "adjoint")
@@ -252,8 +254,10 @@ class FFJORD(tfb.Bijector):
     event_ndims = self._event_ndims
     trace = self._trace
     max_evals = None
+    # Our DormandPrince caps its steps in its loop condition (XLA-safe);
+    # other adaptive solvers get a counter assertion.
     if self._max_num_steps is not None and not isinstance(
-        self._solver, solvers.FixedGrid):
+        self._solver, (solvers.FixedGrid, solvers.DormandPrince)):
       max_evals = int(self._max_num_steps) * 6
 
     def ode_fn(s, state, time_length, context=None):

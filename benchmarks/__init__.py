@@ -1,0 +1,3 @@
+"""Benchmarks of tf-ffjord (run as scripts, e.g. `python -m benchmarks.speed`)."""
+
+__all__ = []
