@@ -12,8 +12,10 @@ and by 100 after more than 2*patience/3, stop after more than `patience`.
 The best model (lowest validation NLL) is kept in `best.npz`; `latest.npz`
 (model, optimizer, counters) is written atomically so that rerunning the
 same command after a kill resumes where it stopped without losing the best
-model. The test NLL is computed with the exact trace at the test tolerance,
-and `metrics.json` holds `test_nll`, its standard error, `nfe`, `seconds`.
+model (a finished run only re-tests its best model). The test NLL is computed
+with the exact trace at the test tolerance, and `metrics.json` holds
+`test_nll`, its standard error, `nfe`, `seconds` (of training, summed over
+resumes) and, for scale, the test NLL of a full-covariance Gaussian fit.
 """
 
 import dataclasses
