@@ -129,6 +129,20 @@ class FFJORDModel(keras.Model):
     self.nfe_backward_tracker = LastValue(name="nfe_backward")
     self.reg_trackers = {r: keras.metrics.Mean(name=r)
                          for r in self.regularization}
+    self.build()
+
+  def build(self, input_shape=None):
+    # Create every weight now (one dynamics call on zeros), so the model can
+    # be checkpointed, restored or exported before it has seen data.
+    del input_shape
+    x = tf.zeros([1, *self.event_shape], self.compute_dtype)
+    context = None
+    if self.context_dim:
+      context = tf.zeros([1, self.context_dim], self.compute_dtype)
+      self.dynamics(tf.zeros([], x.dtype), x, context)
+    else:
+      self.dynamics(tf.zeros([], x.dtype), x)
+    self.built = True
     # Set by compile(objective=...).
     self.objective, self.ot, self.fm_sigma = "likelihood", False, 0.0
     self.fm_tracker = keras.metrics.Mean(name="fm_loss")
