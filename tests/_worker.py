@@ -1,10 +1,14 @@
-"""Training process for the tf.distribute tests: one device, mirrored, or one worker.
+"""Training processes for the tf.distribute and checkpoint tests.
 
 Run as `python tests/_worker.py SPEC.json` (TF_CONFIG set by the caller for
 `multiworker`), or import `train(spec)` for the single-device reference. It
 trains a tiny exact-trace FFJORDModel from the weights in `spec["data"]` on the
 same global batches and writes the final weights, the history, per-replica
 Hutchinson log-densities and NFEs to `spec["out"]` (an .npz).
+
+`mode: "resume"` runs `train_resumable(spec)` instead: epochs of a fixed
+slice of the data each, checkpointed by `tf_ffjord.checkpoints`, resuming
+from the last finished epoch when rerun (the test kills it with SIGKILL).
 """
 
 import json
@@ -94,10 +98,62 @@ def train(spec):
   return out
 
 
+def _optimizer_state(model, np):
+  del np
+  # By position: variable names carry per-process uniquifying suffixes.
+  return {f"opt{i}": v.numpy()
+          for i, v in enumerate(model.optimizer.variables)}
+
+
+def train_resumable(spec):
+  """Epoch e trains on batches [e * steps, (e + 1) * steps) of the data.
+
+  Prints `RESUMED <epoch> <iterations>` at the start and `SAVED <epoch>`
+  after each checkpoint; writes the optimizer state right after restore and
+  after each save (`<out>-restored.npz`, `<out>-epoch<e>.npz`).
+  """
+  import time  # pylint: disable=g-import-not-at-top
+  import keras  # pylint: disable=g-import-not-at-top
+  import numpy as np  # pylint: disable=g-import-not-at-top
+  from tf_ffjord import FFJORDModel, ODENet  # pylint: disable=g-import-not-at-top
+  from tf_ffjord import checkpoints  # pylint: disable=g-import-not-at-top
+
+  keras.utils.set_random_seed(0)
+  data = np.load(spec["data"])
+  x = data["x"]
+  model = FFJORDModel((2,), dynamics=ODENet(hidden=(8,)), solver="rk4",
+                      step_size=0.5, trace="exact")
+  model.set_weights([data[f"w{i}"] for i in range(int(data["num_weights"]))])
+  model.compile(keras.optimizers.Adam(1e-2))
+  ckpt = checkpoints.Checkpointer(model, spec["checkpoints"])
+  start = ckpt.restore()
+  out = spec["out"].replace(".npz", "")
+  iterations = int(model.optimizer.iterations.numpy())
+  if start:
+    np.savez(f"{out}-restored.npz", **_optimizer_state(model, np))
+  print(f"RESUMED {start} {iterations}", flush=True)
+  batch, steps = int(spec["batch"]), int(spec["steps_per_epoch"])
+  sleep = float(spec.get("sleep", 0.0))
+
+  class Progress(keras.callbacks.Callback):
+    def on_train_batch_end(self, batch, logs=None):
+      time.sleep(sleep)  # room for the test to kill mid-epoch
+
+  for epoch in range(start, int(spec["epochs"])):
+    chunk = x[epoch * steps * batch:(epoch + 1) * steps * batch]
+    model.fit(chunk, batch_size=batch, epochs=epoch + 1, initial_epoch=epoch,
+              shuffle=False, verbose=0,
+              callbacks=[Progress(), checkpoints.CheckpointCallback(ckpt)])
+    np.savez(f"{out}-epoch{epoch + 1}.npz", **_optimizer_state(model, np))
+    print(f"SAVED {epoch + 1}", flush=True)
+  return {**{f"w{i}": w for i, w in enumerate(model.get_weights())},
+          **_optimizer_state(model, np)}
+
+
 def main():
   with open(sys.argv[1]) as f:
     spec = json.load(f)
-  out = train(spec)
+  out = (train_resumable if spec["mode"] == "resume" else train)(spec)
   import numpy as np  # pylint: disable=g-import-not-at-top
   task = json.loads(os.environ.get("TF_CONFIG", "{}")).get("task", {})
   path = spec["out"]
