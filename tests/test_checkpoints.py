@@ -165,3 +165,44 @@ def test_checkpoint_of_another_model_is_a_clear_error(saved):
   directory, prefix, _ = saved
   with pytest.raises(CheckpointError, match="does not fit this model"):
     Checkpointer(_tiny(hidden=(16,)), directory).restore()
+
+
+def test_toy_cli_resumes_after_kill_9(tmp_path):
+  out = tmp_path / "run"
+  cmd = [sys.executable, "-m", "training.toy", "--out", str(out),
+         "--iters", "12", "--steps-per-epoch", "2", "--batch-size", "16",
+         "--dims", "8", "--solver", "euler", "--trace", "exact",
+         "--train-time", "false", "--test-size", "64", "--plot", "false",
+         "--export", "false"]
+  ckpt_dir = out / "checkpoints"
+  proc = subprocess.Popen(cmd, cwd=ROOT, env=_env(),
+                          stdout=subprocess.DEVNULL, stderr=subprocess.PIPE)
+  try:
+    deadline = time.time() + 600
+    while time.time() < deadline and proc.poll() is None:
+      if (ckpt_dir / "ckpt-1.index").exists():
+        proc.send_signal(signal.SIGKILL)  # one epoch of six is saved
+        break
+      time.sleep(0.02)
+    proc.wait(timeout=60)
+  finally:
+    if proc.poll() is None:
+      proc.kill()
+      proc.wait()
+  assert proc.returncode == -signal.SIGKILL, proc.stderr.read()[-3000:]
+  proc.stderr.close()
+  latest = Checkpointer(_tiny(), ckpt_dir).latest
+  assert latest is not None
+  saved = int(pathlib.Path(latest).name.split("-")[1])
+  assert 1 <= saved < 6
+
+  rerun = subprocess.run(cmd, cwd=ROOT, env=_env(), capture_output=True,
+                         text=True, timeout=600)
+  assert rerun.returncode == 0, rerun.stderr[-3000:]
+  assert (f"Resumed from {ckpt_dir}/ckpt-{saved} at epoch {saved} "
+          f"(step {2 * saved})") in rerun.stdout, rerun.stdout[-3000:]
+  assert f"Epoch {saved + 1}/6" in rerun.stdout
+  assert f"Epoch {saved}/6" not in rerun.stdout  # no finished epoch redone
+  metrics = json.loads((out / "metrics.json").read_text())
+  assert np.isfinite(metrics["test_nll"])
+  assert not ckpt_dir.exists()  # a finished run clears its checkpoints

@@ -160,6 +160,12 @@ class Checkpointer:
       self._manager = None
     return path
 
+  def delete(self):
+    """Removes the checkpoint directory (the chief's; other workers no-op)."""
+    if self._chief:
+      shutil.rmtree(self.directory, ignore_errors=True)
+    self._manager = None
+
 
 def _unreadable_file(prefix):
   """The index or data file of `prefix` that cannot be read, or None."""

@@ -1,4 +1,4 @@
-"""Shared pieces of the experiment CLIs: configs from flags, resumable fit, JSON."""
+"""Shared pieces of the experiment CLIs: configs from flags, strategies, resumable fit, JSON."""
 
 import argparse
 import dataclasses
@@ -6,9 +6,14 @@ import json
 import os
 import time
 
-import keras
+import tensorflow as tf
 
-__all__ = ["parser_for", "config_from_args", "resumable_fit", "write_json"]
+from tf_ffjord import checkpoints
+
+__all__ = ["STRATEGIES", "parser_for", "config_from_args", "use_strategy",
+           "resumable_fit", "write_json"]
+
+STRATEGIES = ("default", "mirrored", "multiworker")
 
 
 def parser_for(config_cls, description):
@@ -35,18 +40,59 @@ def parser_for(config_cls, description):
 
 
 def config_from_args(config_cls, description, argv=None):
-  """Parses argv into an instance of `config_cls`."""
-  args = parser_for(config_cls, description).parse_args(argv)
-  return config_cls(**vars(args))
+  """Parses argv into an instance of `config_cls`.
+
+  Every CLI also takes `--strategy {default,mirrored,multiworker}`, applied
+  here (see `use_strategy`), before the CLI builds its model.
+  """
+  parser = parser_for(config_cls, description)
+  parser.add_argument(
+      "--strategy", choices=STRATEGIES, default="default",
+      help="default: one device; mirrored: all local GPUs; multiworker: the "
+           "cluster in TF_CONFIG (run the same command on every worker)")
+  args = vars(parser.parse_args(argv))
+  use_strategy(args.pop("strategy"))
+  return config_cls(**args)
+
+
+def use_strategy(name):
+  """Makes a `tf.distribute` strategy the process default and returns it.
+
+  Models built afterwards live in it, and `fit` splits each global batch
+  over its replicas. Call it first: `MultiWorkerMirroredStrategy` must exist
+  before TensorFlow runs any op.
+
+  Args:
+    name: `"default"` (no-op), `"mirrored"` (`MirroredStrategy` over all
+      local GPUs, else the CPU) or `"multiworker"`
+      (`MultiWorkerMirroredStrategy` over the cluster in `TF_CONFIG`).
+  """
+  if name not in STRATEGIES:
+    raise ValueError(f"Unknown strategy {name!r}; expected one of "
+                     f"{STRATEGIES}.")
+  if name == "default":
+    return tf.distribute.get_strategy()
+  if name == "mirrored":
+    strategy = tf.distribute.MirroredStrategy()
+  else:
+    if "TF_CONFIG" not in os.environ:
+      raise ValueError("--strategy multiworker needs TF_CONFIG (the cluster "
+                       "spec and this worker's task) in the environment.")
+    strategy = tf.distribute.MultiWorkerMirroredStrategy()
+  tf.distribute.experimental_set_strategy(strategy)
+  return strategy
 
 
 def resumable_fit(model, x, out_dir, iters, steps_per_epoch=100, batch_size=100,
                   verbose=1, callbacks=()):
   """`model.fit` for `iters` steps that resumes after a kill.
 
-  Training runs as `iters / steps_per_epoch` epochs; Keras' `BackupAndRestore`
-  saves the model and optimizer at every epoch end into `out_dir/backup`, and
-  a rerun of the same command continues from the last finished epoch.
+  Training runs as `iters / steps_per_epoch` epochs; a
+  `tf_ffjord.checkpoints.Checkpointer` saves the model and optimizer at
+  every epoch end into `out_dir/checkpoints`, and a rerun of the same
+  command continues from the last finished epoch, on the batches that epoch
+  would have seen. A corrupted checkpoint raises `CheckpointError` naming
+  the file.
 
   Args:
     model: a compiled Keras model.
@@ -64,10 +110,22 @@ def resumable_fit(model, x, out_dir, iters, steps_per_epoch=100, batch_size=100,
   """
   steps_per_epoch = max(1, min(steps_per_epoch, iters))
   epochs = -(-iters // steps_per_epoch)
-  backup = keras.callbacks.BackupAndRestore(os.path.join(out_dir, "backup"))
-  return model.fit(x, batch_size=batch_size, epochs=epochs,
-                   steps_per_epoch=steps_per_epoch, shuffle=False,
-                   verbose=verbose, callbacks=[backup, *callbacks])
+  ckpt = checkpoints.Checkpointer(model, os.path.join(out_dir, "checkpoints"))
+  initial_epoch = ckpt.restore()
+  if initial_epoch:
+    print(f"Resumed from {ckpt.latest} at epoch {initial_epoch} "
+          f"(step {int(model.optimizer.iterations)}).", flush=True)
+  # Skip the examples of the finished epochs: one pass over x is the run.
+  done = initial_epoch * steps_per_epoch * batch_size
+  x = tuple(a[done:] for a in x) if isinstance(x, tuple) else x[done:]
+  history = model.fit(x, batch_size=batch_size, epochs=epochs,
+                      initial_epoch=initial_epoch,
+                      steps_per_epoch=steps_per_epoch, shuffle=False,
+                      verbose=verbose,
+                      callbacks=[checkpoints.CheckpointCallback(ckpt),
+                                 *callbacks])
+  ckpt.delete()  # finished: a rerun starts over (as with BackupAndRestore)
+  return history
 
 
 def write_json(path, payload):
