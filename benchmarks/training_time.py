@@ -1,0 +1,266 @@
+"""Time to a target test NLL: FFJORD, FFJORD + RNODE, flow matching (+ OT).
+
+For each dataset and method, trains the same dynamics network from the same
+initialization with Adam and evaluates the test NLL every `eval_every`
+seconds of training. Every evaluation integrates the learned field with
+Dormand-Prince at rtol = atol = 1e-5 and the exact trace, whatever the method
+trained with, and reports its NFE. Methods:
+
+- `ffjord`: maximum likelihood, Dormand-Prince at 1e-5, Hutchinson trace,
+  adjoint gradients (the FFJORD paper's setup);
+- `rnode`: maximum likelihood + kinetic and Jacobian-Frobenius penalties,
+  both weighted 0.01, fixed-step RK4 at step 0.25 with backprop (Finlay et
+  al. 2020's recipe);
+- `fm`: conditional flow matching along straight paths, no ODE solve;
+- `fm_ot`: the same with exact minibatch optimal-transport pairing.
+
+Datasets: `8gaussians` and `checkerboard` (targets: the data entropy + a
+margin), and `miniboone` (43 dims, MAF's preprocessing; the offline copy has
+no train split, so it trains on the validation split and tests on the test
+split, as `tf_ffjord.datasets.tabular` does).
+
+Time to target counts training steps only: the first step (graph tracing)
+is reported apart, evaluations are excluded. It is measured as wall time and
+as process CPU time; the latter is steadier on a shared machine. The time
+resolution is `eval_every`. Writes JSON and prints a markdown table.
+
+#### Examples
+
+```
+python -m benchmarks.training_time                      # ~20 min
+python -m benchmarks.training_time --budget 20 --datasets 8gaussians
+python -m benchmarks.training_time --methods fm,fm_ot --out /tmp/t.json
+```
+"""
+
+import argparse
+import dataclasses
+import json
+import os
+import platform
+import time
+
+import keras
+import numpy as np
+import tensorflow as tf
+
+from tf_ffjord.bijector import FFJORD
+from tf_ffjord.datasets import toy
+from tf_ffjord.dynamics import ODENet
+from tf_ffjord.model import FFJORDModel
+
+__all__ = ["Config", "METHODS", "run", "main"]
+
+METHODS = ("ffjord", "rnode", "fm", "fm_ot")
+DATASETS = ("8gaussians", "checkerboard", "miniboone")
+DATA_DIR = os.environ.get("TF_FFJORD_DATA",
+                          os.path.join(os.path.dirname(__file__), "..", "..",
+                                       "shared", "data"))
+
+
+@dataclasses.dataclass
+class Config:
+  """Benchmark settings (the CLI flags map onto these fields).
+
+  Attributes:
+    datasets: datasets to run.
+    methods: methods to run (see `METHODS`).
+    budget: training seconds (wall) per run.
+    eval_every: training seconds between evaluations.
+    batch_size: training batch.
+    n_test: test points per evaluation.
+    lr: Adam learning rate.
+    margin: toy target = data entropy + margin (nats).
+    miniboone_target: target test NLL on MINIBOONE (nats).
+    seed: seed of the data, the initialization and the training.
+    out: JSON output path.
+  """
+  datasets: tuple = DATASETS
+  methods: tuple = METHODS
+  budget: float = 60.0
+  eval_every: float = 10.0
+  batch_size: int = 256
+  n_test: int = 1000
+  lr: float = 1e-3
+  margin: float = 0.5
+  miniboone_target: float = 35.0
+  seed: int = 0
+  out: str = "benchmarks/results/training_time.json"
+
+
+def _method_kwargs(method):
+  """FFJORDModel kwargs and compile kwargs of a method."""
+  if method == "ffjord":
+    return dict(solver="dopri5", rtol=1e-5, atol=1e-5), {}
+  if method == "rnode":
+    return dict(solver="rk4", step_size=0.25,
+                regularization={"kinetic": 0.01, "jacobian": 0.01}), {}
+  if method == "fm":
+    return {}, dict(objective="flow_matching")
+  if method == "fm_ot":
+    return {}, dict(objective="flow_matching", ot=True)
+  raise ValueError(f"Unknown method {method!r}; expected one of {METHODS}.")
+
+
+def load(name, n_test, seed):
+  """(train, test, dynamics kwargs, target-free entropy or None)."""
+  if name in toy.NAMES:
+    train = toy.sample(name, 200_000, seed=seed).astype("f4")
+    test = toy.sample(name, n_test, seed=seed + 1).astype("f4")
+    return train, test, dict(hidden=(64, 64, 64)), toy.entropy(name)
+  if name == "miniboone":
+    paths = [os.path.join(DATA_DIR, "miniboone", f"{s}.npy")
+             for s in ("val", "test")]
+    for p in paths:
+      if not os.path.exists(p):
+        raise FileNotFoundError(f"MINIBOONE file not found: {p} (set "
+                                "TF_FFJORD_DATA to the data folder).")
+    train, test = (np.load(p).astype("f4") for p in paths)
+    rng = np.random.default_rng(seed)
+    test = test[rng.permutation(len(test))[:n_test]]
+    return train, test, dict(hidden=(256, 256), activation="softplus"), None
+  raise ValueError(f"Unknown dataset {name!r}.")
+
+
+def _evaluator(dynamics, dim):
+  bij = FFJORD(dynamics, solver="dopri5", rtol=1e-5, atol=1e-5,
+               trace="exact", max_num_steps=2000)
+  const = -0.5 * dim * np.log(2 * np.pi)
+
+  @tf.function
+  def nll(x):
+    sol = bij.solve(x)
+    logp = const - 0.5 * tf.reduce_sum(tf.square(sol.state), -1) + sol.log_det
+    return -tf.reduce_mean(logp), sol.nfe
+  return nll
+
+
+def run_one(cfg, name, method, train, test, net_kwargs, target):
+  """Trains one method on one dataset; returns a result dict."""
+  keras.utils.set_random_seed(cfg.seed)
+  dim = train.shape[1]
+  model_kwargs, compile_kwargs = _method_kwargs(method)
+  model = FFJORDModel((dim,), dynamics=ODENet(dim=dim, **net_kwargs),
+                      **model_kwargs)
+  model.compile(keras.optimizers.Adam(cfg.lr), jit_compile=False,
+                **compile_kwargs)
+  step = tf.function(model.train_step)
+  evaluate = _evaluator(model.dynamics, dim)
+  test_t = tf.constant(test)
+  rng = np.random.default_rng(cfg.seed)
+  wall = cpu = 0.0
+  steps, next_eval, first_step = 0, 0.0, None
+  curve, reached = [], None
+  while True:
+    if wall >= next_eval or wall >= cfg.budget:
+      nll, nfe = (float(v) for v in evaluate(test_t))
+      curve.append(dict(step=steps, wall=wall, cpu=cpu, nll=nll, nfe=nfe))
+      print(f"  {name:12s} {method:7s} step {steps:5d}  train {wall:6.1f}s "
+            f"(cpu {cpu:6.1f}s)  test nll {nll:7.3f}  eval nfe {nfe:4.0f}",
+            flush=True)
+      if reached is None and nll <= target:
+        reached = curve[-1]
+      if reached is not None or wall >= cfg.budget or not np.isfinite(nll):
+        break
+      next_eval = wall + cfg.eval_every
+    batch = tf.constant(train[rng.integers(0, len(train), cfg.batch_size)])
+    w0, c0 = time.perf_counter(), time.process_time()
+    try:
+      logs = step(batch)
+      float(next(iter(logs.values())))  # wait for the step to finish
+    except tf.errors.InvalidArgumentError as e:  # max_num_steps exceeded
+      print(f"  {name} {method}: solve failed ({e.message.splitlines()[0]})")
+      break
+    steps += 1
+    if first_step is None:  # tracing: reported apart, not counted
+      first_step = time.perf_counter() - w0
+      continue
+    wall += time.perf_counter() - w0
+    cpu += time.process_time() - c0
+  last = curve[-1]
+  best = min(c["nll"] for c in curve)
+  return dict(dataset=name, method=method, target=target,
+              reached=reached is not None,
+              wall_to_target=reached["wall"] if reached else None,
+              cpu_to_target=reached["cpu"] if reached else None,
+              steps_to_target=reached["step"] if reached else None,
+              final_nll=last["nll"], best_nll=best, eval_nfe=last["nfe"],
+              steps=steps, train_wall=wall, train_cpu=cpu,
+              first_step_wall=first_step,
+              step_wall=wall / max(steps - 1, 1),
+              curve=curve)
+
+
+def run(cfg):
+  """Runs every (dataset, method) pair; returns the list of results."""
+  results = []
+  for name in cfg.datasets:
+    train, test, net_kwargs, entropy = load(name, cfg.n_test, cfg.seed)
+    target = (entropy + cfg.margin if entropy is not None
+              else cfg.miniboone_target)
+    print(f"{name}: train {train.shape}, test {test.shape}, target NLL "
+          f"{target:.3f}" + (f" (entropy {entropy:.3f})" if entropy else ""),
+          flush=True)
+    for method in cfg.methods:
+      results.append(run_one(cfg, name, method, train, test, net_kwargs,
+                             target))
+  return results
+
+
+def table(results):
+  """A markdown table of the results."""
+  rows = ["| dataset | method | target NLL | time to target (s) | CPU s to "
+          "target | steps | ms/step | first step (s) | final test NLL | "
+          "eval NFE |",
+          "| --- | --- | --- | --- | --- | --- | --- | --- | --- | --- |"]
+  for r in results:
+    if r["reached"]:
+      wall = f"{r['wall_to_target']:.1f}"
+      cpu = f"{r['cpu_to_target']:.0f}"
+      steps = str(r["steps_to_target"])
+    else:
+      wall = f"not in {r['train_wall']:.0f}"
+      cpu = "-"
+      steps = f"({r['steps']})"
+    rows.append(f"| {r['dataset']} | {r['method']} | {r['target']:.2f} | "
+                f"{wall} | {cpu} | {steps} | {1e3 * r['step_wall']:.0f} | "
+                f"{r['first_step_wall'] or 0:.0f} | {r['final_nll']:.3f} | "
+                f"{r['eval_nfe']:.0f} |")
+  return "\n".join(rows)
+
+
+def main(argv=None):
+  cfg = Config()
+  parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
+  parser.add_argument("--datasets", default=",".join(cfg.datasets))
+  parser.add_argument("--methods", default=",".join(cfg.methods))
+  for field in ("budget", "eval_every", "lr", "margin", "miniboone_target"):
+    parser.add_argument("--" + field.replace("_", "-"), type=float,
+                        default=getattr(cfg, field))
+  for field in ("batch_size", "n_test", "seed"):
+    parser.add_argument("--" + field.replace("_", "-"), type=int,
+                        default=getattr(cfg, field))
+  parser.add_argument("--out", default=cfg.out)
+  args = vars(parser.parse_args(argv))
+  args["datasets"] = tuple(s for s in args["datasets"].split(",") if s)
+  args["methods"] = tuple(s for s in args["methods"].split(",") if s)
+  for m in args["methods"]:
+    _method_kwargs(m)  # fail early on a typo
+  cfg = Config(**args)
+  start = time.time()
+  results = run(cfg)
+  print()
+  print(table(results))
+  if cfg.out:
+    os.makedirs(os.path.dirname(os.path.abspath(cfg.out)), exist_ok=True)
+    with open(cfg.out, "w") as f:
+      json.dump(dict(config=dataclasses.asdict(cfg), results=results,
+                     total_seconds=time.time() - start,
+                     machine=dict(platform=platform.platform(),
+                                  cpus=os.cpu_count(),
+                                  tensorflow=tf.__version__)), f, indent=1)
+    print(f"\nwrote {cfg.out}")
+
+
+if __name__ == "__main__":
+  main()
