@@ -176,6 +176,13 @@ class ODENet(keras.Model):
       self.dim = int(x_shape[-1])
       self.out_layer = LAYER_TYPES[self.layer_type](
           self.dim, name=f"{self.layer_type}_out")
+    # Build every sublayer now (one call on zeros), so that weights exist
+    # when Keras restores a saved model before any real call.
+    x = tf.zeros([1, int(x_shape[-1])], self.dtype)
+    context = None
+    if context_shape is not None:
+      context = tf.zeros([1, int(context_shape[-1])], self.dtype)
+    self.call(tf.zeros([], self.dtype), x, context)
 
   def call(self, t, x, context=None):
     if context is None and self.context_dim:
