@@ -254,6 +254,9 @@ def test_multiscale_model_single_scale_and_bad_input():
                                 solver="rk4", step_size=1.0)
   assert model.flow.num_scales == 1 and len(model.nets) == 2
   assert model.get_config()["multiscale"] is False
+  clone = MultiscaleFFJORDModel.from_config(model.get_config())
+  assert len(clone.nets) == 2 and clone.flow.num_scales == 1
+  assert clone.ffjord_kwargs == {"solver": "rk4", "step_size": 1.0}
   with pytest.raises(ValueError, match="\\(4, 4, 1\\)"):
     model.log_prob(np.zeros([2, 8, 8, 1], np.float32))
 
@@ -362,8 +365,10 @@ def test_training_cli_writes_outputs_and_resumes(tmp_path):
   with open(out / "samples.png", "rb") as f:
     assert f.read(8) == b"\x89PNG\r\n\x1a\n"
   # A rerun with a larger step limit resumes from the checkpoint.
-  cli.main(args + ["--max-steps", "3"])
+  # It can also evaluate with an adaptive solver.
+  cli.main(args + ["--max-steps", "3", "--eval-solver", "dopri5"])
   second = json.loads((out / "metrics.json").read_text())
   assert second["steps"] == 3
+  assert second["eval_solver"] == "dopri5" and second["eval_nfe"] != 4
   curve = json.loads((out / "curve.json").read_text())
   assert [c["step"] for c in curve] == [1, 2, 3]

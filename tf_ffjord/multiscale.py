@@ -48,6 +48,9 @@ class MultiscaleFFJORDModel(keras.Model):
     time_length: initial T of every block.
     eval_trace: trace of `test_step` / `log_prob`; default the training one
       (the exact trace is only practical for tiny images).
+    eval_kwargs: `FFJORD` options that override `ffjord_kwargs` for
+      evaluation and sampling, e.g. `{"solver": "dopri5"}` to check a model
+      trained with a fixed grid against an adaptive solve.
     **ffjord_kwargs: passed to every `FFJORD` (trace, noise, solver, rtol,
       atol, step_size, max_num_steps, gradient).
 
@@ -64,7 +67,8 @@ class MultiscaleFFJORDModel(keras.Model):
   def __init__(self, event_shape=(28, 28, 1), dims=(64, 64, 64), strides=None,
                num_blocks=2, multiscale=True, num_scales=None, layer="concat",
                activation="softplus", alpha=1e-6, train_time=True,
-               time_length=1.0, eval_trace=None, **ffjord_kwargs):
+               time_length=1.0, eval_trace=None, eval_kwargs=None,
+               **ffjord_kwargs):
     name = ffjord_kwargs.pop("name", None)
     trainable = ffjord_kwargs.pop("trainable", True)
     ffjord_kwargs.pop("dtype", None)
@@ -89,6 +93,7 @@ class MultiscaleFFJORDModel(keras.Model):
     self.ffjord_kwargs = dict(ffjord_kwargs)
     trace = self.ffjord_kwargs.get("trace", "hutchinson")
     self.eval_trace = eval_trace or trace
+    self.eval_kwargs = dict(eval_kwargs or {})
     self.logit = LogitTransform(self.alpha)
     self.nets = []
     self.time_weights = []
@@ -118,7 +123,8 @@ class MultiscaleFFJORDModel(keras.Model):
 
     def make_eval_flow(shape, index):
       net, t = made[index]
-      return FFJORD(net, time_length=t, **{**kwargs, "trace": self.eval_trace})
+      return FFJORD(net, time_length=t, **{**kwargs, "trace": self.eval_trace,
+                                            **self.eval_kwargs})
 
     self.flow = ODENVP(self.event_shape, make_flow, self.num_blocks,
                        self.num_scales)
@@ -231,4 +237,5 @@ class MultiscaleFFJORDModel(keras.Model):
             "num_scales": self.num_scales if self.multiscale else None,
             "layer": self.layer_type, "activation": self.activation_name,
             "alpha": self.alpha, "train_time": self.train_time,
-            "time_length": self.time_length, "eval_trace": self.eval_trace}
+            "time_length": self.time_length, "eval_trace": self.eval_trace,
+            "eval_kwargs": self.eval_kwargs}

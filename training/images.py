@@ -56,6 +56,7 @@ class ImagesConfig:
   train_size: int = 0          # 0 for the whole training split
   eval_size: int = 0           # 0 for the full test split
   eval_batch: int = 500
+  eval_solver: str = ""        # "" for the training solver; e.g. dopri5 (rtol/atol)
   checkpoint_every: float = 120.0  # seconds
   log_every: int = 10
   seed: int = 0
@@ -73,7 +74,8 @@ def build_model(config, event_shape):
       train_time=config.train_time, solver=config.solver,
       step_size=config.step_size, rtol=config.rtol, atol=config.atol,
       max_num_steps=config.max_num_steps, noise=config.noise,
-      trace="hutchinson")
+      trace="hutchinson",
+      eval_kwargs={"solver": config.eval_solver} if config.eval_solver else None)
   model.compile(keras.optimizers.Adam(config.lr))
   model.optimizer.build(model.trainable_variables)
   return model
@@ -193,6 +195,7 @@ def run(config):
       "test_subset": subset,
       "nfe": curve[-1]["nfe"] if curve else eval_nfe,
       "eval_nfe": eval_nfe,
+      "eval_solver": config.eval_solver or config.solver,
       "seconds": train_seconds,
       "eval_seconds": eval_seconds,
       "steps": int(step),
