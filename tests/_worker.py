@@ -63,6 +63,16 @@ def train(spec):
             for k, v in history.history.items()},
          **{f"w{i}": w for i, w in enumerate(model.get_weights())}}
 
+  if spec.get("checkpoints"):
+    # Every worker saves (collective reads), only the chief's files stay;
+    # after a barrier every worker restores the chief's checkpoint.
+    from tf_ffjord import checkpoints  # pylint: disable=g-import-not-at-top
+    checkpoints.Checkpointer(model, spec["checkpoints"]).save(1)
+    strategy.reduce("SUM", strategy.run(lambda: tf.constant(1.0)), axis=None)
+    fresh = checkpoints.Checkpointer(model, spec["checkpoints"])
+    out["checkpoint_epoch"] = fresh.restore()
+    out["checkpoint_files"] = np.array(sorted(os.listdir(spec["checkpoints"])))
+
   # Hutchinson probes: every replica gets the same points; their estimates
   # must differ (a probe per replica), also across workers.
   with strategy.scope():

@@ -108,7 +108,8 @@ def _free_ports(n):
 
 def test_multiworker_two_processes_matches_single_device(run_dir):
   workers = [f"127.0.0.1:{p}" for p in _free_ports(2)]
-  spec = _spec(run_dir, "multiworker")
+  spec = _spec(run_dir, "multiworker",
+               checkpoints=str(run_dir / "mw_checkpoints"))
   procs = []
   try:
     for index in range(2):
@@ -132,6 +133,12 @@ def test_multiworker_two_processes_matches_single_device(run_dir):
   for out in outs:
     assert int(out["replicas"]) == 2
     _assert_matches_reference(out, ref)
+  # Both workers restored the chief's checkpoint; worker 1's scratch copy
+  # is gone.
+  for out in outs:
+    assert int(out["checkpoint_epoch"]) == 1
+  assert list(outs[0]["checkpoint_files"]) == [
+      "checkpoint", "ckpt-1.data-00000-of-00001", "ckpt-1.index"]
   # One replica per worker; the same global seed on both, yet the probes
   # differ because the replica id is folded into the probe seed.
   h0, h1 = outs[0]["hutchinson"], outs[1]["hutchinson"]

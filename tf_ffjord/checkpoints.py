@@ -164,6 +164,8 @@ class Checkpointer:
     """Removes the checkpoint directory (the chief's; other workers no-op)."""
     if self._chief:
       shutil.rmtree(self.directory, ignore_errors=True)
+    else:
+      shutil.rmtree(self._write_dir, ignore_errors=True)
     self._manager = None
 
 
