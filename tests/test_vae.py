@@ -1,5 +1,6 @@
 """Tests of tf_ffjord.vae: bounds against quadrature, change of variables, adjoint gradients."""
 
+import json
 import math
 
 import keras
@@ -150,11 +151,11 @@ def test_context_gradient_reaches_encoder_through_adjoint():
   # through the ODE's constants.
   g_h_a, g_h_b = g_a[:, 2 * d:].numpy(), g_b[:, 2 * d:].numpy()
   assert np.linalg.norm(g_h_a) > 1e-4
-  print("max rel err", np.abs(g_h_a - g_h_b).max() / np.abs(g_h_b).max())
-  np.testing.assert_allclose(g_h_a, g_h_b, rtol=1e-3,
-                             atol=1e-3 * np.abs(g_h_b).max())
-  np.testing.assert_allclose(g_a.numpy(), g_b.numpy(), rtol=1e-3,
-                             atol=1e-3 * np.abs(g_b.numpy()).max())
+  # On the same fixed grid the two agree to ~1e-5 (measured 4e-6).
+  np.testing.assert_allclose(g_h_a, g_h_b, rtol=1e-4,
+                             atol=1e-4 * np.abs(g_h_b).max())
+  np.testing.assert_allclose(g_a.numpy(), g_b.numpy(), rtol=1e-4,
+                             atol=1e-4 * np.abs(g_b.numpy()).max())
 
 
 def test_made_is_autoregressive():
@@ -205,3 +206,65 @@ def test_bad_input():
     vae.elbo(tf.zeros([2, 3, 3]))
   with pytest.raises(ValueError, match="dtype"):
     vae.elbo(tf.zeros([2, 4, 4], tf.int32))
+
+
+def _fake_mnist(path, n_train=200, n_test=20):
+  rng = np.random.default_rng(0)
+  np.savez(path, x_train=rng.integers(0, 256, (n_train, 28, 28), np.uint8),
+           x_test=rng.integers(0, 256, (n_test, 28, 28), np.uint8))
+  return str(path)
+
+
+def test_training_cli_writes_metrics_and_pictures(tmp_path):
+  from training import vae as cli
+  data = _fake_mnist(tmp_path / "mnist.npz")
+  out = tmp_path / "run"
+  cli.main(["--flow", "ffjord", "--data", data, "--out", str(out),
+            "--latent-dim", "2", "--context-dim", "2",
+            "--encoder-hidden", "8", "--decoder-hidden", "8",
+            "--cnf-hidden", "8", "--step-size", "0.5", "--epochs", "1",
+            "--gradient", "backprop",
+            "--batch-size", "50", "--iwae-samples", "8",
+            "--iwae-test-size", "5", "--iwae-chunk", "4", "--verbose", "0"])
+  metrics = json.loads((out / "metrics.json").read_text())
+  for key in ("test_neg_elbo", "iwae_neg_log_px", "nfe_forward_train",
+              "nfe_eval", "seconds", "train_seconds"):
+    assert np.isfinite(metrics[key]), key
+  assert metrics["train_steps"] == 4 and metrics["iwae_samples"] == 8
+  assert metrics["nfe_forward_train"] == 8  # rk4, two steps
+  # IWAE is at least the ELBO on average (same 5 images).
+  assert metrics["iwae_neg_log_px"] <= metrics["neg_elbo_on_iwae_images"] + 0.5
+  for name in ("reconstructions.png", "samples.png"):
+    png = tf.io.decode_png(tf.io.read_file(str(out / name)))
+    assert png.shape[0] > 28 and png.shape[-1] == 1
+
+
+def test_load_mnist_errors(tmp_path):
+  from training import vae as cli
+  with pytest.raises(FileNotFoundError, match="missing.npz"):
+    cli.load_mnist(str(tmp_path / "missing.npz"))
+  bad = tmp_path / "bad.npz"
+  np.savez(bad, x_train=np.zeros((3, 28, 27)), x_test=np.zeros((3, 28, 28)))
+  with pytest.raises(ValueError, match="x_train has shape"):
+    cli.load_mnist(str(bad))
+  nan = tmp_path / "nan.npz"
+  np.savez(nan, x_train=np.full((3, 28, 28), np.nan),
+           x_test=np.zeros((3, 28, 28)))
+  with pytest.raises(ValueError, match="NaN"):
+    cli.load_mnist(str(nan))
+  x_train, x_test = cli.load_mnist(_fake_mnist(tmp_path / "ok.npz"))
+  assert x_train.dtype == np.float32 and 0 <= x_train.min() <= x_train.max() <= 1
+
+
+@pytest.mark.parametrize("posterior", ["maf", "ffjord"])
+def test_config_round_trip(posterior):
+  vae = _tiny_vae(posterior, latent_dim=3)
+  clone = VAE.from_config(vae.get_config())
+  clone.set_weights(vae.get_weights())
+  assert clone.posterior == posterior and clone.latent_dim == 3
+  x = _images(4)
+  if posterior == "maf":
+    np.testing.assert_allclose(clone.elbo(x, seed=[1, 2]).numpy(),
+                               vae.elbo(x, seed=[1, 2]).numpy(), rtol=1e-5)
+  else:
+    assert clone.flow.solver.num_steps == vae.flow.solver.num_steps == 4
