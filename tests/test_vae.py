@@ -1,4 +1,4 @@
-"""Tests of tf_ffjord.vae: bounds against quadrature, change of variables, adjoint gradients."""
+"""Tests of tf_ffjord.vae: bounds vs quadrature, change of variables, adjoint."""
 
 import json
 import math

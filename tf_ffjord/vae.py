@@ -1,4 +1,4 @@
-"""`VAE`: a Bernoulli VAE whose posterior is a Gaussian, a MAF/IAF or an amortized FFJORD."""
+"""`VAE`: a Bernoulli VAE with a Gaussian, IAF (MAF) or amortized FFJORD posterior."""
 
 import math
 
@@ -123,7 +123,7 @@ def _mlp(widths, activation, name):
 
 @keras.saving.register_keras_serializable("tf_ffjord")
 class VAE(keras.Model):
-  """A VAE for binary images with a flow posterior q(z|x) and a Bernoulli decoder.
+  """A VAE for binary images: flow posterior q(z|x), Bernoulli decoder.
 
   q(z|x): z0 ~ N(mu(x), sigma(x)^2), then zK = flow(z0; x), with
   log q(zK|x) = log N(z0; mu, sigma) - log|det dzK/dz0|. The prior is N(0, I)

@@ -1,4 +1,4 @@
-"""The paper's VAE experiment on MNIST: `python -m training.vae --flow ffjord --out DIR`."""
+"""The paper's MNIST VAE: `python -m training.vae --flow ffjord --out DIR`."""
 
 import dataclasses
 import math
