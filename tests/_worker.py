@@ -47,7 +47,7 @@ def train(spec):
   batch = int(spec["global_batch"])
 
   with strategy.scope():
-    model = FFJORDModel((2,), dynamics=ODENet(hidden=(8,)), solver="rk4",
+    model = FFJORDModel((2,), dynamics=ODENet(hidden=(8,)), solver="euler",
                         step_size=0.5, trace="exact")
     model.set_weights(weights)
     model.compile(keras.optimizers.Adam(spec.get("learning_rate", 1e-2)))
@@ -76,7 +76,7 @@ def train(spec):
   # Hutchinson probes: every replica gets the same points; their estimates
   # must differ (a probe per replica), also across workers.
   with strategy.scope():
-    hutch = FFJORDModel((2,), dynamics=model.dynamics, solver="rk4",
+    hutch = FFJORDModel((2,), dynamics=model.dynamics, solver="euler",
                         step_size=0.5, trace="hutchinson")
   x0 = tf.constant(x[:4])
 
@@ -131,7 +131,7 @@ def train_resumable(spec):
   keras.utils.set_random_seed(0)
   data = np.load(spec["data"])
   x = data["x"]
-  model = FFJORDModel((2,), dynamics=ODENet(hidden=(8,)), solver="rk4",
+  model = FFJORDModel((2,), dynamics=ODENet(hidden=(8,)), solver="euler",
                       step_size=0.5, trace="exact")
   model.set_weights([data[f"w{i}"] for i in range(int(data["num_weights"]))])
   model.compile(keras.optimizers.Adam(1e-2))

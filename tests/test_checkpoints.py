@@ -44,7 +44,7 @@ def test_kill_9_then_rerun_resumes_without_losing_an_epoch(tmp_path):
            **{f"w{i}": v for i, v in enumerate(w)})
   spec = {"mode": "resume", "data": str(tmp_path / "data.npz"),
           "batch": batch, "steps_per_epoch": steps, "epochs": epochs,
-          "checkpoints": str(tmp_path / "ckpt"), "sleep": 1.0}
+          "checkpoints": str(tmp_path / "ckpt"), "sleep": 0.4}
   (tmp_path / "run.json").write_text(json.dumps({**spec, "out": str(
       tmp_path / "run.npz")}))
   cmd = [sys.executable, str(WORKER), str(tmp_path / "run.json")]
@@ -61,7 +61,7 @@ def test_kill_9_then_rerun_resumes_without_losing_an_epoch(tmp_path):
         break
       lines.append(line.strip())
       if line.strip() == "SAVED 2":
-        time.sleep(0.5)  # inside epoch 3 (each batch sleeps 1 s)
+        time.sleep(0.1)  # inside epoch 3 (each batch sleeps 0.4 s)
         proc.send_signal(signal.SIGKILL)
         break
     proc.wait(timeout=60)

@@ -48,6 +48,11 @@ _SERVE = textwrap.dedent("""
     out["bad_shape_error"] = np.array("")
   except (TypeError, ValueError) as e:
     out["bad_shape_error"] = np.array(str(e)[:200])
+  try:
+    m.log_prob(tf.constant([[float("nan"), 0.0]]))
+    out["nan_error"] = np.array("")
+  except tf.errors.InvalidArgumentError as e:
+    out["nan_error"] = np.array(str(e)[:300])
   sigs = {k: {"inputs": {n: [s.dtype.name, s.shape.as_list()] for n, s in
                          f.structured_input_signature[1].items()},
               "outputs": {n: [s.dtype.name, s.shape.as_list()] for n, s in
@@ -117,6 +122,7 @@ def test_saved_model_serves_without_tf_ffjord(tmp_path):
   np.testing.assert_allclose((lo + hi) / 2, live[0], atol=1e-5)
 
   assert str(out["bad_shape_error"])
+  assert "NaN or inf" in str(out["nan_error"])
   sigs = json.loads(str(out["signatures"]))
   assert set(sigs) == {*export_lib.SIGNATURES, "serving_default"}
   assert sigs["log_prob"] == {"inputs": {"x": ["float32", [None, 2]]},
