@@ -197,3 +197,26 @@ def test_keras_save_keeps_optimizer_state(tmp_path):
   assert len(loaded_state) == len(state) > 1
   for v in loaded_state:
     np.testing.assert_array_equal(v.numpy(), np.full(v.shape, 3))
+
+
+def test_multiscale_image_model_export(tmp_path):
+  from tf_ffjord.multiscale import MultiscaleFFJORDModel  # pylint: disable=g-import-not-at-top
+  model = MultiscaleFFJORDModel((4, 4, 1), dims=(4,), num_blocks=1,
+                                multiscale=False, solver="euler",
+                                step_size=1.0, eval_trace="exact",
+                                train_time=False)
+  _perturb(model, seed=6)
+  loaded = tf.saved_model.load(str(model.export(tmp_path / "images")))
+  x = np.random.default_rng(7).uniform(0.05, 0.95, [3, 4, 4, 1])
+  x = x.astype(np.float32)
+  np.testing.assert_allclose(loaded.log_prob(x)["log_prob"],
+                             model.log_prob(x), atol=1e-5)
+  np.testing.assert_allclose(loaded.sample(2, 3)["x"],
+                             model.sample(2, seed=3), atol=1e-5)
+  inv = loaded.inverse(x)
+  np.testing.assert_allclose(
+      model.base_log_prob(inv["z"]) + inv["log_det"], model.log_prob(x),
+      atol=1e-4)
+  a = loaded.log_prob_hutchinson(x, 1)["log_prob"]
+  np.testing.assert_array_equal(a, loaded.log_prob_hutchinson(x, 1)["log_prob"])
+  assert not np.allclose(a, loaded.log_prob_hutchinson(x, 2)["log_prob"])

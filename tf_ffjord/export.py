@@ -102,6 +102,66 @@ class _Servable(tf.Module):
     return {"x": out["x"]}
 
 
+class _MultiscaleServable(tf.Module):
+  """The exported `MultiscaleFFJORDModel`: images with pixels in [0, 1].
+
+  `log_prob`, `forward`, `inverse` and `sample` use the model's evaluation
+  flows (`eval_trace`: the exact trace costs one VJP per pixel, so image
+  models usually evaluate with Hutchinson); `log_prob_hutchinson` uses the
+  training flows with a caller-given seed. `forward`/`inverse` include the
+  logit transform, so they map between [0, 1] images and the latent.
+  """
+
+  def __init__(self, model, batch_size=None):
+    super().__init__(name="ffjord_multiscale_servable")
+    self._m = types.SimpleNamespace(model=model)  # untracked (see _Servable)
+    self.model_variables = list(model.variables)
+    self.nfe_counters = [f.nfe_counter for flow in (model.flow,
+                                                     model.eval_flow)
+                         for f in flow.all_flows]
+    dtype = tf.float32
+    shape = [batch_size, *model.event_shape]
+    x_spec = tf.TensorSpec(shape, dtype, name="x")
+    seed_spec = tf.TensorSpec([], tf.int32, name="seed")
+    self.inverse = _function(self._inverse, [x_spec])
+    self.forward = _function(self._forward,
+                             [tf.TensorSpec(shape, dtype, name="z")])
+    self.log_prob = _function(self._log_prob, [x_spec])
+    self.log_prob_hutchinson = _function(self._log_prob_hutchinson,
+                                         [x_spec, seed_spec])
+    self.sample = _function(self._sample,
+                            [tf.TensorSpec([], tf.int32, name="n"), seed_spec])
+
+  def _to_flow(self, x):
+    logit = self._m.model.logit
+    return logit.inverse(x), logit.inverse_log_det_jacobian(x, event_ndims=3)
+
+  def _inverse(self, x):
+    y, ld = self._to_flow(x)
+    z, flow_ld, _ = self._m.model.eval_flow.transform(y, "inverse")
+    return {"z": z, "log_det": flow_ld + ld}
+
+  def _forward(self, z):
+    model = self._m.model
+    y, flow_ld, _ = model.eval_flow.transform(z, "forward")
+    ld = model.logit.forward_log_det_jacobian(y, event_ndims=3)
+    return {"x": model.logit.forward(y), "log_det": flow_ld + ld}
+
+  def _log_prob(self, x):
+    out = self.inverse(x)
+    return {"log_prob": self._m.model.base_log_prob(out["z"])
+                        + out["log_det"]}
+
+  def _log_prob_hutchinson(self, x, seed):
+    y, ld = self._to_flow(x)
+    z, flow_ld, _ = self._m.model.flow.transform(y, "inverse",
+                                                 seed=tf.stack([seed, 0]))
+    return {"log_prob": self._m.model.base_log_prob(z) + flow_ld + ld}
+
+  def _sample(self, n, seed):
+    return {"x": self._m.model._sample(n, seed)}  # pylint: disable=protected-access
+
+
 def export_saved_model(model, path, batch_size=None, custom_gradients=False):
   """Writes `model` as a SavedModel with serving signatures.
 
@@ -123,8 +183,14 @@ def export_saved_model(model, path, batch_size=None, custom_gradients=False):
   float32[B, context_dim]` (`[n, context_dim]` for `sample`). `log_det` is
   log|det d output / d input|.
 
+  A `MultiscaleFFJORDModel` exports the same signatures over images `E =
+  [H, W, C]` with pixels in [0, 1] (log_prob of the dequantized image, in
+  nats): `log_prob`, `forward`, `inverse` and `sample` use its `eval_trace`
+  and `log_prob_hutchinson` its training flows; `forward`/`inverse` include
+  the logit transform.
+
   Args:
-    model: a `tf_ffjord.FFJORDModel`.
+    model: a `tf_ffjord.FFJORDModel` or `MultiscaleFFJORDModel`.
     path: output directory.
     batch_size: fix the batch dimension of the signatures (`None`: any).
     custom_gradients: also serialize the adjoint gradient, so that the
@@ -141,7 +207,8 @@ def export_saved_model(model, path, batch_size=None, custom_gradients=False):
   >>> loaded.log_prob(tf.zeros([3, 2]))["log_prob"].shape  # doctest: +SKIP
   TensorShape([3])
   """
-  servable = _Servable(model, batch_size)
+  servable = (_MultiscaleServable(model, batch_size)
+              if hasattr(model, "eval_flow") else _Servable(model, batch_size))
   # Pass the tf.functions, not concrete functions: `save` traces them in its
   # own context anyway, so tracing here first would double the cost.
   signatures = {name: getattr(servable, name) for name in SIGNATURES}

@@ -229,6 +229,16 @@ class MultiscaleFFJORDModel(keras.Model):
 
   # -- saving ------------------------------------------------------------
 
+  def export(self, path, batch_size=None, custom_gradients=False):
+    """Writes a SavedModel that serves without tf_ffjord installed.
+
+    The signatures of `tf_ffjord.export.export_saved_model`, over images
+    with pixels in [0, 1].
+    """
+    from tf_ffjord import export  # pylint: disable=g-import-not-at-top
+    return export.export_saved_model(self, path, batch_size=batch_size,
+                                     custom_gradients=custom_gradients)
+
   def get_config(self):
     return {**super().get_config(), **self.ffjord_kwargs,
             "event_shape": self.event_shape, "dims": self.dims,
