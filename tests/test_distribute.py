@@ -150,3 +150,23 @@ def test_nfe_counter_is_per_replica():
   var = FFJORDModel((2,), dynamics=ODENet(hidden=(4,)), solver="rk4",
                     step_size=1.0).bijector.nfe_counter
   assert var.synchronization == tf.VariableSynchronization.ON_READ
+
+
+def test_cli_strategy_flag(monkeypatch):
+  import dataclasses  # pylint: disable=g-import-not-at-top
+  from training import common  # pylint: disable=g-import-not-at-top
+
+  @dataclasses.dataclass
+  class Config:
+    iters: int = 3
+
+  config = common.config_from_args(Config, "test",
+                                   ["--strategy", "default", "--iters", "5"])
+  assert config == Config(iters=5)
+  with pytest.raises(SystemExit):  # argparse rejects unknown strategies
+    common.config_from_args(Config, "test", ["--strategy", "tpu"])
+  with pytest.raises(ValueError, match="Unknown strategy"):
+    common.use_strategy("tpu")
+  monkeypatch.delenv("TF_CONFIG", raising=False)
+  with pytest.raises(ValueError, match="TF_CONFIG"):
+    common.use_strategy("multiworker")
