@@ -17,8 +17,17 @@ step, the ratio to TFP, and the overhead ratio
     step time / ((NFE forward + NFE backward) x one compiled dynamics + VJP)
 
 (the compiled evaluation is timed on the same batch, with XLA when the
-implementation uses XLA). `--memory` adds the peak step memory of the adjoint
-and of backprop at two tolerances.
+implementation uses XLA); "overhead (adj. cost)" charges the backward
+evaluations at the cost of one adjoint evaluation instead. `ours` compiles
+with XLA in case (a) and runs as a plain `tf.function` in (b) and (c), where
+XLA's CPU matrix products and convolutions measured slower (`ours_xla` and
+`ours_noxla` force either). `tfp` runs without XLA: its `vectorized_map`
+trace makes XLA recompile after every update. `--memory` adds the peak step
+memory of the adjoint and of backprop at two tolerances (case a). Memory is the allocator's peak
+during a step above what was in use before it (TF's CPU BFC statistics).
+
+The nets start from their initialization, so the NFE are those of the first
+training steps; both implementations see the same weights and batches.
 
 #### Examples
 
@@ -33,6 +42,10 @@ import argparse
 import dataclasses
 import json
 import os
+
+# TF's CPU allocator keeps no statistics unless it is a BFC allocator; with
+# it, tf.config.experimental.get_memory_info gives each step's peak.
+os.environ.setdefault("TF_CPU_ALLOCATOR_USE_BFC", "true")
 import platform
 import statistics
 import sys
@@ -73,15 +86,17 @@ class Case:
   logprob_reps: int = 5
   rtol: float = 1e-5
   atol: float = 1e-5
+  eval_chain: int = 20
+  xla: bool = True  # whether "ours" compiles with XLA (chosen by measurement)
 
 
 CASES = {
     "a": Case("a", "8gaussians 2-D, MLP 64x3, batch 512", (2,), 512,
-              warmup=3, reps=12, logprob_reps=6),
+              warmup=3, reps=10, logprob_reps=5),
     "b": Case("b", "MINIBOONE 43-D, MLP 860x2, batch 1000", (43,), 1000,
-              warmup=2, reps=5, logprob_reps=3),
+              warmup=1, reps=3, logprob_reps=2, eval_chain=5, xla=False),
     "c": Case("c", "MNIST 28x28x1, conv 32x2, batch 64", (28, 28, 1), 64,
-              warmup=2, reps=4, logprob_reps=3),
+              warmup=1, reps=3, logprob_reps=2, eval_chain=5, xla=False),
 }
 
 
@@ -157,14 +172,28 @@ def _rss_bytes():
     return int(f.read().split()[1]) * os.sysconf("SC_PAGE_SIZE")
 
 
+def _tf_memory():
+  try:
+    return tf.config.experimental.get_memory_info("CPU:0")
+  except ValueError:  # allocator without statistics
+    return None
+
+
 class PeakRSS:
-  """Context manager sampling the RSS every ms; `.peak` is max minus start."""
+  """Peak memory of a block: `.peak` is the allocator's peak above the bytes
+  in use at entry (TF's BFC statistics), or else the sampled peak RSS above
+  the RSS at entry."""
 
   def __init__(self, interval=1e-3):
     self.interval = interval
     self.peak = 0
 
   def __enter__(self):
+    self._tf = _tf_memory()
+    if self._tf is not None:
+      tf.config.experimental.reset_memory_stats("CPU:0")
+      self._tf = _tf_memory()
+      return self
     self.start = _rss_bytes()
     self._max = self.start
     self._stop = threading.Event()
@@ -178,6 +207,9 @@ class PeakRSS:
       time.sleep(self.interval)
 
   def __exit__(self, *exc):
+    if self._tf is not None:
+      self.peak = _tf_memory()["peak"] - self._tf["current"]
+      return False
     self._stop.set()
     self._thread.join()
     self._max = max(self._max, _rss_bytes())
@@ -276,7 +308,8 @@ class TFP:
 
 
 IMPLS = {
-    "ours": lambda net, case, **kw: Ours(net, case, xla=True, **kw),
+    "ours": lambda net, case, **kw: Ours(net, case, xla=case.xla, **kw),
+    "ours_xla": lambda net, case, **kw: Ours(net, case, xla=True, **kw),
     "ours_noxla": lambda net, case, **kw: Ours(net, case, xla=False, **kw),
     "ours_backprop": lambda net, case, **kw: Ours(
         net, case, xla=False, gradient="backprop", **kw),
@@ -348,7 +381,7 @@ def _clone(net, case, x):
 
 # -- the benchmark -------------------------------------------------------------
 
-def run_case(case, impl_names, log=print):
+def run_case(case, impl_names, quick=False, log=print):
   """Trains every implementation on the same batches, alternating."""
   keras.utils.set_random_seed(0)
   batches = make_batches(case, case.warmup + case.reps + case.logprob_reps)
@@ -400,7 +433,8 @@ def run_case(case, impl_names, log=print):
   x = tf.constant(batches[0])
   costs = {}
   for xla in sorted({impl.xla for impl in impls.values()}):
-    costs[xla] = eval_costs(net0, x, len(case.event_shape), xla)
+    costs[xla] = eval_costs(net0, x, len(case.event_shape), xla,
+                            chain=case.eval_chain, reps=3 if quick else 5)
   summary = {}
   for name, impl in impls.items():
     out = res[name]
@@ -510,9 +544,11 @@ def run(cases="abc", impls=("ours", "tfp"), quick=False, memory=False,
   for key in cases:
     case = dataclasses.replace(CASES[key])
     if quick:
-      case = dataclasses.replace(case, warmup=2, reps=3, logprob_reps=2)
+      case = dataclasses.replace(case, warmup=min(case.warmup, 2),
+                                 reps=min(case.reps, 3),
+                                 logprob_reps=min(case.logprob_reps, 2))
     log(f"case ({key}): {case.title}")
-    results[key] = run_case(case, list(impls), log=log)
+    results[key] = run_case(case, list(impls), quick=quick, log=log)
   if memory:
     mem = run_memory(reps=2 if quick else 3, log=log)
   return results, mem
