@@ -132,6 +132,9 @@ class FFJORDModel(keras.Model):
     self.nfe_backward_tracker = LastValue(name="nfe_backward")
     self.reg_trackers = {r: keras.metrics.Mean(name=r)
                          for r in self.regularization}
+    # Set by compile(objective=...).
+    self.objective, self.ot, self.fm_sigma = "likelihood", False, 0.0
+    self.fm_tracker = keras.metrics.Mean(name="fm_loss")
     self.build()
 
   def build(self, input_shape=None):
@@ -146,9 +149,6 @@ class FFJORDModel(keras.Model):
     else:
       self.dynamics(tf.zeros([], x.dtype), x)
     self.built = True
-    # Set by compile(objective=...).
-    self.objective, self.ot, self.fm_sigma = "likelihood", False, 0.0
-    self.fm_tracker = keras.metrics.Mean(name="fm_loss")
 
   @property
   def metrics(self):
