@@ -1,5 +1,6 @@
 """One test over every flow configuration: shape, gradients, inverse, log-det, save."""
 
+import keras
 import numpy as np
 import pytest
 import tensorflow as tf
@@ -11,13 +12,13 @@ tfd = tfp.distributions
 
 FLOWS = {
     "exact-dopri5-adjoint": dict(trace="exact", solver="dopri5",
-                                 rtol=1e-6, atol=1e-6),
+                                 rtol=1e-5, atol=1e-5),
     "rademacher-rk4-backprop": dict(trace="hutchinson", solver="rk4",
-                                    step_size=0.05),
+                                    step_size=0.1),
     "gaussian-dopri5-train_time": dict(trace="hutchinson", noise="gaussian",
-                                       train_time=True, rtol=1e-6, atol=1e-6),
+                                       train_time=True, rtol=1e-5, atol=1e-5),
     "exact-midpoint-t0": dict(trace="exact", solver="midpoint",
-                              step_size=0.02, initial_time=2.0,
+                              step_size=0.05, initial_time=2.0,
                               time_length=0.5),
 }
 
@@ -58,33 +59,39 @@ def test_flow(name, tmp_path):
   z = tf.random.normal([7, 3])
   round_trip = tf.function(
       lambda z: bij.solve(bij.solve(z, "forward").state, "inverse").state)
-  np.testing.assert_allclose(round_trip(z), z, atol=2e-4)
+  np.testing.assert_allclose(round_trip(z), z, atol=1e-3)
 
-  # log-det against the autodiff Jacobian of the map x -> z.
-  exact = bij.copy(trace="exact", gradient="backprop", solver="rk4",
-                   step_size=0.02)
+  # log-det against the autodiff Jacobian of the map x -> z (taken through
+  # a backprop copy; the exact-trace copy integrates the log-det itself).
+  grid = dict(gradient="backprop", solver="rk4", step_size=0.1)
+  state_map = bij.copy(trace="hutchinson", **grid)
+  exact = bij.copy(trace="exact", **grid)
 
   @tf.function
   def jac_and_ldj(x):
     with tf.GradientTape() as tape:
       tape.watch(x)
-      sol = exact.solve(x)
-    return tape.batch_jacobian(sol.state, x), sol.log_det
+      z = state_map.solve(x).state
+    return tape.batch_jacobian(z, x), exact.solve(x).log_det
 
   jac, ldj = jac_and_ldj(x)
   np.testing.assert_allclose(np.linalg.slogdet(jac.numpy())[1], ldj,
-                             atol=2e-4)
+                             atol=1e-3)
   if FLOWS[name]["trace"] == "exact":
     np.testing.assert_allclose(
         tf.function(lambda x: bij.solve(x).log_det)(x), ldj, atol=1e-3)
 
-  # save/load round trip of the weights gives the same density.
-  ckpt = tf.train.Checkpoint(dynamics=bij.dynamics, bijector=bij)
-  path = ckpt.save(str(tmp_path / "ckpt"))
-  other = make(FLOWS[name])
-  tf.train.Checkpoint(dynamics=other.dynamics, bijector=other).restore(
-      path).assert_existing_objects_matched()
+  # Keras save/load of the dynamics (and a checkpoint of the bijector's own
+  # end-time variable) gives the same density.
+  path = str(tmp_path / "dynamics.keras")
+  bij.dynamics.save(path)
+  ckpt_path = tf.train.Checkpoint(bijector=bij).save(str(tmp_path / "ckpt"))
+  other = FFJORD(keras.saving.load_model(path), **FLOWS[name])
+  tf.train.Checkpoint(bijector=other).restore(ckpt_path)
   for a, b in zip(variables(bij), variables(other)):
     np.testing.assert_array_equal(a.numpy(), b.numpy())
+  other_exact = other.copy(trace="exact", **grid)
+  np.testing.assert_allclose(
+      tf.function(lambda x: other_exact.solve(x).log_det)(x), ldj, atol=1e-5)
 
   assert "FFJORD" in repr(bij) and "ffjord" in bij.name
