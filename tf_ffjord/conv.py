@@ -3,7 +3,7 @@
 import keras
 import tensorflow as tf
 
-from tf_ffjord.dynamics import ACTIVATIONS, time_features
+from tf_ffjord.dynamics import ACTIVATIONS, apply_time_layers
 
 __all__ = ["ConcatConv2D", "ConcatSquashConv2D", "IgnoreConv2D",
            "ConcatConv2DTranspose", "ConcatSquashConv2DTranspose",
@@ -208,17 +208,7 @@ class ConvODENet(keras.Model):
       self.out_layer = self._make(self.channels, self.strides_list[-1], "out")
 
   def call(self, t, x, context=None):
-    if context is None and self.context_dim:
-      raise ValueError(f"This ConvODENet was built with context_dim="
-                       f"{self.context_dim}; pass a context.")
-    if context is not None and context.shape[-1] != self.context_dim:
-      raise ValueError(f"Context has {context.shape[-1]} features; this "
-                       f"ConvODENet expects context_dim={self.context_dim}.")
-    tc = time_features(t, x, context)
-    h = x
-    for layer in self.hidden_layers:
-      h = self.activation(layer(tc, h))
-    return self.out_layer(tc, h)
+    return apply_time_layers(self, t, x, context)
 
   def get_config(self):
     return {**super().get_config(), "dims": self.dims,

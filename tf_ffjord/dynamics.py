@@ -5,7 +5,7 @@ import tensorflow as tf
 
 __all__ = ["ConcatSquashDense", "ConcatDense", "IgnoreDense", "SquashDense",
            "BlendDense", "ODENet", "LAYER_TYPES", "ACTIVATIONS",
-           "time_features"]
+           "time_features", "apply_time_layers"]
 
 ACTIVATIONS = ("tanh", "softplus", "elu", "swish", "relu")
 
@@ -30,6 +30,29 @@ def time_features(t, x, context=None):
   if context.shape.rank == 1:
     context = tf.broadcast_to(context[tf.newaxis], [batch, context.shape[0]])
   return tf.concat([t, context], axis=-1)
+
+
+def apply_time_layers(net, t, x, context=None):
+  """Runs a dynamics net's time-conditioned layers: f(t, x[, context]).
+
+  `net` has `hidden_layers`, `out_layer`, `activation` and `context_dim`;
+  every layer is called as `layer(tc, h)` with `tc = time_features(...)`.
+
+  Raises:
+    ValueError: a context is missing, unexpected, or of the wrong width.
+  """
+  name = type(net).__name__
+  if context is None and net.context_dim:
+    raise ValueError(f"This {name} was built with context_dim="
+                     f"{net.context_dim}; pass a context.")
+  if context is not None and context.shape[-1] != net.context_dim:
+    raise ValueError(f"Context has {context.shape[-1]} features; this "
+                     f"{name} expects context_dim={net.context_dim}.")
+  tc = time_features(t, x, context)
+  h = x
+  for layer in net.hidden_layers:
+    h = net.activation(layer(tc, h))
+  return net.out_layer(tc, h)
 
 
 class _TimeDense(keras.layers.Layer):
@@ -185,17 +208,7 @@ class ODENet(keras.Model):
     self.call(tf.zeros([], self.dtype), x, context)
 
   def call(self, t, x, context=None):
-    if context is None and self.context_dim:
-      raise ValueError(f"This ODENet was built with context_dim="
-                       f"{self.context_dim}; pass a context.")
-    if context is not None and context.shape[-1] != self.context_dim:
-      raise ValueError(f"Context has {context.shape[-1]} features; this "
-                       f"ODENet expects context_dim={self.context_dim}.")
-    tc = time_features(t, x, context)
-    h = x
-    for layer in self.hidden_layers:
-      h = self.activation(layer(tc, h))
-    return self.out_layer(tc, h)
+    return apply_time_layers(self, t, x, context)
 
   def get_config(self):
     return {**super().get_config(), "hidden": self.hidden,
