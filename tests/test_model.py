@@ -88,6 +88,6 @@ def test_export_reloads_with_same_log_prob(tmp_path):
   path = str(tmp_path / "saved")
   model.export(path)
   loaded = tf.saved_model.load(path)
-  np.testing.assert_allclose(loaded.log_prob(tf.constant(x)),
+  np.testing.assert_allclose(loaded.log_prob(tf.constant(x))["log_prob"],
                              model.log_prob(x, exact=True), atol=1e-5)
-  assert loaded.sample(tf.constant(5), tf.constant(1)).shape == (5, 2)
+  assert loaded.sample(tf.constant(5), tf.constant(1))["x"].shape == (5, 2)
