@@ -39,15 +39,18 @@ def parser_for(config_cls, description):
   return parser
 
 
-def config_from_args(config_cls, description, argv=None):
+def config_from_args(config_cls, description, argv=None,
+                     strategies=STRATEGIES):
   """Parses argv into an instance of `config_cls`.
 
-  Every CLI also takes `--strategy {default,mirrored,multiworker}`, applied
-  here (see `use_strategy`), before the CLI builds its model.
+  Every CLI also takes `--strategy`, applied here (see `use_strategy`),
+  before the CLI builds its model. CLIs whose training loop is not
+  distribution-aware pass `strategies=("default",)`, so a multi-replica
+  request is refused up front instead of training with wrong gradients.
   """
   parser = parser_for(config_cls, description)
   parser.add_argument(
-      "--strategy", choices=STRATEGIES, default="default",
+      "--strategy", choices=strategies, default="default",
       help="default: one device; mirrored: all local GPUs; multiworker: the "
            "cluster in TF_CONFIG (run the same command on every worker)")
   args = vars(parser.parse_args(argv))

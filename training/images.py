@@ -215,7 +215,8 @@ def run(config):
 
 def main(argv=None):
   config = common.config_from_args(
-      ImagesConfig, "Train multiscale FFJORD on images.", argv)
+      ImagesConfig, "Train multiscale FFJORD on images.", argv,
+      strategies=("default",))  # own training loop: not distribution-aware
   if config.data == "cifar10" and config.data_path == ImagesConfig.data_path:
     raise SystemExit("Pass --data-path to the cifar-10-batches-py directory.")
   return run(config)

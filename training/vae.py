@@ -266,7 +266,8 @@ def run(config):
 def main(argv=None):
   config = common.config_from_args(
       VAEConfig, "Train a VAE with a none / MAF / FFJORD posterior on "
-      "dynamically binarized MNIST.", argv)
+      "dynamically binarized MNIST.", argv,
+      strategies=("default",))  # own training loop: not distribution-aware
   metrics = run(config)
   print({k: v for k, v in metrics.items() if k != "config"})
 
