@@ -10,10 +10,36 @@ from tf_ffjord import flow_matching
 from tf_ffjord.bijector import FFJORD
 from tf_ffjord.dynamics import ODENet
 
-__all__ = ["FFJORDModel", "LastValue"]
+__all__ = ["FFJORDModel", "LastValue", "minimize"]
 
 _LOG_2PI = math.log(2 * math.pi)
 OBJECTIVES = ("likelihood", "flow_matching")
+
+
+def minimize(model, loss_fn):
+  """One optimizer step of `model` on `loss_fn()` plus the model's own losses.
+
+  Under `tf.distribute` the gradients are summed over replicas, so the loss
+  is divided by the number of replicas: each replica's mean then counts as
+  its share of the global batch.
+
+  Args:
+    model: a compiled Keras model.
+    loss_fn: callable returning `(loss, aux)`; runs under the gradient tape.
+
+  Returns:
+    `aux`.
+  """
+  replicas = tf.distribute.get_strategy().num_replicas_in_sync
+  with tf.GradientTape() as tape:
+    loss, aux = loss_fn()
+    if model.losses:
+      loss += tf.add_n(model.losses)
+    scaled = loss / replicas
+  variables = model.trainable_variables
+  grads = tape.gradient(scaled, variables)
+  model.optimizer.apply_gradients(zip(grads, variables))
+  return aux
 
 
 def _step_logs(logs):
@@ -304,21 +330,17 @@ class FFJORDModel(keras.Model):
     x, context = self._unpack(data)
     if self.objective == "flow_matching":
       return self._flow_matching_step(x, context)
-    replicas = tf.distribute.get_strategy().num_replicas_in_sync
-    with tf.GradientTape() as tape:
+
+    def loss_fn():
       logp, sol = self._log_prob(x, context, self.bijector,
                                  seed=self._noise_seed())
       nll = -tf.reduce_mean(logp)
       loss = nll
       for r, w in self.regularization.items():
         loss += w * tf.reduce_mean(sol.regularization[r])
-      if self.losses:
-        loss += tf.add_n(self.losses)
-      # Gradients are summed over replicas: scale for the global batch.
-      scaled = loss / replicas
-    variables = self.trainable_variables
-    grads = tape.gradient(scaled, variables)
-    self.optimizer.apply_gradients(zip(grads, variables))
+      return loss, (nll, sol)
+
+    nll, sol = minimize(self, loss_fn)
     nfe_total = self.bijector.nfe_counter.read_value()
     self.nll_tracker.update_state(nll)
     self.nfe_tracker.update_state(sol.nfe)
@@ -328,19 +350,14 @@ class FFJORDModel(keras.Model):
     return _step_logs({m.name: m.result() for m in self.metrics})
 
   def _flow_matching_step(self, x, context):
-    replicas = tf.distribute.get_strategy().num_replicas_in_sync
-    with tf.GradientTape() as tape:
+    def loss_fn():
       fm = tf.reduce_mean(flow_matching.flow_matching_loss(
           self.dynamics, x, context, time_length=self.bijector.time_length,
           initial_time=self.bijector.parameters["initial_time"], ot=self.ot,
           sigma=self.fm_sigma))
-      loss = fm
-      if self.losses:
-        loss += tf.add_n(self.losses)
-      scaled = loss / replicas
-    variables = self.trainable_variables
-    grads = tape.gradient(scaled, variables)
-    self.optimizer.apply_gradients(zip(grads, variables))
+      return fm, fm
+
+    fm = minimize(self, loss_fn)
     self.fm_tracker.update_state(fm)
     return _step_logs({"fm_loss": self.fm_tracker.result()})
 

@@ -9,7 +9,7 @@ import tensorflow as tf
 from tf_ffjord.bijector import FFJORD
 from tf_ffjord.conv import ConvODENet
 from tf_ffjord.images import LogitTransform, ODENVP, bits_per_dim, dequantize
-from tf_ffjord.model import LastValue
+from tf_ffjord.model import LastValue, minimize
 
 __all__ = ["MultiscaleFFJORDModel"]
 
@@ -211,16 +211,11 @@ class MultiscaleFFJORDModel(keras.Model):
 
   def train_step(self, data):
     x = self._unpack(data)
-    replicas = tf.distribute.get_strategy().num_replicas_in_sync
-    with tf.GradientTape() as tape:
+    def loss_fn():
       logp, nfe = self._log_prob(x, self.flow)
-      loss = -tf.reduce_mean(logp)
-      if self.losses:
-        loss += tf.add_n(self.losses)
-      scaled = loss / replicas
-    variables = self.trainable_variables
-    grads = tape.gradient(scaled, variables)
-    self.optimizer.apply_gradients(zip(grads, variables))
+      return -tf.reduce_mean(logp), (logp, nfe)
+
+    logp, nfe = minimize(self, loss_fn)
     return self._update(logp, nfe)
 
   def test_step(self, data):
