@@ -180,7 +180,8 @@ def test_toy_cli_resumes_after_kill_9(tmp_path):
   try:
     deadline = time.time() + 600
     while time.time() < deadline and proc.poll() is None:
-      if (ckpt_dir / "ckpt-1.index").exists():
+      # The state file is written (atomically) last, once a save is whole.
+      if (ckpt_dir / "checkpoint").exists():
         proc.send_signal(signal.SIGKILL)  # one epoch of six is saved
         break
       time.sleep(0.02)
