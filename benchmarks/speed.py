@@ -16,8 +16,10 @@ step, the ratio to TFP, and the overhead ratio
 
     step time / ((NFE forward + NFE backward) x one compiled dynamics + VJP)
 
-(the compiled evaluation is timed on the same batch, with XLA when the
-implementation uses XLA); "overhead (adj. cost)" charges the backward
+(the compiled evaluation is timed in every repetition, right after the
+steps, on the same batch, with XLA when the implementation uses XLA, and
+each step is divided by the cost timed beside it, so that load changes on a
+shared machine cancel); "overhead (adj. cost)" charges the backward
 evaluations at the cost of one adjoint evaluation instead. `ours` compiles
 with XLA in case (a) and runs as a plain `tf.function` in (b) and (c), where
 XLA's CPU matrix products and convolutions measured slower (`ours_xla` and
@@ -317,24 +319,28 @@ IMPLS = {
 }
 
 
-def eval_costs(net, x, event_ndims, xla, chain=20, reps=7):
-  """Seconds per compiled evaluation: (dynamics + probe VJP, adjoint step).
+def eval_chains(net, x, event_ndims, xla, chain=20):
+  """Compiled chains of evaluations: (dynamics + probe VJP, adjoint step).
 
-  Each is timed as a chain of `chain` dependent evaluations inside one
-  compiled `tf.while_loop` (dispatch amortized, as inside a solver). The
-  adjoint step is what the backward solve evaluates: the dynamics, its probe
-  VJP, and the VJP of both with respect to the state and the weights.
+  Each runs `chain` dependent evaluations inside one compiled
+  `tf.while_loop` (dispatch amortized, as inside a solver); its time over
+  `chain` is the cost of one evaluation. The adjoint step is what the
+  backward solve evaluates: the dynamics, its probe VJP, and the VJP of both
+  with respect to the state and the weights.
   """
   eps = divergence.sample_noise(tf.shape(x), x.dtype)
   variables = [getattr(v, "value", v) for v in net.trainable_variables]
 
-  def fv(z):
-    return divergence.hutchinson(lambda z: net(0.5, z), z, eps,
+  def fv(i, z):
+    # The time varies as in a solve (a constant would let XLA fold the time
+    # layers away and make the evaluation look cheaper than it is).
+    t = 0.5 + 1e-3 * tf.cast(i, x.dtype)
+    return divergence.hutchinson(lambda z: net(t, z), z, eps,
                                  event_ndims)[:2]
 
   def forward_chain(x):
     def body(i, z, acc):
-      f, tr = fv(z)
+      f, tr = fv(i, z)
       return i + 1, z + 1e-3 * f, acc + tr
     return tf.while_loop(lambda i, *_: i < chain, body,
                          (0, x, tf.zeros([tf.shape(x)[0]], x.dtype)))[1:]
@@ -344,7 +350,7 @@ def eval_costs(net, x, event_ndims, xla, chain=20, reps=7):
       with tf.GradientTape(watch_accessed_variables=False) as tape:
         tape.watch(z)
         tape.watch(variables)
-        f, tr = fv(z)
+        f, tr = fv(i, z)
       grads = tape.gradient([f, tr], [z] + variables,
                             output_gradients=[a, tf.ones_like(tr)])
       g = [gi + 1e-3 * d for gi, d in zip(g, grads[1:])]
@@ -352,18 +358,22 @@ def eval_costs(net, x, event_ndims, xla, chain=20, reps=7):
     g0 = [tf.zeros(v.shape, v.dtype) for v in variables]
     return tf.while_loop(lambda i, *_: i < chain, body, (0, x, x, g0))[1:3]
 
-  out = []
+  fns = []
   for fn in (forward_chain, adjoint_chain):
     fn = tf.function(fn, jit_compile=xla)
     for _ in range(2):
       _sync(fn(x))
-    times = []
-    for _ in range(reps):
+    fns.append(fn)
+
+  def timed(x):
+    """Seconds per evaluation now: (forward + VJP, adjoint step)."""
+    out = []
+    for fn in fns:
       t = time.perf_counter()
       _sync(fn(x))
-      times.append(time.perf_counter() - t)
-    out.append(statistics.median(times) / chain)
-  return tuple(out)
+      out.append((time.perf_counter() - t) / chain)
+    return tuple(out)
+  return timed
 
 
 def _sync(out):
@@ -381,7 +391,7 @@ def _clone(net, case, x):
 
 # -- the benchmark -------------------------------------------------------------
 
-def run_case(case, impl_names, quick=False, log=print):
+def run_case(case, impl_names, log=print):
   """Trains every implementation on the same batches, alternating."""
   keras.utils.set_random_seed(0)
   batches = make_batches(case, case.warmup + case.reps + case.logprob_reps)
@@ -402,6 +412,13 @@ def run_case(case, impl_names, quick=False, log=print):
       _sync(impl.step(tf.constant(batches[w])))
     log(f"  [{case.key}] {name}: first step (trace/compile) "
         f"{res[name]['first_step_s']:.1f} s")
+  # The evaluation costs are timed inside the repetitions, next to the
+  # steps they divide, so that load changes hit both alike.
+  chains = {xla: eval_chains(net0, tf.constant(batches[0]),
+                             len(case.event_shape), xla,
+                             chain=case.eval_chain)
+            for xla in sorted({impl.xla for impl in impls.values()})}
+  costs = {xla: [] for xla in chains}
   names = list(impls)
   for r in range(case.reps):
     x = tf.constant(batches[case.warmup + r])
@@ -417,6 +434,8 @@ def run_case(case, impl_names, quick=False, log=print):
       out["nfe_bwd"].append(int(total - nfe_f))
       out["mem"].append(mem.peak)
       out["loss"].append(float(loss))
+    for xla, timed in chains.items():
+      costs[xla].append(timed(x))
     log(f"  [{case.key}] rep {r}: " + ", ".join(
         f"{n} {res[n]['step_s'][-1] * 1e3:.0f} ms nfe "
         f"{res[n]['nfe_fwd'][-1]}+{res[n]['nfe_bwd'][-1]}" for n in names))
@@ -430,24 +449,22 @@ def run_case(case, impl_names, quick=False, log=print):
       _, nfe = _sync(impls[name].log_prob(x))
       res[name]["logprob_s"].append(time.perf_counter() - t)
       res[name]["logprob_nfe"].append(int(nfe))
-  x = tf.constant(batches[0])
-  costs = {}
-  for xla in sorted({impl.xla for impl in impls.values()}):
-    costs[xla] = eval_costs(net0, x, len(case.event_shape), xla,
-                            chain=case.eval_chain, reps=3 if quick else 5)
   summary = {}
   for name, impl in impls.items():
     out = res[name]
     step = statistics.median(out["step_s"])
     nfe_f = statistics.median(out["nfe_fwd"])
     nfe_b = statistics.median(out["nfe_bwd"])
-    c_eval, c_adj = costs[impl.xla]
+    rep_costs = costs[impl.xla]
+    c_eval = statistics.median(c for c, _ in rep_costs)
+    c_adj = statistics.median(c for _, c in rep_costs)
+    # Each repetition's step over the evaluation costs timed beside it.
     nfe_ratio = statistics.median(
-        s / ((f + b) * c_eval)
-        for s, f, b in zip(out["step_s"], out["nfe_fwd"], out["nfe_bwd"]))
+        s / ((f + b) * ce) for s, f, b, (ce, _) in zip(
+            out["step_s"], out["nfe_fwd"], out["nfe_bwd"], rep_costs))
     ideal_ratio = statistics.median(
-        s / (f * c_eval + b * c_adj)
-        for s, f, b in zip(out["step_s"], out["nfe_fwd"], out["nfe_bwd"]))
+        s / (f * ce + b * ca) for s, f, b, (ce, ca) in zip(
+            out["step_s"], out["nfe_fwd"], out["nfe_bwd"], rep_costs))
     summary[name] = {
         "xla": impl.xla,
         "step_ms": step * 1e3,
@@ -548,7 +565,7 @@ def run(cases="abc", impls=("ours", "tfp"), quick=False, memory=False,
                                  reps=min(case.reps, 3),
                                  logprob_reps=min(case.logprob_reps, 2))
     log(f"case ({key}): {case.title}")
-    results[key] = run_case(case, list(impls), quick=quick, log=log)
+    results[key] = run_case(case, list(impls), log=log)
   if memory:
     mem = run_memory(reps=2 if quick else 3, log=log)
   return results, mem

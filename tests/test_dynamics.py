@@ -56,6 +56,17 @@ def test_bad_options_and_missing_context():
 
 def test_time_features_broadcast():
   x = tf.zeros([4, 2])
-  assert time_features(0.5, x).shape == (4, 1)
+  assert time_features(0.5, x).shape == (1, 1)  # one row, broadcast
+  assert time_features(tf.fill([4], 0.5), x).shape == (4, 1)
   assert time_features(tf.ones([4]), x, tf.ones([4, 3])).shape == (4, 4)
   assert time_features(0.5, x, tf.ones([3])).shape == (4, 4)
+
+
+@pytest.mark.parametrize("layer", sorted(LAYER_TYPES))
+def test_scalar_time_equals_per_example_time(layer):
+  # A scalar t runs the time layers on one row; the result must equal the
+  # same time given per example.
+  f = ODENet(hidden=(8, 8), layer=layer, activation="tanh")
+  x = tf.random.stateless_normal([5, 3], [1, 2])
+  np.testing.assert_allclose(f(0.3, x), f(tf.fill([5], 0.3), x),
+                             rtol=1e-6, atol=1e-6)

@@ -5,13 +5,18 @@ import tensorflow as tf
 
 __all__ = ["ConcatSquashDense", "ConcatDense", "IgnoreDense", "SquashDense",
            "BlendDense", "ODENet", "LAYER_TYPES", "ACTIVATIONS",
-           "time_features", "apply_time_layers"]
+           "time_features", "batch_features", "apply_time_layers"]
 
 ACTIVATIONS = ("tanh", "softplus", "elu", "swish", "relu")
 
 
 def time_features(t, x, context=None):
-  """Returns the conditioning features [t, context] with one row per example.
+  """Returns the conditioning features [t, context] of a dynamics call.
+
+  Without a context and with a scalar t, the features are one row that the
+  layers broadcast over the batch: the time layers (gates, hyper-biases)
+  then cost one row per evaluation instead of one per example, which matters
+  inside a solver that calls them hundreds of times per step.
 
   Args:
     t: scalar, `[1]` or `[batch]` time.
@@ -19,17 +24,22 @@ def time_features(t, x, context=None):
     context: optional `[batch, k]` (or `[k]`, broadcast) context.
 
   Returns:
-    A `[batch, 1 + k]` tensor.
+    A `[1, 1]` tensor (scalar t, no context) or `[batch, 1 + k]`.
   """
-  batch = tf.shape(x)[0]
-  t = tf.cast(t, x.dtype)
-  t = tf.broadcast_to(tf.reshape(t, [-1, 1]), [batch, 1])
+  t = tf.reshape(tf.cast(t, x.dtype), [-1, 1])
   if context is None:
     return t
+  batch = tf.shape(x)[0]
+  t = tf.broadcast_to(t, [batch, 1])
   context = tf.cast(context, x.dtype)
   if context.shape.rank == 1:
     context = tf.broadcast_to(context[tf.newaxis], [batch, context.shape[0]])
   return tf.concat([t, context], axis=-1)
+
+
+def batch_features(tc, x):
+  """Broadcasts features from `time_features` to one row per example of x."""
+  return tf.broadcast_to(tc, tf.stack([tf.shape(x)[0], tf.shape(tc)[-1]]))
 
 
 def apply_time_layers(net, t, x, context=None):
@@ -85,7 +95,7 @@ class ConcatDense(_TimeDense):
   """y = W [tc, x] + b."""
 
   def call(self, tc, x):
-    return self.linear(tf.concat([tc, x], axis=-1))
+    return self.linear(tf.concat([batch_features(tc, x), x], axis=-1))
 
 
 @keras.saving.register_keras_serializable("tf_ffjord")
