@@ -81,7 +81,7 @@ def test_conv_odenet_bad_arguments():
     ConvODENet(dims=(4, 4), strides=(1, 1))
   with pytest.raises(ValueError, match="return to the input resolution"):
     ConvODENet(dims=(4,), strides=(2, 1))
-  with pytest.raises(ValueError, match="Unknown conv layer"):
+  with pytest.raises(ValueError, match="Unknown layer type .blend. for ConvODENet"):
     ConvODENet(layer="blend")
   with pytest.raises(ValueError, match="images"):
     ConvODENet(dims=(4,))(0.0, tf.zeros([2, 3]))

@@ -3,7 +3,7 @@
 import keras
 import tensorflow as tf
 
-from tf_ffjord.dynamics import ACTIVATIONS, apply_time_layers
+from tf_ffjord.dynamics import TimeConditionedNet
 
 __all__ = ["ConcatConv2D", "ConcatSquashConv2D", "IgnoreConv2D",
            "ConcatConv2DTranspose", "ConcatSquashConv2DTranspose",
@@ -112,7 +112,7 @@ CONV_LAYER_TYPES = {
 
 
 @keras.saving.register_keras_serializable("tf_ffjord")
-class ConvODENet(keras.Model):
+class ConvODENet(TimeConditionedNet):
   """A time-conditioned CNN f(t, x[, context]) -> dx/dt for images.
 
   As in the paper's `--dims 64,64,64 --strides 1,1,1,1`: `len(strides) ==
@@ -146,13 +146,8 @@ class ConvODENet(keras.Model):
 
   def __init__(self, dims=(64, 64, 64), strides=None, layer="concat",
                activation="softplus", channels=None, context_dim=0, **kwargs):
-    super().__init__(**kwargs)
-    if layer not in CONV_LAYER_TYPES:
-      raise ValueError(f"Unknown conv layer type {layer!r}; expected one of "
-                       f"{sorted(CONV_LAYER_TYPES)}.")
-    if activation not in ACTIVATIONS:
-      raise ValueError(f"Unknown activation {activation!r}; expected one of "
-                       f"{ACTIVATIONS}.")
+    super().__init__(layer, CONV_LAYER_TYPES, activation, context_dim,
+                     **kwargs)
     self.dims = tuple(int(d) for d in dims)
     if strides is None:
       strides = (1,) * (len(self.dims) + 1)
@@ -166,11 +161,7 @@ class ConvODENet(keras.Model):
     if self.strides_list.count(2) != self.strides_list.count(-2):
       raise ValueError(f"strides {self.strides_list} do not return to the "
                        "input resolution (as many 2 as -2 are needed).")
-    self.layer_type = layer
-    self.activation_name = activation
-    self.activation = keras.activations.get(activation)
     self.channels = None if channels is None else int(channels)
-    self.context_dim = int(context_dim)
     self.hidden_layers = [self._make(d, s, i) for i, (d, s) in
                           enumerate(zip(self.dims, self.strides_list))]
     self.out_layer = None
@@ -185,14 +176,6 @@ class ConvODENet(keras.Model):
     return cls(filters, 4, 2, transpose=stride < 0, name=name,
                dtype=self.dtype_policy)
 
-  def __call__(self, t, x, context=None, **kwargs):
-    # Keras only accepts tensors as positional inputs; t is often a float.
-    x = tf.convert_to_tensor(x)
-    t = tf.convert_to_tensor(t, dtype=x.dtype)
-    if context is not None:
-      context = tf.convert_to_tensor(context, dtype=x.dtype)
-    return super().__call__(t, x, context=context, **kwargs)
-
   def build(self, t_shape, x_shape, context_shape=None):
     if len(x_shape) != 4:
       raise ValueError(f"ConvODENet expects images [batch, H, W, C], got "
@@ -206,9 +189,6 @@ class ConvODENet(keras.Model):
     if self.out_layer is None:
       self.channels = int(x_shape[-1])
       self.out_layer = self._make(self.channels, self.strides_list[-1], "out")
-
-  def call(self, t, x, context=None):
-    return apply_time_layers(self, t, x, context)
 
   def get_config(self):
     return {**super().get_config(), "dims": self.dims,

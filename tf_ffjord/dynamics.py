@@ -5,7 +5,8 @@ import tensorflow as tf
 
 __all__ = ["ConcatSquashDense", "ConcatDense", "IgnoreDense", "SquashDense",
            "BlendDense", "ODENet", "LAYER_TYPES", "ACTIVATIONS",
-           "time_features", "batch_features", "apply_time_layers"]
+           "time_features", "batch_features", "apply_time_layers",
+           "TimeConditionedNet"]
 
 ACTIVATIONS = ("tanh", "softplus", "elu", "swish", "relu")
 
@@ -150,8 +151,51 @@ LAYER_TYPES = {
 }
 
 
+class TimeConditionedNet(keras.Model):
+  """Base of the dynamics nets f(t, x[, context]): time layers, activations between.
+
+  Checks the layer type and activation names, and runs `apply_time_layers`;
+  a subclass builds `hidden_layers` and `out_layer` from `layer_type`.
+
+  Args:
+    layer: layer type name, a key of `layer_types`.
+    layer_types: the layer classes this net accepts, by name.
+    activation: one of `ACTIVATIONS`.
+    context_dim: width of the context vector, 0 for none.
+    **kwargs: passed to `keras.Model`.
+
+  Raises:
+    ValueError: an unknown layer type or activation.
+  """
+
+  def __init__(self, layer, layer_types, activation, context_dim=0, **kwargs):
+    super().__init__(**kwargs)
+    if layer not in layer_types:
+      raise ValueError(f"Unknown layer type {layer!r} for "
+                       f"{type(self).__name__}; expected one of "
+                       f"{sorted(layer_types)}.")
+    if activation not in ACTIVATIONS:
+      raise ValueError(f"Unknown activation {activation!r}; expected one of "
+                       f"{ACTIVATIONS}.")
+    self.layer_type = layer
+    self.activation_name = activation
+    self.activation = keras.activations.get(activation)
+    self.context_dim = int(context_dim)
+
+  def __call__(self, t, x, context=None, **kwargs):
+    # Keras only accepts tensors as positional inputs; t is often a float.
+    x = tf.convert_to_tensor(x)
+    t = tf.convert_to_tensor(t, dtype=x.dtype)
+    if context is not None:
+      context = tf.convert_to_tensor(context, dtype=x.dtype)
+    return super().__call__(t, x, context=context, **kwargs)
+
+  def call(self, t, x, context=None):
+    return apply_time_layers(self, t, x, context)
+
+
 @keras.saving.register_keras_serializable("tf_ffjord")
-class ODENet(keras.Model):
+class ODENet(TimeConditionedNet):
   """A time-conditioned MLP f(t, x[, context]) -> dx/dt.
 
   Every layer sees the time (and the context, if any) through its layer type;
@@ -176,33 +220,15 @@ class ODENet(keras.Model):
 
   def __init__(self, hidden=(64, 64, 64), layer="concatsquash",
                activation="tanh", dim=None, context_dim=0, **kwargs):
-    super().__init__(**kwargs)
-    if layer not in LAYER_TYPES:
-      raise ValueError(f"Unknown layer type {layer!r}; expected one of "
-                       f"{sorted(LAYER_TYPES)}.")
-    if activation not in ACTIVATIONS:
-      raise ValueError(f"Unknown activation {activation!r}; expected one of "
-                       f"{ACTIVATIONS}.")
+    super().__init__(layer, LAYER_TYPES, activation, context_dim, **kwargs)
     self.hidden = tuple(int(h) for h in hidden)
-    self.layer_type = layer
-    self.activation_name = activation
     self.dim = None if dim is None else int(dim)
-    self.context_dim = int(context_dim)
-    self.activation = keras.activations.get(activation)
     cls = LAYER_TYPES[layer]
     self.hidden_layers = [cls(h, name=f"{layer}_{i}")
                           for i, h in enumerate(self.hidden)]
     self.out_layer = None
     if self.dim is not None:
       self.out_layer = cls(self.dim, name=f"{layer}_out")
-
-  def __call__(self, t, x, context=None, **kwargs):
-    # Keras only accepts tensors as positional inputs; t is often a float.
-    x = tf.convert_to_tensor(x)
-    t = tf.convert_to_tensor(t, dtype=x.dtype)
-    if context is not None:
-      context = tf.convert_to_tensor(context, dtype=x.dtype)
-    return super().__call__(t, x, context=context, **kwargs)
 
   def build(self, t_shape, x_shape, context_shape=None):
     if self.out_layer is None:
@@ -216,9 +242,6 @@ class ODENet(keras.Model):
     if context_shape is not None:
       context = tf.zeros([1, int(context_shape[-1])], self.dtype)
     self.call(tf.zeros([], self.dtype), x, context)
-
-  def call(self, t, x, context=None):
-    return apply_time_layers(self, t, x, context)
 
   def get_config(self):
     return {**super().get_config(), "hidden": self.hidden,
