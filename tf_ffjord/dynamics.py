@@ -152,7 +152,7 @@ LAYER_TYPES = {
 
 
 class TimeConditionedNet(keras.Model):
-  """Base of the dynamics nets f(t, x[, context]) made of time layers."""
+  """Base of the dynamics nets f(t, x[, context]) made of time layers.
 
   Checks the layer type and activation names, and runs `apply_time_layers`;
   a subclass builds `hidden_layers` and `out_layer` from `layer_type`.
