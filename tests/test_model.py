@@ -63,9 +63,11 @@ def test_hutchinson_and_exact_log_prob_agree_on_average():
 
 def test_bad_input_is_named():
   model = small_model()
-  with pytest.raises(ValueError, match="shape"):
+  with pytest.raises(ValueError, match=r"FFJORDModel expects examples of "
+                     r"shape \(2,\), got data of shape \(4, 3\)"):
     model.log_prob(np.zeros([4, 3], np.float32))
-  with pytest.raises(ValueError, match="float"):
+  with pytest.raises(ValueError, match="FFJORDModel expects float data, got "
+                     "dtype int32"):
     model.log_prob(np.zeros([4, 2], np.int32))
   with pytest.raises(tf.errors.InvalidArgumentError, match="NaN or inf"):
     model.log_prob(np.array([[0.0, np.nan]], np.float32))

@@ -10,10 +10,37 @@ from tf_ffjord import flow_matching
 from tf_ffjord.bijector import FFJORD
 from tf_ffjord.dynamics import ODENet
 
-__all__ = ["FFJORDModel", "LastValue", "minimize"]
+__all__ = ["FFJORDModel", "LastValue", "check_batch", "minimize"]
 
 _LOG_2PI = math.log(2 * math.pi)
 OBJECTIVES = ("likelihood", "flow_matching")
+
+
+def check_batch(x, event_shape, owner, what="examples", floating=True):
+  """Converts a batch to a tensor and checks its dtype and example shape.
+
+  Args:
+    x: `[batch, *event_shape]` data.
+    event_shape: the expected shape of one example.
+    owner: the class name that the error messages name.
+    what: what one example is, for the messages ("examples", "images").
+    floating: require a float dtype.
+
+  Returns:
+    x as a tensor.
+
+  Raises:
+    ValueError: a non-float dtype (if `floating`) or examples of another
+      shape.
+  """
+  x = tf.convert_to_tensor(x)
+  if floating and not x.dtype.is_floating:
+    raise ValueError(f"{owner} expects float data, got dtype "
+                     f"{x.dtype.name}.")
+  if tuple(x.shape[1:]) != tuple(event_shape):
+    raise ValueError(f"{owner} expects {what} of shape {tuple(event_shape)}, "
+                     f"got data of shape {x.shape}.")
+  return x
 
 
 def minimize(model, loss_fn):
@@ -228,14 +255,8 @@ class FFJORDModel(keras.Model):
   # -- densities ---------------------------------------------------------
 
   def _check(self, x, context=None):
-    x = tf.convert_to_tensor(x)
-    if not x.dtype.is_floating:
-      raise ValueError(f"FFJORDModel expects float data, got dtype "
-                       f"{x.dtype.name}.")
-    if tuple(x.shape[1:]) != self.event_shape:
-      raise ValueError(f"FFJORDModel expects examples of shape "
-                       f"{self.event_shape}, got data of shape {x.shape}.")
-    x = tf.cast(x, self.compute_dtype)
+    x = tf.cast(check_batch(x, self.event_shape, "FFJORDModel"),
+                self.compute_dtype)
     if self.context_dim and context is None:
       raise ValueError(f"This model is conditional (context_dim="
                        f"{self.context_dim}): pass (x, context).")

@@ -9,7 +9,7 @@ import tensorflow as tf
 from tf_ffjord.bijector import FFJORD
 from tf_ffjord.conv import ConvODENet
 from tf_ffjord.images import LogitTransform, ODENVP, bits_per_dim, dequantize
-from tf_ffjord.model import LastValue, minimize
+from tf_ffjord.model import LastValue, check_batch, minimize
 
 __all__ = ["MultiscaleFFJORDModel"]
 
@@ -142,11 +142,9 @@ class MultiscaleFFJORDModel(keras.Model):
   # -- densities ---------------------------------------------------------
 
   def _check(self, x):
-    x = tf.convert_to_tensor(x)
-    if tuple(x.shape[1:]) != self.event_shape:
-      raise ValueError(f"MultiscaleFFJORDModel expects images of shape "
-                       f"{self.event_shape}, got data of shape {x.shape}.")
-    return x
+    # Integer pixel values are allowed: they are dequantized.
+    return check_batch(x, self.event_shape, "MultiscaleFFJORDModel",
+                       what="images", floating=False)
 
   def base_log_prob(self, z):
     """Standard-normal log-density of the latent, summed over the image."""

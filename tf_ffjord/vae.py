@@ -9,7 +9,7 @@ import tensorflow_probability as tfp
 
 from tf_ffjord.bijector import FFJORD
 from tf_ffjord.dynamics import ODENet
-from tf_ffjord.model import LastValue
+from tf_ffjord.model import LastValue, check_batch
 
 __all__ = ["VAE", "MADE", "POSTERIORS", "binarize"]
 
@@ -283,13 +283,8 @@ class VAE(keras.Model):
   # -- the pieces ----------------------------------------------------------
 
   def _check(self, x):
-    x = tf.convert_to_tensor(x)
-    if not x.dtype.is_floating:
-      raise ValueError(f"VAE expects float images in [0, 1], got dtype "
-                       f"{x.dtype.name}.")
-    if tuple(x.shape[1:]) != self.image_shape:
-      raise ValueError(f"VAE expects images of shape {self.image_shape}, got "
-                       f"a batch of shape {x.shape}.")
+    # Images are floats in [0, 1].
+    x = check_batch(x, self.image_shape, "VAE", what="images")
     return tf.cast(x, self.compute_dtype)
 
   def encode(self, x):
