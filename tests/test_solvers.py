@@ -257,3 +257,11 @@ def test_bijector_solve_under_xla_matches_graph_and_counts_nfe():
                              atol=1e-6)
   assert int(xla[2]) == int(plain[2]) and (int(xla[2]) - 2) % 6 == 0
   assert int(xla[3]) > int(xla[2])  # the backward solve was counted too
+
+
+@pytest.mark.parametrize("solver", [FixedGrid("rk4", num_steps=2),
+                                    DormandPrince()])
+def test_several_solution_times_are_refused(solver):
+  with pytest.raises(ValueError, match="single solution time"):
+    solver.solve(lambda t, y: -y, 0.0, tf.ones([2]),
+                 solution_times=[0.5, 1.0])

@@ -31,6 +31,17 @@ class _Diagnostics(_FixedDiagnostics, ode.Diagnostics):
   """Diagnostics of a `FixedGrid` solve (always successful)."""
 
 
+def _final_time(solver, solution_times, dtype):
+  """The one final time of a solve (these solvers report no other times)."""
+  if isinstance(solution_times, ode.ChosenBySolver):
+    return tf.cast(solution_times.final_time, dtype)
+  times = tf.cast(tf.convert_to_tensor(solution_times), dtype)
+  if times.shape.rank != 1 or times.shape[0] != 1:
+    raise ValueError(f"{type(solver).__name__} supports a single solution "
+                     f"time, got solution_times of shape {times.shape}.")
+  return times[0]
+
+
 class FixedGrid(ode.Solver):
   """Explicit Runge-Kutta on a fixed grid, as a `tfp.math.ode.Solver`.
 
@@ -89,17 +100,10 @@ class FixedGrid(ode.Solver):
     del jacobian_fn, jacobian_sparsity, batch_ndims
     del previous_solver_internal_state
     with tf.name_scope(self.name):
-      if isinstance(solution_times, ode.ChosenBySolver):
-        final_time = solution_times.final_time
-      else:
-        times = tf.convert_to_tensor(solution_times)
-        if times.shape.rank != 1 or times.shape[0] != 1:
-          raise ValueError("FixedGrid supports a single solution time.")
-        final_time = times[0]
       y = tf.nest.map_structure(tf.convert_to_tensor, initial_state)
       dtype = tf.nest.flatten(y)[0].dtype
       t0 = tf.cast(initial_time, dtype)
-      t1 = tf.cast(final_time, dtype)
+      t1 = _final_time(self, solution_times, dtype)
       dt = (t1 - t0) / self.num_steps
       for n in range(self.num_steps):
         y = self._step(ode_fn, t0 + n * dt, y, dt)
@@ -337,15 +341,6 @@ class DormandPrince(ode.Solver):
     with tf.control_dependencies(checks):
       return [tf.identity(t) for t in tensors]
 
-  def _final_time(self, solution_times, dtype):
-    if isinstance(solution_times, ode.ChosenBySolver):
-      return tf.cast(solution_times.final_time, dtype)
-    times = tf.cast(tf.convert_to_tensor(solution_times), dtype)
-    if times.shape.rank != 1 or times.shape[0] != 1:
-      raise ValueError(f"{type(self).__name__} supports a single solution "
-                       "time.")
-    return times[0]
-
   def _weights(self, n):
     if self.error_weights is None:
       return (1.0,) * n
@@ -375,7 +370,7 @@ class DormandPrince(ode.Solver):
       flat = tf.nest.flatten(state)
       dtype = flat[0].dtype
       t0 = tf.cast(initial_time, dtype)
-      t1 = self._final_time(solution_times, dtype)
+      t1 = _final_time(self, solution_times, dtype)
 
       def fn(t, ys):
         return tf.nest.flatten(ode_fn(t, tf.nest.pack_sequence_as(state, ys)))
@@ -403,7 +398,7 @@ class DormandPrince(ode.Solver):
       flat_y, flat_c = tf.nest.flatten(state), tf.nest.flatten(consts)
       dtype = flat_y[0].dtype
       t0 = tf.cast(initial_time, dtype)
-      t1 = self._final_time(solution_times, dtype)
+      t1 = _final_time(self, solution_times, dtype)
       n_y, n_c = len(flat_y), len(flat_c)
       weights = self._weights(n_y)
 
