@@ -4,6 +4,8 @@ import argparse
 import dataclasses
 import json
 import os
+import shutil
+import tempfile
 import time
 
 import numpy as np
@@ -13,8 +15,8 @@ from tf_ffjord import checkpoints
 
 __all__ = ["STRATEGIES", "LOGICAL_CPUS_ENV", "parser_for", "config_from_args",
            "use_strategy", "check_global_batch", "split_batch",
-           "distributed_step", "any_worker", "is_chief", "resumable_fit",
-           "write_json", "Timer"]
+           "distributed_step", "any_worker", "is_chief", "on_every_worker",
+           "resumable_fit", "write_json", "Timer"]
 
 STRATEGIES = ("default", "mirrored", "multiworker")
 
@@ -231,11 +233,40 @@ def any_worker(*flags, strategy=None):
   multi = getattr(strategy.extended, "_in_multi_worker_mode", lambda: False)
   if not multi():
     return tuple(bool(f) for f in flags)
+  if id(strategy) not in _FLAG_SUMS:
+    # Compiled once: eager collectives are slow. tf.distribute reduces by
+    # SUM or MEAN only, so a sum > 0 is the "or".
+    _FLAG_SUMS[id(strategy)] = tf.function(
+        lambda local: strategy.reduce(
+            "SUM", strategy.run(tf.identity, args=(local,)), axis=None),
+        autograph=False)
   local = tf.constant([float(bool(f)) for f in flags])
-  # tf.distribute reduces by SUM or MEAN only: a sum > 0 is an "or".
-  total = strategy.reduce("SUM", strategy.run(lambda: tf.identity(local)),
-                          axis=None)
+  total = _FLAG_SUMS[id(strategy)](local)
   return tuple(bool(v) for v in total.numpy() > 0)
+
+
+_FLAG_SUMS = {}  # id(strategy) -> compiled sum of the flags over workers
+
+
+def on_every_worker(write, path, strategy=None):
+  """Calls `write(path)` on the chief and `write(scratch)` on other workers.
+
+  For writers that run collective ops under `MultiWorkerMirroredStrategy`
+  (an export creates variables, whose initial values are broadcast): every
+  worker must take part, but only the chief's files may land in `path`. A
+  non-chief worker writes to a temporary directory, deleted afterwards.
+  Without multiple workers this is `write(path)`.
+
+  Returns:
+    What `write` returned.
+  """
+  if is_chief(strategy):
+    return write(path)
+  scratch = tempfile.mkdtemp(prefix="tf_ffjord_worker_")
+  try:
+    return write(os.path.join(scratch, os.path.basename(os.fspath(path))))
+  finally:
+    shutil.rmtree(scratch, ignore_errors=True)
 
 
 def resumable_fit(model, x, out_dir, iters, steps_per_epoch=100, batch_size=100,

@@ -227,11 +227,12 @@ def run(config):
       "replicas": strategy.num_replicas_in_sync,
       "config": dataclasses.asdict(config),
   }
+  if config.export:  # every worker takes part (see on_every_worker)
+    common.on_every_worker(model.export,
+                           os.path.join(config.out, "saved_model"), strategy)
   if chief:
     samples = model.sample(64, seed=config.seed).numpy()
     plots_images.save_grid(os.path.join(config.out, "samples.png"), samples)
-    if config.export:
-      model.export(os.path.join(config.out, "saved_model"))
     common.write_json(os.path.join(config.out, "metrics.json"), metrics)
     plots_images.plot_curve(os.path.join(config.out, "curve.png"), curve,
                             test_bpd, PAPER_BPD.get(config.data))

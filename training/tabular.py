@@ -431,7 +431,12 @@ def train(config):
                    for k, v in _weights(optimizer.variables).items()})
     _save_npz(latest_path, **arrays)
 
+  # This run's best weights: the test uses them, so that no worker reads a
+  # best.npz the chief may still be writing.
+  best_weights = None
+
   def validate():
+    nonlocal best_weights
     logp, nfe = _evaluate(val_fn, val_x, config.test_batch_size,
                           config.seed)
     val_nll = float(-logp.mean())
@@ -439,10 +444,11 @@ def train(config):
     if improved:
       state["best_val"], state["best_step"], state["bad"] = (
           val_nll, state["step"], 0)
+      best_weights = _weights(model.weights)
       if chief:
         _save_npz(best_path, val_nll=np.array(val_nll),
                   step=np.array(state["step"]), dim=np.array(dim),
-                  **_weights(model.weights))
+                  **best_weights)
     else:
       state["bad"] += 1
     state["stage"] = _lr_stage(state["bad"], config.patience, state["stage"])
@@ -509,9 +515,10 @@ def train(config):
         f"{state['seconds']:.0f}s")
 
   # -- test -------------------------------------------------------------------
-  with np.load(best_path) as f:
-    _assign(model.weights, {k: f[k] for k in f.files if k.startswith("w")},
-            "best")
+  if best_weights is None:  # the best is from before a resume
+    with np.load(best_path) as f:
+      best_weights = {k: f[k] for k in f.files if k.startswith("w")}
+  _assign(model.weights, best_weights, "best")
   t0 = time.time()
   logp, test_nfe = _evaluate(test_fn, test_x, config.test_batch_size,
                              config.seed)
@@ -534,9 +541,10 @@ def train(config):
       n_test=int(test_x.shape[0]), dim=dim,
       parameters=int(sum(np.prod(v.shape) for v in variables)),
       config=dataclasses.asdict(config))
+  if config.export:  # every worker takes part (see on_every_worker)
+    common.on_every_worker(model.export, os.path.join(out, "saved_model"),
+                           strategy)
   if chief:
-    if config.export:
-      model.export(os.path.join(out, "saved_model"))
     common.write_json(os.path.join(out, "metrics.json"), metrics)
   log(f"[test] nll {metrics['test_nll']:.3f} +- "
       f"{metrics['test_nll_stderr']:.3f} (paper {config.paper_nll}, "

@@ -303,9 +303,11 @@ def run(config):
   metrics.update(evaluate(vae, x_test, config))
   metrics["seconds"] = time.time() - t0
   metrics["config"] = dataclasses.asdict(config)
+  # Saving runs collectives under multiworker: every worker takes part.
+  common.on_every_worker(vae.save_weights,
+                         os.path.join(config.out, "vae.weights.h5"), strategy)
   if common.is_chief(strategy):
     write_pictures(vae, x_test, config.out)
-    vae.save_weights(os.path.join(config.out, "vae.weights.h5"))
     common.write_json(os.path.join(config.out, "metrics.json"), metrics)
   return metrics
 
