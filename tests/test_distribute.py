@@ -170,3 +170,26 @@ def test_cli_strategy_flag(monkeypatch):
   monkeypatch.delenv("TF_CONFIG", raising=False)
   with pytest.raises(ValueError, match="TF_CONFIG"):
     common.use_strategy("multiworker")
+
+
+def test_cli_distribution_helpers_reject_bad_input(monkeypatch):
+  from training import common  # pylint: disable=g-import-not-at-top
+  monkeypatch.setenv(common.LOGICAL_CPUS_ENV, "two")
+  with pytest.raises(ValueError, match="positive integer"):
+    common.use_strategy("mirrored")
+  with pytest.raises(ValueError, match="unequal lengths"):
+    common.split_batch((np.zeros([4, 2]), np.zeros([3])))
+  with pytest.raises(ValueError, match="'MEAN' or 'SUM'"):
+    common.distributed_step(lambda: {}, {"loss": "MAX"})
+  with pytest.raises(ValueError, match="multiple of the 1 replicas"):
+    common.check_global_batch(0)
+  # The default strategy: one replica gets the whole batch, and flags are
+  # taken as they are.
+  share = common.split_batch(np.arange(6.0).reshape(3, 2))
+  np.testing.assert_array_equal(share, np.arange(6.0).reshape(3, 2))
+  step = common.distributed_step(
+      lambda x: {"sum": tf.reduce_sum(x), "rows": tf.shape(x)[0]},
+      {"sum": "SUM"})
+  out = step(share)
+  assert {k: float(v) for k, v in out.items()} == {"sum": 15.0, "rows": 3.0}
+  assert common.any_worker(True, 0) == (True, False)

@@ -43,13 +43,14 @@ _SERVE = textwrap.dedent("""
   out["hutchinson_a"] = m.log_prob_hutchinson(tiled, 7)["log_prob"].numpy()
   out["hutchinson_b"] = m.log_prob_hutchinson(tiled, 7)["log_prob"].numpy()
   out["hutchinson_c"] = m.log_prob_hutchinson(tiled, 8)["log_prob"].numpy()
+  dim = data["x"].shape[1]
   try:
-    m.log_prob(tf.zeros([2, 3]))
+    m.log_prob(tf.zeros([2, dim + 1]))
     out["bad_shape_error"] = np.array("")
   except (TypeError, ValueError) as e:
     out["bad_shape_error"] = np.array(str(e)[:200])
   try:
-    m.log_prob(tf.constant([[float("nan"), 0.0]]))
+    m.log_prob(tf.constant([[float("nan")] + [0.0] * (dim - 1)]))
     out["nan_error"] = np.array("")
   except tf.errors.InvalidArgumentError as e:
     out["nan_error"] = np.array(str(e)[:300])

@@ -13,6 +13,7 @@ import types
 import h5py
 import numpy as np
 import pytest
+import tensorflow as tf
 
 from tf_ffjord.datasets import tabular
 
@@ -437,3 +438,76 @@ def test_gaussian_baseline_matches_entropy():
   # Entropy of N(0, S S^T): D/2 log(2 pi e) + log|det S|.
   want = 1.5 * np.log(2 * np.pi * np.e) + np.log(abs(np.linalg.det(scale)))
   assert abs(nll - want) < 4 * se + 1e-3
+
+
+def _serve_script():
+  """The serving script of test_export (a process that blocks tf_ffjord)."""
+  sys.path.insert(0, str(ROOT / "tests"))
+  try:
+    from test_export import _SERVE  # pylint: disable=g-import-not-at-top
+  finally:
+    sys.path.pop(0)
+  return _SERVE
+
+
+def test_cli_exports_best_model_servable_without_tf_ffjord(tmp_path):
+  from training import tabular as cli  # pylint: disable=import-outside-toplevel
+  data = np.random.default_rng(8).normal(size=(300, 3)) @ [[1, .5, 0],
+                                                          [0, 1, .3],
+                                                          [0, 0, 1]]
+  os.makedirs(tmp_path / "miniboone")
+  np.save(tmp_path / "miniboone" / "data.npy", data)
+  out = tmp_path / "run"
+  # Two blocks (the export chains them), trained with Hutchinson.
+  metrics = cli.main(["--data", "miniboone", "--data-root", str(tmp_path),
+                      "--out", str(out), "--hdim-factor", "2", "--nhidden",
+                      "1", "--num-blocks", "2", "--solver", "euler",
+                      "--step-size", "1.0", "--batch-size", "81",
+                      "--val-every", "2", "--max-steps", "3", "--lr", "0.05"])
+  model, _, _, step = cli.load_best(str(out))
+  assert step == metrics["best_step"] > 0
+
+  rng = np.random.default_rng(9)
+  x = rng.standard_normal([6, 3]).astype(np.float32)
+  z = rng.standard_normal([6, 3]).astype(np.float32)
+  np.savez(tmp_path / "in.npz", x=x, z=z)
+  env = {k: v for k, v in os.environ.items() if k != "PYTHONPATH"}
+  env["TF_CPP_MIN_LOG_LEVEL"] = "2"
+  proc = subprocess.run(
+      [sys.executable, "-c", _serve_script(), str(out / "saved_model"),
+       str(tmp_path / "in.npz"), str(tmp_path / "out.npz")],
+      cwd=tmp_path, env=env, capture_output=True, text=True, timeout=300)
+  assert proc.returncode == 0, proc.stderr[-3000:]
+  served = np.load(tmp_path / "out.npz")
+  assert json.loads(str(served["imported"])) == []
+
+  live, _ = model.log_prob(tf.constant(x), model.test_bijectors)
+  np.testing.assert_allclose(served["log_prob"], live, atol=1e-5)
+  np.testing.assert_allclose(served["serving_default"], live, atol=1e-5)
+  # inverse runs block 0 first, forward the blocks backwards.
+  state, log_det = tf.constant(x), 0.0
+  for b in model.test_bijectors:
+    sol = b.solve(state, "inverse")
+    state, log_det = sol.state, log_det + sol.log_det
+  np.testing.assert_allclose(served["z"], state, atol=1e-5)
+  np.testing.assert_allclose(served["inverse_log_det"], log_det, atol=1e-5)
+  state, log_det = tf.constant(z), 0.0
+  for b in reversed(model.test_bijectors):
+    sol = b.solve(state, "forward")
+    state, log_det = sol.state, log_det + sol.log_det
+  np.testing.assert_allclose(served["x"], state, atol=1e-5)
+  np.testing.assert_allclose(served["forward_log_det"], log_det, atol=1e-5)
+  assert served["sample"].shape == (5, 3)
+  assert np.all(np.isfinite(served["sample"]))
+  # Hutchinson: one probe per example, fixed by the seed.
+  a, b, c = (served[f"hutchinson_{k}"] for k in "abc")
+  np.testing.assert_array_equal(a, b)
+  assert not np.allclose(a, c)
+  assert abs(np.mean(np.concatenate([a, c])) - float(live[0])) < 1.0
+  assert str(served["bad_shape_error"])
+  assert "NaN or inf" in str(served["nan_error"])
+  sigs = json.loads(str(served["signatures"]))
+  assert sigs["log_prob"] == {"inputs": {"x": ["float32", [None, 3]]},
+                              "outputs": {"log_prob": ["float32", [None]]}}
+  assert sigs["sample"]["inputs"] == {"n": ["int32", []],
+                                      "seed": ["int32", []]}

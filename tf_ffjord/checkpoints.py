@@ -7,7 +7,7 @@ import shutil
 import keras
 import tensorflow as tf
 
-__all__ = ["CheckpointError", "Checkpointer", "CheckpointCallback"]
+__all__ = ["CheckpointError", "Checkpointer", "CheckpointCallback", "is_chief"]
 
 
 class CheckpointError(ValueError):
@@ -27,8 +27,17 @@ def _chief_and_id(strategy):
   return chief, task_id
 
 
+def is_chief(strategy=None):
+  """Whether this process writes the run's files (always, unless multi-worker).
+
+  Args:
+    strategy: a `tf.distribute.Strategy`; default the current one.
+  """
+  return _chief_and_id(strategy or tf.distribute.get_strategy())[0]
+
+
 class Checkpointer:
-  """Saves and restores a model, its optimizer state and the finished epochs.
+  """Saves and restores a model, its optimizer state and a progress counter.
 
   Wraps `tf.train.CheckpointManager`. TensorFlow writes a checkpoint to
   temporary files and renames them, and updates the `checkpoint` state file
@@ -39,10 +48,15 @@ class Checkpointer:
   Under `MultiWorkerMirroredStrategy` every worker must call `save` (reads of
   synchronized variables are collective); only the chief's files are kept.
 
+  The counter is `epoch` (finished epochs for `fit`; loops that checkpoint
+  by step keep the finished steps in it).
+
   Args:
     model: a compiled Keras model (its optimizer is saved too).
     directory: checkpoint directory (created on the first save).
     max_to_keep: how many of the latest checkpoints to keep.
+    extra: dict name -> more trackables (e.g. a `tf.Variable` of elapsed
+      seconds) to save and restore with the model.
 
   #### Examples
 
@@ -52,7 +66,7 @@ class Checkpointer:
   ...           callbacks=[CheckpointCallback(ckpt)])
   """
 
-  def __init__(self, model, directory, max_to_keep=2):
+  def __init__(self, model, directory, max_to_keep=2, extra=None):
     self.model = model
     self.directory = os.fspath(directory)
     strategy = model.distribute_strategy
@@ -60,7 +74,12 @@ class Checkpointer:
       self.epoch = tf.Variable(0, dtype=tf.int64, trainable=False,
                                name="epoch")
     self._chief, task_id = _chief_and_id(strategy)
-    items = {"model": model, "epoch": self.epoch}
+    extra = dict(extra or {})
+    clash = {"model", "epoch", "optimizer"} & set(extra)
+    if clash:
+      raise ValueError(f"extra checkpoint items may not be named "
+                       f"{sorted(clash)}.")
+    items = {**extra, "model": model, "epoch": self.epoch}
     if getattr(model, "optimizer", None) is not None:
       items["optimizer"] = model.optimizer
     self.checkpoint = tf.train.Checkpoint(**items)
@@ -152,7 +171,7 @@ class Checkpointer:
     return int(self.epoch.numpy())
 
   def save(self, epoch):
-    """Writes a checkpoint after `epoch` finished epochs; returns its path."""
+    """Writes a checkpoint after `epoch` epochs (or steps); returns its path."""
     self.epoch.assign(int(epoch))
     path = self.manager.save(checkpoint_number=int(epoch))
     if not self._chief:

@@ -2,7 +2,8 @@
 
 import tensorflow as tf
 
-__all__ = ["TRACES", "NOISES", "sample_noise", "hutchinson", "exact"]
+__all__ = ["TRACES", "NOISES", "sample_noise", "replica_seed", "hutchinson",
+           "exact"]
 
 TRACES = ("hutchinson", "exact")
 NOISES = ("rademacher", "gaussian")
@@ -32,6 +33,20 @@ def sample_noise(shape, dtype, noise="rademacher", seed=None):
       return tf.random.stateless_normal(shape, seed, dtype=dtype)
     bits = tf.random.stateless_uniform(shape, seed, maxval=2, dtype=tf.int32)
   return tf.cast(2 * bits - 1, dtype)
+
+
+def replica_seed():
+  """A fresh stateless probe seed (`[2]` int32), distinct per replica.
+
+  Call it inside the training step. A stateful draw alone repeats on every
+  worker of a multi-worker run (the same graph under the same global seed),
+  so the global replica id is folded in.
+  """
+  ctx = tf.distribute.get_replica_context()
+  replica = 0 if ctx is None else ctx.replica_id_in_sync_group
+  draw = tf.random.uniform([2], maxval=tf.int32.max, dtype=tf.int32)
+  return tf.random.experimental.stateless_fold_in(
+      draw, tf.cast(replica, tf.int32))
 
 
 def _event_axes(y, event_ndims):

@@ -1,11 +1,11 @@
-"""SavedModel export of a trained `FFJORDModel` for serving without tf_ffjord."""
+"""SavedModel export of trained FFJORD flows for serving without tf_ffjord."""
 
 import math
 import types
 
 import tensorflow as tf
 
-__all__ = ["SIGNATURES", "export_saved_model"]
+__all__ = ["SIGNATURES", "export_saved_model", "export_flow"]
 
 # Serving signature names, in the order they are documented.
 SIGNATURES = ("log_prob", "log_prob_hutchinson", "sample", "forward",
@@ -21,67 +21,87 @@ def _function(fn, input_signature):
 
 
 class _Servable(tf.Module):
-  """The exported object: the model's variables and one tf.function per signature.
+  """The exported object: the variables and one tf.function per signature.
 
-  Only variables and traced graphs are saved, so loading needs TensorFlow and
-  nothing else (no tf_ffjord, TFP or Keras).
+  Serves a stack of FFJORD blocks on a standard-normal base: `inverse` runs
+  `bijectors[0]` first (data to base), `forward` the stack backwards. A
+  `FFJORDModel` is the stack of one block. Only variables and traced graphs
+  are saved, so loading needs TensorFlow and nothing else (no tf_ffjord, TFP
+  or Keras).
   """
 
-  def __init__(self, model, batch_size=None):
+  def __init__(self, bijectors, event_shape, variables, context_dim=0,
+               dtype=tf.float32, batch_size=None):
     super().__init__(name="ffjord_servable")
-    event_shape = list(model.event_shape)
-    dtype = tf.as_dtype(model.compute_dtype)
+    bijectors = list(bijectors)
+    if not bijectors:
+      raise ValueError("Export needs at least one FFJORD bijector.")
+    event_shape = [int(d) for d in event_shape]
+    dtype = tf.as_dtype(dtype)
     self._event_shape = event_shape
     self._dtype = dtype
-    self._event_size = int(model.event_size)
-    # Whatever trace the model trains and evaluates with, `log_prob`,
+    self._event_size = int(math.prod(event_shape))
+    # Whatever trace the blocks train and evaluate with, `log_prob`,
     # `forward` and `inverse` use the exact trace; `log_prob_hutchinson`
     # the stochastic estimator with a caller-given seed.
-    base = model.eval_bijector
     # A SimpleNamespace is not trackable: the bijectors (and the Keras
     # objects they hold) stay out of the saved object graph, which then only
     # holds the variables below and the traced functions.
     self._bij = types.SimpleNamespace(
-        exact=(base if base.trace == "exact"
-               else base.copy(trace="exact", regularizers=())),
-        hutchinson=base.copy(trace="hutchinson", regularizers=()))
+        exact=[b if b.trace == "exact"
+               else b.copy(trace="exact", regularizers=())
+               for b in bijectors],
+        hutchinson=[b.copy(trace="hutchinson", regularizers=())
+                    for b in bijectors])
     # Every captured variable: Keras weights and the NFE counters of the
     # bijectors (which Keras does not track).
-    self.model_variables = list(model.variables)
-    self.nfe_counters = [self._bij.exact.nfe_counter,
-                         self._bij.hutchinson.nfe_counter]
+    self.model_variables = list(variables)
+    self.nfe_counters = [b.nfe_counter for b in
+                         self._bij.exact + self._bij.hutchinson]
 
     x_spec = tf.TensorSpec([batch_size, *event_shape], dtype, name="x")
     z_spec = tf.TensorSpec([batch_size, *event_shape], dtype, name="z")
     seed_spec = tf.TensorSpec([], tf.int32, name="seed")
     n_spec = tf.TensorSpec([], tf.int32, name="n")
     ctx = []
-    if model.context_dim:
-      ctx = [tf.TensorSpec([batch_size, model.context_dim], dtype,
-                           name="context")]
+    if context_dim:
+      ctx = [tf.TensorSpec([batch_size, context_dim], dtype, name="context")]
     self.inverse = _function(self._inverse, input_signature=[x_spec, *ctx])
     self.forward = _function(self._forward, input_signature=[z_spec, *ctx])
     self.log_prob = _function(self._log_prob,
-                                input_signature=[x_spec, *ctx])
+                              input_signature=[x_spec, *ctx])
     self.log_prob_hutchinson = _function(
         self._log_prob_hutchinson, input_signature=[x_spec, seed_spec, *ctx])
-    ctx_n = ctx and [tf.TensorSpec([None, model.context_dim], dtype,
+    ctx_n = ctx and [tf.TensorSpec([None, context_dim], dtype,
                                    name="context")]
     self.sample = _function(self._sample,
-                              input_signature=[n_spec, seed_spec, *ctx_n])
+                            input_signature=[n_spec, seed_spec, *ctx_n])
 
   def _base_log_prob(self, z):
     z = tf.reshape(z, [tf.shape(z)[0], -1])
     return (-0.5 * tf.reduce_sum(tf.square(z), -1)
             - 0.5 * self._event_size * _LOG_2PI)
 
+  @staticmethod
+  def _solve(bijectors, x, direction, context=None, seed=None):
+    """(state, summed log_det) of the stack; block k's probes: seed + [0, k]."""
+    blocks = list(enumerate(bijectors))
+    if direction == "forward":
+      blocks.reverse()
+    log_det = 0.0
+    for k, bijector in blocks:
+      s = None if seed is None else seed + tf.constant([0, k], tf.int32)
+      sol = bijector.solve(x, direction, context=context, seed=s)
+      x, log_det = sol.state, log_det + sol.log_det
+    return x, log_det
+
   def _inverse(self, x, context=None):
-    sol = self._bij.exact.solve(x, "inverse", context=context)
-    return {"z": sol.state, "log_det": sol.log_det}
+    z, log_det = self._solve(self._bij.exact, x, "inverse", context)
+    return {"z": z, "log_det": log_det}
 
   def _forward(self, z, context=None):
-    sol = self._bij.exact.solve(z, "forward", context=context)
-    return {"x": sol.state, "log_det": sol.log_det}
+    x, log_det = self._solve(self._bij.exact, z, "forward", context)
+    return {"x": x, "log_det": log_det}
 
   def _log_prob(self, x, context=None):
     # Calls the traced `inverse` graph, so the solve is traced once.
@@ -89,9 +109,9 @@ class _Servable(tf.Module):
     return {"log_prob": self._base_log_prob(out["z"]) + out["log_det"]}
 
   def _log_prob_hutchinson(self, x, seed, context=None):
-    sol = self._bij.hutchinson.solve(x, "inverse", context=context,
-                                 seed=tf.stack([seed, 0]))
-    return {"log_prob": self._base_log_prob(sol.state) + sol.log_det}
+    z, log_det = self._solve(self._bij.hutchinson, x, "inverse", context,
+                             seed=tf.stack([seed, 0]))
+    return {"log_prob": self._base_log_prob(z) + log_det}
 
   def _sample(self, n, seed, context=None):
     # The same base draw as `FFJORDModel.sample(n, seed=seed)`.
@@ -207,8 +227,52 @@ def export_saved_model(model, path, batch_size=None, custom_gradients=False):
   >>> loaded.log_prob(tf.zeros([3, 2]))["log_prob"].shape  # doctest: +SKIP
   TensorShape([3])
   """
-  servable = (_MultiscaleServable(model, batch_size)
-              if hasattr(model, "eval_flow") else _Servable(model, batch_size))
+  if hasattr(model, "eval_flow"):
+    servable = _MultiscaleServable(model, batch_size)
+  else:
+    servable = _Servable([model.eval_bijector], model.event_shape,
+                         model.variables, context_dim=model.context_dim,
+                         dtype=model.compute_dtype, batch_size=batch_size)
+  return _save(servable, path, custom_gradients)
+
+
+def export_flow(bijectors, event_shape, path, variables, context_dim=0,
+                dtype=tf.float32, batch_size=None, custom_gradients=False):
+  """Writes a stack of FFJORD blocks on a standard-normal base as a SavedModel.
+
+  The signatures and their inputs are those of `export_saved_model`; the
+  density is log N(z; 0, I) + the log-dets of all blocks, with
+  `log_prob`, `forward` and `inverse` on the exact trace (blocks with
+  another trace are copied with the exact one, at their own solver
+  settings) and `log_prob_hutchinson(x, seed)` drawing block k's probes
+  from the stateless seed `[seed, k]`. `export_saved_model` of a
+  `FFJORDModel` is the case of one block.
+
+  Args:
+    bijectors: `tf_ffjord.FFJORD` blocks in data-to-base order (`inverse`
+      applies `bijectors[0]` first).
+    event_shape: shape of one example, e.g. `(D,)`.
+    path: output directory.
+    variables: every variable the blocks read (e.g. the owning Keras
+      model's `weights`), so that the SavedModel holds them.
+    context_dim: width of the context the blocks' dynamics take (0: none).
+    dtype: float dtype of the inputs.
+    batch_size: fix the batch dimension of the signatures (`None`: any).
+    custom_gradients: also serialize the adjoint gradient.
+
+  Returns:
+    `path`.
+
+  Raises:
+    ValueError: no bijectors.
+  """
+  servable = _Servable(bijectors, event_shape, variables,
+                       context_dim=context_dim, dtype=dtype,
+                       batch_size=batch_size)
+  return _save(servable, path, custom_gradients)
+
+
+def _save(servable, path, custom_gradients):
   # Pass the tf.functions, not concrete functions: `save` traces them in its
   # own context anyway, so tracing here first would double the cost.
   signatures = {name: getattr(servable, name) for name in SIGNATURES}

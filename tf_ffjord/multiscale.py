@@ -8,6 +8,7 @@ import tensorflow as tf
 
 from tf_ffjord.bijector import FFJORD
 from tf_ffjord.conv import ConvODENet
+from tf_ffjord.divergence import replica_seed
 from tf_ffjord.images import LogitTransform, ODENVP, bits_per_dim, dequantize
 from tf_ffjord.model import LastValue, check_batch, minimize
 
@@ -152,11 +153,11 @@ class MultiscaleFFJORDModel(keras.Model):
     return (-0.5 * tf.reduce_sum(tf.square(z), -1)
             - 0.5 * self.event_size * _LOG_2PI)
 
-  def _log_prob(self, x, flow):
+  def _log_prob(self, x, flow, seed=None):
     """log p(x) of dequantized x in [0, 1], and the stack's NFE."""
     y = self.logit.inverse(x)
     log_det = self.logit.inverse_log_det_jacobian(x, event_ndims=3)
-    z, flow_log_det, nfe = flow.transform(y, "inverse")
+    z, flow_log_det, nfe = flow.transform(y, "inverse", seed=seed)
     return self.base_log_prob(z) + flow_log_det + log_det, nfe
 
   def call(self, x, training=False):
@@ -208,9 +209,23 @@ class MultiscaleFFJORDModel(keras.Model):
     return {m.name: m.result() for m in self.metrics}
 
   def train_step(self, data):
-    x = self._unpack(data)
+    return self.likelihood_step(self._unpack(data))
+
+  def likelihood_step(self, x):
+    """One optimizer step on dequantized images; returns the metric logs.
+
+    `train_step` dequantizes its batch with fresh noise and calls this. A
+    loop that dequantizes its global batch itself (so that a split over
+    replicas sees the noise one device would) calls it on every replica's
+    share with `strategy.run`: the loss is the replica's mean divided by the
+    number of replicas, and every replica draws its own Hutchinson probes.
+
+    Args:
+      x: `[batch, H, W, C]` dequantized images in [0, 1].
+    """
+    x = tf.cast(self._check(x), self.compute_dtype)
     def loss_fn():
-      logp, nfe = self._log_prob(x, self.flow)
+      logp, nfe = self._log_prob(x, self.flow, seed=replica_seed())
       return -tf.reduce_mean(logp), (logp, nfe)
 
     logp, nfe = minimize(self, loss_fn)

@@ -8,8 +8,9 @@ import tensorflow as tf
 import tensorflow_probability as tfp
 
 from tf_ffjord.bijector import FFJORD
+from tf_ffjord.divergence import replica_seed
 from tf_ffjord.dynamics import ODENet
-from tf_ffjord.model import LastValue, check_batch
+from tf_ffjord.model import LastValue, _step_logs, check_batch, minimize
 
 __all__ = ["VAE", "MADE", "POSTERIORS", "binarize"]
 
@@ -233,6 +234,9 @@ class VAE(keras.Model):
     self.kl_warmup_steps = int(kl_warmup_steps)
     self.eval_trace = eval_trace
     self.ffjord_kwargs = dict(ffjord_kwargs)
+    # Base of the training noise's per-step seeds (see _training_noise);
+    # follows the global seed like the weights.
+    self._noise_seed = int(np.random.randint(0, 2**31 - 1))
 
     d, k = self.latent_dim, self.context_dim
     self.encoder = _mlp(self.encoder_hidden, activation, "encoder")
@@ -303,13 +307,14 @@ class VAE(keras.Model):
     logits = self.decoder(z)
     return tf.reshape(logits, [-1, *self.image_shape])
 
-  def flow_forward(self, z0, h, exact=False):
+  def flow_forward(self, z0, h, exact=False, probe_seed=None):
     """Applies the posterior flow: returns `(zK, log|det dzK/dz0|, nfe)`.
 
     Args:
       z0: `[n, d]` base samples.
       h: `[n, k]` context (ignored by `"none"`).
       exact: use `eval_flow` (exact trace) for `"ffjord"`.
+      probe_seed: optional stateless seed of `"ffjord"`'s Hutchinson probes.
     """
     zero = tf.zeros(tf.shape(z0)[:1], z0.dtype)
     if self.posterior == "none":
@@ -324,10 +329,11 @@ class VAE(keras.Model):
         z = iaf.forward(z, conditional_input=h)
       return z, ldj, tf.constant(0, tf.int32)
     flow = self.eval_flow if exact else self.flow
-    sol = flow.solve(z0, "forward", context=h)
+    sol = flow.solve(z0, "forward", context=h, seed=probe_seed)
     return sol.state, sol.log_det, sol.nfe
 
-  def posterior_sample(self, x, n=1, exact=False, seed=None):
+  def posterior_sample(self, x, n=1, exact=False, seed=None, noise=None,
+                       probe_seed=None):
     """Draws n samples of q(z|x) per example, with their log-densities.
 
     Args:
@@ -335,6 +341,8 @@ class VAE(keras.Model):
       n: samples per example.
       exact: exact trace for the FFJORD log-det.
       seed: optional stateless seed (`[2]` ints) of the base noise.
+      noise: optional base noise `[n, batch, d]` to use instead of a draw.
+      probe_seed: optional stateless seed of FFJORD's Hutchinson probes.
 
     Returns:
       `(z, log_q, z0, nfe)`: z `[n, batch, d]`, log q(z|x) `[n, batch]`, the
@@ -343,7 +351,9 @@ class VAE(keras.Model):
     mu, sigma, h = self.encode(x)
     batch = tf.shape(mu)[0]
     shape = tf.stack([n, batch, self.latent_dim])
-    if seed is None:
+    if noise is not None:
+      eps = tf.cast(noise, mu.dtype)
+    elif seed is None:
       eps = tf.random.normal(shape, dtype=mu.dtype)
     else:
       eps = tf.random.stateless_normal(shape, seed, dtype=mu.dtype)
@@ -353,7 +363,8 @@ class VAE(keras.Model):
     flat_z0 = tf.reshape(z0, [-1, self.latent_dim])
     flat_h = tf.reshape(tf.broadcast_to(
         h, tf.stack([n, batch, self.context_dim])), [-1, self.context_dim])
-    zk, ldj, nfe = self.flow_forward(flat_z0, flat_h, exact=exact)
+    zk, ldj, nfe = self.flow_forward(flat_z0, flat_h, exact=exact,
+                                     probe_seed=probe_seed)
     z = tf.reshape(zk, shape)
     log_q = log_q0 - tf.reshape(ldj, [n, batch])
     return z, log_q, z0, nfe
@@ -369,14 +380,17 @@ class VAE(keras.Model):
     return -tf.reduce_sum(tf.nn.sigmoid_cross_entropy_with_logits(
         labels=target, logits=logits), -1)
 
-  def log_weights(self, x, n=1, exact=False, seed=None):
+  def log_weights(self, x, n=1, exact=False, seed=None, **noise):
     """Terms of the bounds for n posterior samples per example.
+
+    `**noise` (`noise`, `probe_seed`) is passed to `posterior_sample`.
 
     Returns:
       `(log_px_z, log_pz, log_q, nfe)`, the first three `[n, batch]`;
       log p(x, z) - log q(z|x) is the importance log-weight.
     """
-    z, log_q, _, nfe = self.posterior_sample(x, n, exact=exact, seed=seed)
+    z, log_q, _, nfe = self.posterior_sample(x, n, exact=exact, seed=seed,
+                                             **noise)
     return self.log_likelihood(x, z), _std_normal_log_prob(z), log_q, nfe
 
   def elbo(self, x, n=1, exact=True, seed=None):
@@ -427,29 +441,51 @@ class VAE(keras.Model):
     log_px_z, log_pz, log_q, _ = self.log_weights(x, 1, exact=not training)
     return (log_px_z + log_pz - log_q)[0]
 
+  def _training_noise(self, batch):
+    """Base noise `[1, batch, d]` of this replica's share of the batch.
+
+    Drawn for the global batch from a seed of the step (the same on every
+    replica) and cut at this replica's rows, so that a batch split over
+    replicas sees the noise it would see on one device, and each replica
+    its own part of it. Assumes equal shares (`fit` with a global batch
+    divisible by the replicas).
+    """
+    ctx = tf.distribute.get_replica_context()
+    replica, replicas = 0, 1
+    if ctx is not None:
+      replica, replicas = ctx.replica_id_in_sync_group, ctx.num_replicas_in_sync
+    seed = tf.stack([tf.constant(self._noise_seed, tf.int32),
+                     tf.cast(self.optimizer.iterations, tf.int32)])
+    full = tf.random.stateless_normal(
+        tf.stack([1, replicas * batch, self.latent_dim]), seed,
+        dtype=self.compute_dtype)
+    return full[:, replica * batch:(replica + 1) * batch]
+
   def train_step(self, data):
     x, _, _ = keras.utils.unpack_x_y_sample_weight(data)
-    with tf.GradientTape() as tape:
-      log_px_z, log_pz, log_q, nfe = self.log_weights(x, 1)
+    x = self._check(x)
+    noise = self._training_noise(tf.shape(x)[0])
+
+    def loss_fn():
+      log_px_z, log_pz, log_q, nfe = self.log_weights(
+          x, 1, noise=noise, probe_seed=replica_seed())
       kl = tf.reduce_mean(log_q - log_pz)
       rec = tf.reduce_mean(log_px_z)
       beta = tf.constant(1.0)
       if self.kl_warmup_steps:
         step = tf.cast(self.optimizer.iterations, tf.float32)
         beta = tf.minimum(1.0, (step + 1.0) / self.kl_warmup_steps)
-      loss = -(rec - beta * kl)
-      if self.losses:
-        loss += tf.add_n(self.losses)
-    variables = self.trainable_variables
-    grads = tape.gradient(loss, variables)
-    self.optimizer.apply_gradients(zip(grads, variables))
+      return -(rec - beta * kl), (kl, rec, nfe)
+
+    # Scaled for the replicas, the model's own losses added.
+    kl, rec, nfe = minimize(self, loss_fn)
     self.elbo_tracker.update_state(kl - rec)
     self.kl_tracker.update_state(kl)
     self.nfe_tracker.update_state(nfe)
     if self.posterior == "ffjord":
       self.nfe_backward_tracker.update_state(
           self.flow.nfe_counter.read_value() - nfe)
-    return {m.name: m.result() for m in self.metrics}
+    return _step_logs({m.name: m.result() for m in self.metrics})
 
   def test_step(self, data):
     x, _, _ = keras.utils.unpack_x_y_sample_weight(data)

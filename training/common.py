@@ -1,19 +1,30 @@
-"""Shared pieces of the experiment CLIs: configs from flags, strategies, resumable fit, JSON."""
+"""Shared pieces of the experiment CLIs: configs from flags, strategies, distributed steps, resumable fit, JSON."""
 
 import argparse
 import dataclasses
 import json
 import os
+import shutil
+import tempfile
 import time
 
+import numpy as np
 import tensorflow as tf
 
 from tf_ffjord import checkpoints
 
-__all__ = ["STRATEGIES", "parser_for", "config_from_args", "use_strategy",
-           "resumable_fit", "write_json"]
+__all__ = ["STRATEGIES", "LOGICAL_CPUS_ENV", "parser_for", "config_from_args",
+           "use_strategy", "check_global_batch", "split_batch",
+           "distributed_step", "any_worker", "is_chief", "on_every_worker",
+           "resumable_fit", "write_json", "Timer"]
 
 STRATEGIES = ("default", "mirrored", "multiworker")
+
+# Testing aid: `--strategy mirrored` over N logical CPU devices of one
+# physical CPU (how the tests get 2 replicas on a machine without GPUs).
+LOGICAL_CPUS_ENV = "TF_FFJORD_LOGICAL_CPUS"
+
+is_chief = checkpoints.is_chief
 
 
 def parser_for(config_cls, description):
@@ -39,18 +50,15 @@ def parser_for(config_cls, description):
   return parser
 
 
-def config_from_args(config_cls, description, argv=None,
-                     strategies=STRATEGIES):
+def config_from_args(config_cls, description, argv=None):
   """Parses argv into an instance of `config_cls`.
 
-  Every CLI also takes `--strategy`, applied here (see `use_strategy`),
-  before the CLI builds its model. CLIs whose training loop is not
-  distribution-aware pass `strategies=("default",)`, so a multi-replica
-  request is refused up front instead of training with wrong gradients.
+  Every CLI also takes `--strategy {default,mirrored,multiworker}`, applied
+  here (see `use_strategy`), before the CLI builds its model.
   """
   parser = parser_for(config_cls, description)
   parser.add_argument(
-      "--strategy", choices=strategies, default="default",
+      "--strategy", choices=STRATEGIES, default="default",
       help="default: one device; mirrored: all local GPUs; multiworker: the "
            "cluster in TF_CONFIG (run the same command on every worker)")
   args = vars(parser.parse_args(argv))
@@ -67,8 +75,15 @@ def use_strategy(name):
 
   Args:
     name: `"default"` (no-op), `"mirrored"` (`MirroredStrategy` over all
-      local GPUs, else the CPU) or `"multiworker"`
-      (`MultiWorkerMirroredStrategy` over the cluster in `TF_CONFIG`).
+      local GPUs, else the CPU; with the environment variable
+      `TF_FFJORD_LOGICAL_CPUS=N`, over N logical CPU devices instead) or
+      `"multiworker"` (`MultiWorkerMirroredStrategy` over the cluster in
+      `TF_CONFIG`).
+
+  Raises:
+    ValueError: an unknown name, `multiworker` without `TF_CONFIG`, or a bad
+      `TF_FFJORD_LOGICAL_CPUS`.
+    RuntimeError: `TF_FFJORD_LOGICAL_CPUS` set after TensorFlow started.
   """
   if name not in STRATEGIES:
     raise ValueError(f"Unknown strategy {name!r}; expected one of "
@@ -76,7 +91,7 @@ def use_strategy(name):
   if name == "default":
     return tf.distribute.get_strategy()
   if name == "mirrored":
-    strategy = tf.distribute.MirroredStrategy()
+    strategy = tf.distribute.MirroredStrategy(_logical_cpus())
   else:
     if "TF_CONFIG" not in os.environ:
       raise ValueError("--strategy multiworker needs TF_CONFIG (the cluster "
@@ -84,6 +99,174 @@ def use_strategy(name):
     strategy = tf.distribute.MultiWorkerMirroredStrategy()
   tf.distribute.experimental_set_strategy(strategy)
   return strategy
+
+
+def _logical_cpus():
+  """The devices `TF_FFJORD_LOGICAL_CPUS` asks for, or None (the default)."""
+  value = os.environ.get(LOGICAL_CPUS_ENV, "")
+  if not value:
+    return None
+  try:
+    n = int(value)
+  except ValueError:
+    n = 0
+  if n < 1:
+    raise ValueError(f"{LOGICAL_CPUS_ENV} must be a positive integer, got "
+                     f"{value!r}.")
+  cpu = tf.config.list_physical_devices("CPU")[0]
+  # (Listing logical devices would start TensorFlow: ask the config.)
+  configured = tf.config.get_logical_device_configuration(cpu) or [None]
+  if len(configured) != n:
+    try:
+      tf.config.set_logical_device_configuration(
+          cpu, [tf.config.LogicalDeviceConfiguration()] * n)
+    except RuntimeError as e:
+      raise RuntimeError(
+          f"{LOGICAL_CPUS_ENV}={n} must take effect before TensorFlow runs "
+          "its first op; choose the strategy first.") from e
+  return [d.name for d in tf.config.list_logical_devices("CPU")]
+
+
+def check_global_batch(batch_size, strategy=None):
+  """Raises ValueError unless `batch_size` splits evenly over the replicas.
+
+  Steps that average their loss per replica (`tf_ffjord.model.minimize`)
+  weigh every replica equally, which is the global-batch mean only when the
+  replicas' shares are equal.
+  """
+  replicas = (strategy or tf.distribute.get_strategy()).num_replicas_in_sync
+  if batch_size < 1 or batch_size % replicas:
+    raise ValueError(f"The batch size {batch_size} is the global batch and "
+                     f"must be a positive multiple of the {replicas} "
+                     "replicas.")
+
+
+def split_batch(batch, strategy=None):
+  """A global batch as per-replica values: replica r gets the r-th share.
+
+  Shares are consecutive rows, as even as possible (the first `len % n`
+  replicas get one row more). Under `MultiWorkerMirroredStrategy` every
+  worker passes the same global batch and keeps its own replicas' rows, so
+  the CLIs choose batches by step from seeded permutations and need no
+  distributed input pipeline.
+
+  Args:
+    batch: an array, or a tuple of arrays with the same number of rows.
+    strategy: default the current one.
+
+  Returns:
+    Per-replica tensors (plain tensors under the default strategy), for the
+    `args` of `strategy.run`.
+
+  Raises:
+    ValueError: fewer rows than replicas, or arrays of unequal lengths.
+  """
+  strategy = strategy or tf.distribute.get_strategy()
+  arrays = batch if isinstance(batch, tuple) else (batch,)
+  rows = len(arrays[0])
+  if any(len(a) != rows for a in arrays):
+    raise ValueError(f"The arrays of a batch have unequal lengths "
+                     f"{[len(a) for a in arrays]}.")
+  n = strategy.num_replicas_in_sync
+  if rows < n:
+    raise ValueError(f"A batch of {rows} rows cannot be split over {n} "
+                     "replicas.")
+  bounds = np.cumsum([0] + [rows // n + (r < rows % n) for r in range(n)])
+
+  def share(ctx):
+    r = ctx.replica_id_in_sync_group
+    out = tuple(tf.constant(a[bounds[r]:bounds[r + 1]]) for a in arrays)
+    return out if isinstance(batch, tuple) else out[0]
+
+  return strategy.experimental_distribute_values_from_function(share)
+
+
+def distributed_step(replica_fn, reductions=None, strategy=None):
+  """A compiled training step that runs `replica_fn` on every replica.
+
+  `replica_fn(*shares)` returns a dict of scalars (it computes its loss,
+  scaled for the global batch, and applies the gradients: the optimizer
+  all-reduces them once, after the replica's ODE solves, so replicas may
+  take different numbers of adaptive steps). The step returns each value
+  reduced over the replicas as float32: `"MEAN"` unless `reductions` maps
+  its key to `"SUM"` (e.g. a loss already divided by the global batch).
+
+  Args:
+    replica_fn: the per-replica step.
+    reductions: dict key -> `"MEAN"` or `"SUM"`.
+    strategy: default the current one.
+
+  Returns:
+    A function of the per-replica values of `split_batch`.
+  """
+  strategy = strategy or tf.distribute.get_strategy()
+  reductions = dict(reductions or {})
+  bad = {k: v for k, v in reductions.items() if v not in ("MEAN", "SUM")}
+  if bad:
+    raise ValueError(f"Reductions must be 'MEAN' or 'SUM', got {bad}.")
+
+  def replica(*args):
+    return {k: tf.cast(v, tf.float32) for k, v in replica_fn(*args).items()}
+
+  def step(*args):
+    out = strategy.run(replica, args=args)
+    return {k: strategy.reduce(reductions.get(k, "MEAN"), v, axis=None)
+            for k, v in out.items()}
+
+  # The step is plain ops and Python control flow on Python values; batch
+  # sizes may vary (an epoch's last batch).
+  return tf.function(step, autograph=False, reduce_retracing=True)
+
+
+def any_worker(*flags, strategy=None):
+  """Each flag, or-ed over the workers of a multi-worker run.
+
+  Decisions taken from a worker's own clock (stop at the time budget, save a
+  checkpoint now) must agree on every worker, or one would wait forever in
+  the next step's all-reduce. Without multiple workers the flags are
+  returned as they are, at no cost.
+
+  Returns:
+    A tuple of bools, one per flag.
+  """
+  strategy = strategy or tf.distribute.get_strategy()
+  multi = getattr(strategy.extended, "_in_multi_worker_mode", lambda: False)
+  if not multi():
+    return tuple(bool(f) for f in flags)
+  if id(strategy) not in _FLAG_SUMS:
+    # Compiled once: eager collectives are slow. tf.distribute reduces by
+    # SUM or MEAN only, so a sum > 0 is the "or".
+    _FLAG_SUMS[id(strategy)] = tf.function(
+        lambda local: strategy.reduce(
+            "SUM", strategy.run(tf.identity, args=(local,)), axis=None),
+        autograph=False)
+  local = tf.constant([float(bool(f)) for f in flags])
+  total = _FLAG_SUMS[id(strategy)](local)
+  return tuple(bool(v) for v in total.numpy() > 0)
+
+
+_FLAG_SUMS = {}  # id(strategy) -> compiled sum of the flags over workers
+
+
+def on_every_worker(write, path, strategy=None):
+  """Calls `write(path)` on the chief and `write(scratch)` on other workers.
+
+  For writers that run collective ops under `MultiWorkerMirroredStrategy`
+  (an export creates variables, whose initial values are broadcast): every
+  worker must take part, but only the chief's files may land in `path`. A
+  non-chief worker writes to a temporary directory, deleted afterwards.
+  Without multiple workers this is `write(path)`.
+
+  Returns:
+    What `write` returned.
+  """
+  if is_chief(strategy):
+    return write(path)
+  scratch = tempfile.mkdtemp(prefix="tf_ffjord_worker_")
+  try:
+    return write(os.path.join(scratch, os.path.basename(os.fspath(path))))
+  finally:
+    shutil.rmtree(scratch, ignore_errors=True)
 
 
 def resumable_fit(model, x, out_dir, iters, steps_per_epoch=100, batch_size=100,
@@ -132,10 +315,13 @@ def resumable_fit(model, x, out_dir, iters, steps_per_epoch=100, batch_size=100,
 
 
 def write_json(path, payload):
-  """Writes `payload` as indented JSON (atomically: write then rename)."""
+  """Writes `payload` as indented JSON (atomically: write then rename).
+
+  NumPy scalars are written as floats.
+  """
   tmp = f"{path}.tmp"
   with open(tmp, "w") as f:
-    json.dump(payload, f, indent=2, sort_keys=True)
+    json.dump(payload, f, indent=2, sort_keys=True, default=float)
   os.replace(tmp, path)
 
 

@@ -10,6 +10,7 @@ import keras
 import numpy as np
 import tensorflow as tf
 
+from tf_ffjord import checkpoints
 from tf_ffjord.datasets import images as image_data
 from tf_ffjord.images import bits_per_dim, dequantize
 from tf_ffjord.multiscale import MultiscaleFFJORDModel
@@ -51,6 +52,7 @@ class ImagesConfig:
   atol: float = 1e-5
   max_num_steps: int = 1000
   noise: str = "rademacher"
+  trace: str = "hutchinson"    # training (and evaluation) trace; exact costs D VJPs
   train_time: bool = True
   lr: float = 1e-3
   train_size: int = 0          # 0 for the whole training split
@@ -60,6 +62,7 @@ class ImagesConfig:
   checkpoint_every: float = 120.0  # seconds
   log_every: int = 10
   seed: int = 0
+  export: bool = True          # SavedModel of the final model in out/saved_model
 
 
 def build_model(config, event_shape):
@@ -74,7 +77,7 @@ def build_model(config, event_shape):
       train_time=config.train_time, solver=config.solver,
       step_size=config.step_size, rtol=config.rtol, atol=config.atol,
       max_num_steps=config.max_num_steps, noise=config.noise,
-      trace="hutchinson",
+      trace=config.trace,
       eval_kwargs={"solver": config.eval_solver} if config.eval_solver else None)
   model.compile(keras.optimizers.Adam(config.lr))
   model.optimizer.build(model.trainable_variables)
@@ -121,32 +124,42 @@ def _batches(x, batch_size, seed):
 
 def run(config):
   """Trains (resuming from `config.out` if a checkpoint exists), evaluates,
-  and writes `metrics.json`, `curve.json`, `samples.png` and `curve.png`.
+  and writes `metrics.json`, `curve.json`, `samples.png`, `curve.png` and
+  (with `export`) `saved_model/`.
+
+  Under a multi-replica strategy every step splits the global batch over the
+  replicas (see `training.common.split_batch`); the batch is dequantized
+  before the split with a seed of the step, so training matches one device
+  on the same global batch up to the Hutchinson probes (drawn per replica).
+  Under `multiworker` only the chief writes files.
 
   Returns:
     The metrics dict.
   """
+  strategy = tf.distribute.get_strategy()
+  common.check_global_batch(config.batch_size, strategy)
+  chief = common.is_chief(strategy)
   os.makedirs(config.out, exist_ok=True)
   (x_train, _), (x_test, _) = image_data.load(config.data, config.data_path)
   if config.train_size:
     x_train = x_train[:config.train_size]
   eval_images = x_test[:config.eval_size] if config.eval_size else x_test
   model = build_model(config, x_train.shape[1:])
-  step = tf.Variable(0, dtype=tf.int64, name="step")
-  elapsed = tf.Variable(0.0, dtype=tf.float64, name="elapsed")
-  ckpt = tf.train.Checkpoint(model=model, optimizer=model.optimizer,
-                             step=step, elapsed=elapsed)
-  manager = tf.train.CheckpointManager(
-      ckpt, os.path.join(config.out, "checkpoints"), max_to_keep=2)
+  with strategy.scope():
+    elapsed = tf.Variable(0.0, dtype=tf.float64, name="elapsed")
+  # The checkpointer's counter holds the finished steps.
+  ckpt = checkpoints.Checkpointer(model, os.path.join(config.out,
+                                                      "checkpoints"),
+                                  extra={"elapsed": elapsed})
+  step = ckpt.restore()
   curve_path = os.path.join(config.out, "curve.json")
   curve = []
-  if manager.latest_checkpoint:
-    ckpt.restore(manager.latest_checkpoint).assert_existing_objects_matched()
+  if step:
     if os.path.exists(curve_path):
       with open(curve_path) as f:
-        curve = [c for c in json.load(f) if c["step"] <= int(step)]
-    print(f"Resumed from {manager.latest_checkpoint} at step {int(step)} "
-          f"({float(elapsed) / 60:.1f} min trained).", flush=True)
+        curve = [c for c in json.load(f) if c["step"] <= step]
+    print(f"Resumed from {ckpt.latest} at step {step} "
+          f"({float(elapsed.numpy()) / 60:.1f} min trained).", flush=True)
 
   get_batch, steps_per_epoch = _batches(x_train, config.batch_size,
                                         config.seed)
@@ -154,38 +167,45 @@ def run(config):
   if config.max_steps:
     limit = min(limit, config.max_steps)
   budget = config.time_budget * 60 or float("inf")
-  train_fn = tf.function(model.train_step, autograph=False)
+  train_fn = common.distributed_step(model.likelihood_step, strategy=strategy)
 
   def save():
-    manager.save(checkpoint_number=int(step))
-    common.write_json(curve_path, curve)
+    ckpt.save(step)  # every worker: reads of synchronized variables
+    if chief:
+      common.write_json(curve_path, curve)
 
-  start, last_save = time.time() - float(elapsed), time.time()
-  while int(step) < limit and time.time() - start < budget:
-    logs = train_fn(tf.constant(get_batch(int(step))))
-    step.assign_add(1)
+  start, last_save = time.time() - float(elapsed.numpy()), time.time()
+  while step < limit:
+    over_budget, = common.any_worker(time.time() - start >= budget,
+                                     strategy=strategy)
+    if over_budget:
+      break
+    x = dequantize(get_batch(step), seed=tf.constant([config.seed, step],
+                                                      tf.int32))
+    logs = train_fn(common.split_batch(x.numpy(), strategy))
+    step += 1
     elapsed.assign(time.time() - start)
-    if int(step) % config.log_every == 0 or int(step) == limit:
+    if step % config.log_every == 0 or step == limit:
       logs = {k: float(v) for k, v in logs.items()}
       for m in model.metrics:  # report means over the logging interval
         m.reset_state()
-      curve.append({"step": int(step), "minutes": float(elapsed) / 60,
-                    "epoch": int(step) / steps_per_epoch, **logs})
-      print(f"step {int(step)} epoch {int(step) / steps_per_epoch:.2f} "
-            f"{float(elapsed) / 60:.1f} min bpd {logs['bpd']:.3f} "
+      curve.append({"step": step, "minutes": float(elapsed.numpy()) / 60,
+                    "epoch": step / steps_per_epoch, **logs})
+      print(f"step {step} epoch {step / steps_per_epoch:.2f} "
+            f"{float(elapsed.numpy()) / 60:.1f} min bpd {logs['bpd']:.3f} "
             f"nfe {logs['nfe']:.0f}", flush=True)
-    if time.time() - last_save > config.checkpoint_every:
+    save_now, = common.any_worker(
+        time.time() - last_save > config.checkpoint_every, strategy=strategy)
+    if save_now:
       save()
       last_save = time.time()
   save()
-  train_seconds = float(elapsed)
+  train_seconds = float(elapsed.numpy())
 
   t0 = time.time()
   test_bpd, test_nll, eval_nfe = evaluate_bpd(model, eval_images,
                                               config.eval_batch, config.seed)
   eval_seconds = time.time() - t0
-  samples = model.sample(64, seed=config.seed).numpy()
-  plots_images.save_grid(os.path.join(config.out, "samples.png"), samples)
   subset = ("full test set" if len(eval_images) == len(x_test) else
             f"first {len(eval_images)} of {len(x_test)} test images")
   metrics = {
@@ -198,16 +218,24 @@ def run(config):
       "eval_solver": config.eval_solver or config.solver,
       "seconds": train_seconds,
       "eval_seconds": eval_seconds,
-      "steps": int(step),
-      "epochs": int(step) / steps_per_epoch,
+      "steps": step,
+      "epochs": step / steps_per_epoch,
       "train_bpd": curve[-1]["bpd"] if curve else None,
       "paper_bpd": PAPER_BPD.get(config.data),
-      "trace": "hutchinson (one probe per image; unbiased log-det)",
+      "trace": (config.trace if config.trace == "exact" else
+                "hutchinson (one probe per image; unbiased log-det)"),
+      "replicas": strategy.num_replicas_in_sync,
       "config": dataclasses.asdict(config),
   }
-  common.write_json(os.path.join(config.out, "metrics.json"), metrics)
-  plots_images.plot_curve(os.path.join(config.out, "curve.png"), curve,
-                          test_bpd, PAPER_BPD.get(config.data))
+  if config.export:  # every worker takes part (see on_every_worker)
+    common.on_every_worker(model.export,
+                           os.path.join(config.out, "saved_model"), strategy)
+  if chief:
+    samples = model.sample(64, seed=config.seed).numpy()
+    plots_images.save_grid(os.path.join(config.out, "samples.png"), samples)
+    common.write_json(os.path.join(config.out, "metrics.json"), metrics)
+    plots_images.plot_curve(os.path.join(config.out, "curve.png"), curve,
+                            test_bpd, PAPER_BPD.get(config.data))
   print(json.dumps({k: v for k, v in metrics.items() if k != "config"}),
         flush=True)
   return metrics
@@ -215,8 +243,7 @@ def run(config):
 
 def main(argv=None):
   config = common.config_from_args(
-      ImagesConfig, "Train multiscale FFJORD on images.", argv,
-      strategies=("default",))  # own training loop: not distribution-aware
+      ImagesConfig, "Train multiscale FFJORD on images.", argv)
   if config.data == "cifar10" and config.data_path == ImagesConfig.data_path:
     raise SystemExit("Pass --data-path to the cifar-10-batches-py directory.")
   return run(config)

@@ -16,22 +16,30 @@ model (a finished run only re-tests its best model). The test NLL is computed
 with the exact trace at the test tolerance, and `metrics.json` holds
 `test_nll`, its standard error, `nfe`, `seconds` (of training, summed over
 resumes) and, for scale, the test NLL of a full-covariance Gaussian fit.
+With `--export true` (the default) the best model is also written as a
+SavedModel in `<out>/saved_model` (see `TabularFlow.export`).
+
+`--strategy mirrored|multiworker` splits every global batch of `batch_size`
+over the replicas (see `training.common`); validation and test run whole on
+every worker, and under `multiworker` only the chief writes files.
 """
 
 import dataclasses
 import json
 import math
 import os
-import sys
 import time
 
 import keras
 import numpy as np
 import tensorflow as tf
 
+from tf_ffjord import export as export_lib
 from tf_ffjord.bijector import FFJORD
 from tf_ffjord.datasets import tabular
+from tf_ffjord.divergence import replica_seed
 from tf_ffjord.dynamics import ODENet
+from training import common
 
 __all__ = ["TabularConfig", "PowerConfig", "GasConfig", "HepmassConfig",
            "MinibooneConfig", "Bsds300Config", "CONFIGS", "TabularFlow",
@@ -47,8 +55,9 @@ class TabularConfig:
   Model: `num_blocks` stacked CNFs, each an `ODENet` with `nhidden` layers of
   width `hdim_factor * D`, with a learned end time (init `time_length`).
   Solver: dopri5 at (rtol, atol) in training and validation, (test_rtol,
-  test_atol) with the exact trace for the test NLL. `val_trace` is the
-  paper's (Hutchinson, with fixed probes so that validations compare).
+  test_atol) with the exact trace for the test NLL. `trace` (training) and
+  `val_trace` are the paper's (Hutchinson; validation with fixed probes so
+  that validations compare); the exact trace costs D gradient passes.
   Budget: `max_steps` and `time_budget` (seconds of training, summed over
   resumes; 0 = none) end training early; the best model is then tested.
   """
@@ -73,6 +82,7 @@ class TabularConfig:
   test_atol: float = 1e-8
   step_size: float = 0.25
   max_num_steps: int = 2000
+  trace: str = "hutchinson"
   val_trace: str = "hutchinson"
   # optimization and schedule
   batch_size: int = 1000
@@ -91,6 +101,8 @@ class TabularConfig:
   n_train: int = 1_000_000
   n_val: int = 50_000
   n_test: int = 250_000
+  # output
+  export: bool = True
 
 
 @dataclasses.dataclass
@@ -165,7 +177,7 @@ class TabularFlow(keras.Model):
 
   Each block has its own `ODENet` and learned end time; data pass through
   block 0 first on their way to the base. Three bijectors share each
-  block's dynamics: training (Hutchinson), validation (`val_trace`) and test
+  block's dynamics: training (`trace`), validation (`val_trace`) and test
   (exact trace at the test tolerance).
 
   Args:
@@ -202,7 +214,7 @@ class TabularFlow(keras.Model):
                                 rtol=rtol, atol=atol, **common))
       return bijectors
 
-    self.train_bijectors = build("hutchinson", config.rtol, config.atol)
+    self.train_bijectors = build(config.trace, config.rtol, config.atol)
     self.val_bijectors = build(config.val_trace, config.rtol, config.atol)
     self.test_bijectors = build("exact", config.test_rtol, config.test_atol)
     zeros = tf.zeros([1, self.dim])
@@ -227,6 +239,20 @@ class TabularFlow(keras.Model):
 
   def end_times(self):
     return [float(tf.math.softplus(w.value)) for w in self.time_raw]
+
+  def export(self, path, batch_size=None):
+    """Writes a SavedModel that serves without tf_ffjord installed.
+
+    The signatures of `tf_ffjord.export.export_flow` over the test blocks
+    (exact trace at the test tolerance): `log_prob(x)`,
+    `log_prob_hutchinson(x, seed)`, `sample(n, seed)`, `forward(z)`,
+    `inverse(x)`, with `x` of shape `[batch, D]`.
+
+    Returns:
+      `path`.
+    """
+    return export_lib.export_flow(self.test_bijectors, (self.dim,), path,
+                                  self.weights, batch_size=batch_size)
 
 
 # -- checkpoints ---------------------------------------------------------------
@@ -254,18 +280,13 @@ def _assign(variables, npz, what):
     v.assign(a)
 
 
-def _log(out, message):
+def _log(out, message, write=True):
+  """Prints a timestamped line and (with `write`) appends it to log.txt."""
   line = f"[{time.strftime('%H:%M:%S')}] {message}"
   print(line, flush=True)
-  with open(os.path.join(out, "log.txt"), "a", encoding="utf-8") as f:
-    f.write(line + "\n")
-
-
-def _write_json(path, payload):
-  tmp = path + ".tmp"
-  with open(tmp, "w", encoding="utf-8") as f:
-    json.dump(payload, f, indent=2, default=float)
-  os.replace(tmp, path)
+  if write:
+    with open(os.path.join(out, "log.txt"), "a", encoding="utf-8") as f:
+      f.write(line + "\n")
 
 
 # -- training ------------------------------------------------------------------
@@ -318,22 +339,37 @@ def _lr_stage(bad, patience, stage):
 def train(config):
   """Trains (or resumes) and tests one config; returns the metrics dict.
 
+  Every step splits its global batch over the replicas of the current
+  strategy; each replica's loss is its share of the global-batch mean
+  (`tf.nn.compute_average_loss`), so the summed gradients are those of one
+  device on the whole batch, and each replica draws its own Hutchinson
+  probes.
+
   Args:
     config: a `TabularConfig`.
 
   Returns:
     The dict written to `<out>/metrics.json`.
   """
+  strategy = tf.distribute.get_strategy()
+  replicas = strategy.num_replicas_in_sync
+  chief = common.is_chief(strategy)
   out = config.out
   os.makedirs(out, exist_ok=True)
-  tf.random.set_seed(config.seed)
+  log = lambda message: _log(out, message, write=chief)
+  # Seeds Python, NumPy, TensorFlow and Keras (the weights' initializers).
+  keras.utils.set_random_seed(config.seed)
   splits = _load_data(config)
   train_x = splits.train
   val_x = splits.val[:config.max_val] if config.max_val else splits.val
   test_x = splits.test[:config.max_test] if config.max_test else splits.test
   dim = train_x.shape[1]
-  _log(out, f"{config.data}: D={dim}, train {train_x.shape[0]}, val "
-            f"{val_x.shape[0]}, test {test_x.shape[0]} ({splits.source})")
+  if config.batch_size < replicas:
+    raise ValueError(f"batch_size {config.batch_size} is the global batch and "
+                     f"must be at least the {replicas} replicas.")
+  log(f"{config.data}: D={dim}, train {train_x.shape[0]}, val "
+      f"{val_x.shape[0]}, test {test_x.shape[0]} ({splits.source}), "
+      f"{replicas} replica(s)")
 
   model = TabularFlow(dim, config)
   variables = model.trainable_variables
@@ -341,19 +377,24 @@ def train(config):
   optimizer.build(variables)
   wd = config.weight_decay
 
-  @tf.function(reduce_retracing=True)
-  def train_step(x):
+  def replica_step(x, global_batch):
     with tf.GradientTape() as tape:
-      logp, nfe = model.log_prob(x, model.train_bijectors)
-      loss = -tf.reduce_mean(logp)
+      logp, nfe = model.log_prob(x, model.train_bijectors,
+                                 seed=replica_seed())
+      # This replica's share of the global-batch mean NLL: the optimizer
+      # sums the replicas' gradients (once, after every replica's solves).
+      loss = tf.nn.compute_average_loss(-logp, global_batch_size=global_batch)
     grads = tape.gradient(loss, variables)
-    # Coupled L2 weight decay, as torch's Adam(weight_decay=...) does.
-    grads = [g + wd * v.value for g, v in zip(grads, variables)]
+    # Coupled L2 weight decay, as torch's Adam(weight_decay=...) does; each
+    # replica adds its share of it to the summed gradient.
+    grads = [g + (wd / replicas) * v.value for g, v in zip(grads, variables)]
     optimizer.apply_gradients(zip(grads, variables))
     total = tf.add_n([b.nfe_counter.read_value()
                       for b in model.train_bijectors])
-    return loss, nfe, total - nfe
+    return {"loss": loss, "nfe": nfe, "nfe_backward": total - nfe}
 
+  train_step = common.distributed_step(replica_step, {"loss": "SUM"},
+                                       strategy)
   val_fn = tf.function(lambda x, s: model.log_prob(x, model.val_bijectors, s),
                        reduce_retracing=True)
   test_fn = tf.function(lambda x, s: model.log_prob(x, model.test_bijectors),
@@ -371,8 +412,8 @@ def train(config):
                               if k.startswith("m_")}, "latest")
       _assign(optimizer.variables, {k[2:]: f[k] for k in f.files
                                     if k.startswith("o_")}, "latest")
-    _log(out, f"resumed at step {state['step']} (best val "
-              f"{state['best_val']:.4f} at step {state['best_step']})")
+    log(f"resumed at step {state['step']} (best val "
+        f"{state['best_val']:.4f} at step {state['best_step']})")
   if os.path.exists(best_path):
     with np.load(best_path) as f:
       # best.npz may be newer than latest.npz (a kill between the two).
@@ -382,13 +423,20 @@ def train(config):
   optimizer.learning_rate.assign(config.lr / 10 ** state["stage"])
 
   def save_latest():
+    if not chief:
+      return
     arrays = {"state": np.array(json.dumps(state))}
     arrays.update({"m_" + k: v for k, v in _weights(model.weights).items()})
     arrays.update({"o_" + k: v
                    for k, v in _weights(optimizer.variables).items()})
     _save_npz(latest_path, **arrays)
 
+  # This run's best weights: the test uses them, so that no worker reads a
+  # best.npz the chief may still be writing.
+  best_weights = None
+
   def validate():
+    nonlocal best_weights
     logp, nfe = _evaluate(val_fn, val_x, config.test_batch_size,
                           config.seed)
     val_nll = float(-logp.mean())
@@ -396,24 +444,28 @@ def train(config):
     if improved:
       state["best_val"], state["best_step"], state["bad"] = (
           val_nll, state["step"], 0)
-      _save_npz(best_path, val_nll=np.array(val_nll),
-                step=np.array(state["step"]), dim=np.array(dim),
-                **_weights(model.weights))
+      best_weights = _weights(model.weights)
+      if chief:
+        _save_npz(best_path, val_nll=np.array(val_nll),
+                  step=np.array(state["step"]), dim=np.array(dim),
+                  **best_weights)
     else:
       state["bad"] += 1
     state["stage"] = _lr_stage(state["bad"], config.patience, state["stage"])
     optimizer.learning_rate.assign(config.lr / 10 ** state["stage"])
     state["history"].append(dict(step=state["step"], val_nll=val_nll,
                                  nfe=nfe, seconds=state["seconds"]))
-    _log(out, f"[val] step {state['step']} nll {val_nll:.4f} nfe {nfe:.0f} "
-              f"best {state['best_val']:.4f} bad {state['bad']}/"
-              f"{config.patience} lr {config.lr / 10 ** state['stage']:g}"
-              f" T {['%.3f' % t for t in model.end_times()]}")
+    log(f"[val] step {state['step']} nll {val_nll:.4f} nfe {nfe:.0f} "
+        f"best {state['best_val']:.4f} bad {state['bad']}/"
+        f"{config.patience} lr {config.lr / 10 ** state['stage']:g}"
+        f" T {['%.3f' % t for t in model.end_times()]}")
     save_latest()
 
   # -- the loop -------------------------------------------------------------
   n = train_x.shape[0]
   steps_per_epoch = max(1, -(-n // config.batch_size))
+  if 0 < n % config.batch_size < replicas:
+    steps_per_epoch -= 1  # a last batch smaller than the replicas is dropped
   last_save = time.time()
   last_val_step = state["step"]
   reason = "finished before"
@@ -424,24 +476,29 @@ def train(config):
     if config.max_steps and state["step"] >= config.max_steps:
       reason = "max_steps"
       break
-    if config.time_budget and state["seconds"] >= config.time_budget:
+    # Each worker's own clock: stop together, when the first is over budget.
+    if common.any_worker(config.time_budget
+                         and state["seconds"] >= config.time_budget,
+                         strategy=strategy)[0]:
       reason = "time budget"
       break
     epoch, pos = divmod(state["step"], steps_per_epoch)
     order = np.random.default_rng([config.seed, epoch]).permutation(n)
     idx = order[pos * config.batch_size:(pos + 1) * config.batch_size]
     t0 = time.time()
-    loss, nfe, nfe_back = train_step(tf.constant(train_x[idx]))
-    loss = float(loss)
+    logs = train_step(common.split_batch(train_x[idx], strategy),
+                      tf.constant(len(idx), tf.int64))
+    loss = float(logs["loss"])
+    nfe, nfe_back = int(logs["nfe"]), int(logs["nfe_backward"])
     state["seconds"] += time.time() - t0
     state["step"] += 1
-    state["train_nfe"], state["train_nfe_backward"] = int(nfe), int(nfe_back)
+    state["train_nfe"], state["train_nfe_backward"] = nfe, nfe_back
     if not math.isfinite(loss):
       raise FloatingPointError(f"Training loss is {loss} at step "
                                f"{state['step']}.")
     if state["step"] % 10 == 0 or state["step"] == 1:
-      _log(out, f"step {state['step']} (epoch {epoch}) nll {loss:.4f} nfe "
-                f"{int(nfe)}+{int(nfe_back)} {state['seconds']:.0f}s")
+      log(f"step {state['step']} (epoch {epoch}) nll {loss:.4f} nfe "
+          f"{nfe}+{nfe_back} {state['seconds']:.0f}s")
     if state["step"] % config.val_every == 0:
       validate()
       last_val_step, last_save = state["step"], time.time()
@@ -454,13 +511,14 @@ def train(config):
     state["done"] = True
     state["stop_reason"] = reason
     save_latest()
-    _log(out, f"training stopped ({reason}) at step {state['step']} after "
-              f"{state['seconds']:.0f}s")
+    log(f"training stopped ({reason}) at step {state['step']} after "
+        f"{state['seconds']:.0f}s")
 
   # -- test -------------------------------------------------------------------
-  with np.load(best_path) as f:
-    _assign(model.weights, {k: f[k] for k in f.files if k.startswith("w")},
-            "best")
+  if best_weights is None:  # the best is from before a resume
+    with np.load(best_path) as f:
+      best_weights = {k: f[k] for k in f.files if k.startswith("w")}
+  _assign(model.weights, best_weights, "best")
   t0 = time.time()
   logp, test_nfe = _evaluate(test_fn, test_x, config.test_batch_size,
                              config.seed)
@@ -478,16 +536,20 @@ def train(config):
       seconds=state["seconds"], test_seconds=test_seconds,
       steps=state["step"], best_step=state["best_step"],
       best_val_nll=state["best_val"], stop_reason=state.get("stop_reason"),
-      end_times=model.end_times(),
+      end_times=model.end_times(), replicas=replicas,
       n_train=int(train_x.shape[0]), n_val=int(val_x.shape[0]),
       n_test=int(test_x.shape[0]), dim=dim,
       parameters=int(sum(np.prod(v.shape) for v in variables)),
       config=dataclasses.asdict(config))
-  _write_json(os.path.join(out, "metrics.json"), metrics)
-  _log(out, f"[test] nll {metrics['test_nll']:.3f} +- "
-            f"{metrics['test_nll_stderr']:.3f} (paper {config.paper_nll}, "
-            f"Gaussian fit {gauss:.3f}) "
-            f"nfe {test_nfe:.0f} in {test_seconds:.0f}s")
+  if config.export:  # every worker takes part (see on_every_worker)
+    common.on_every_worker(model.export, os.path.join(out, "saved_model"),
+                           strategy)
+  if chief:
+    common.write_json(os.path.join(out, "metrics.json"), metrics)
+  log(f"[test] nll {metrics['test_nll']:.3f} +- "
+      f"{metrics['test_nll_stderr']:.3f} (paper {config.paper_nll}, "
+      f"Gaussian fit {gauss:.3f}) "
+      f"nfe {test_nfe:.0f} in {test_seconds:.0f}s")
   return metrics
 
 
@@ -514,31 +576,22 @@ def load_best(out):
 
 
 def _parse(argv):
+  """The config of `--data`'s dataset, with every field a flag (and --strategy)."""
   import argparse  # pylint: disable=import-outside-toplevel
   first = argparse.ArgumentParser(add_help=False)
   first.add_argument("--data", default="miniboone", choices=sorted(CONFIGS))
   known, _ = first.parse_known_args(argv)
   config_cls = CONFIGS[known.data]
-  parser = argparse.ArgumentParser(
-      description=f"FFJORD on tabular data ({config_cls.__doc__})")
-  for field in dataclasses.fields(config_cls):
-    default = field.default
-    if isinstance(default, bool):
-      kind = lambda s: s.lower() in ("1", "true", "yes")
-    else:
-      kind = type(default)
-    kwargs = dict(type=kind, default=default, help=f"default: {default}")
-    if field.name == "data":
-      kwargs["choices"] = sorted(CONFIGS)
-    parser.add_argument("--" + field.name.replace("_", "-"), **kwargs)
-  return config_cls(**vars(parser.parse_args(argv)))
+  return common.config_from_args(
+      config_cls, f"FFJORD on tabular data ({config_cls.__doc__})", argv)
 
 
 def main(argv=None):
-  config = _parse(sys.argv[1:] if argv is None else argv)
+  config = _parse(argv)
   os.makedirs(config.out, exist_ok=True)
-  _write_json(os.path.join(config.out, "config.json"),
-              dataclasses.asdict(config))
+  if common.is_chief():
+    common.write_json(os.path.join(config.out, "config.json"),
+                      dataclasses.asdict(config))
   metrics = train(config)
   print(json.dumps({k: metrics[k] for k in
                     ("test_nll", "test_nll_stderr", "paper_nll", "nfe",

@@ -112,7 +112,11 @@ def plot_density(model, data, path, lim=4.0, grid=100, n_samples=10000,
 
 
 def run(config):
-  """Trains, evaluates, plots and exports; returns the metrics dict."""
+  """Trains, evaluates, plots and exports; returns the metrics dict.
+
+  Under `multiworker` only the chief writes the plot, the metrics and the
+  SavedModel.
+  """
   os.makedirs(config.out, exist_ok=True)
   timer = common.Timer()
   model = build_model(config)
@@ -139,12 +143,15 @@ def run(config):
     metrics["entropy"] = toy.entropy(config.data)
   except NotImplementedError:
     pass
-  if config.plot:
+  chief = common.is_chief()  # under multiworker only the chief writes files
+  if config.plot and chief:
     metrics["grid_mass"] = plot_density(
         model, test, os.path.join(config.out, "density.png"))
-  if config.export:
-    model.export(os.path.join(config.out, "saved_model"))
-  common.write_json(os.path.join(config.out, "metrics.json"), metrics)
+  if config.export:  # every worker takes part (see on_every_worker)
+    common.on_every_worker(model.export,
+                           os.path.join(config.out, "saved_model"))
+  if chief:
+    common.write_json(os.path.join(config.out, "metrics.json"), metrics)
   return metrics
 
 

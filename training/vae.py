@@ -127,7 +127,11 @@ def build_model(config):
 
 
 class TimeBudget(keras.callbacks.Callback):
-  """Stops `fit` after a wall-clock budget, checked after every batch."""
+  """Stops `fit` after a wall-clock budget, checked after every batch.
+
+  Under `multiworker` the workers stop at the same step (the first one over
+  budget decides; see `training.common.any_worker`).
+  """
 
   def __init__(self, seconds):
     super().__init__()
@@ -145,7 +149,8 @@ class TimeBudget(keras.callbacks.Callback):
   def on_train_batch_end(self, batch, logs=None):
     self.steps += 1
     self.epoch_steps += 1
-    if self.seconds and time.time() - self.start > self.seconds:
+    if self.seconds and common.any_worker(
+        time.time() - self.start > self.seconds)[0]:
       self.model.stop_training = True
 
 
@@ -159,7 +164,7 @@ def evaluate(vae, x_test, config):
     log_px_z, log_pz, log_q, nfe = vae.log_weights(x, 1, exact=True)
     return (log_px_z + log_pz - log_q)[0], nfe
 
-  elbo_fn = tf.function(elbo_and_nfe, reduce_retracing=True)
+  elbo_fn = tf.function(elbo_and_nfe, reduce_retracing=True, autograph=False)
   elbos, nfe = [], 0
   for i in range(0, len(x_test), config.eval_batch_size):
     e, nfe = elbo_fn(tf.constant(x_test[i:i + config.eval_batch_size]))
@@ -206,7 +211,9 @@ def _grid_png(path, images, rows):
 def write_pictures(vae, x_test, out):
   """reconstructions.png (inputs over mean reconstructions) and samples.png."""
   x = tf.constant(x_test[:16])
-  z = vae.posterior_sample(x, 1, exact=True, seed=[0, 0])[0][0]
+  # Compiled: an eager exact-trace solve re-traces its Jacobian every step.
+  z = tf.function(lambda x: vae.posterior_sample(
+      x, 1, exact=True, seed=[0, 0])[0][0], autograph=False)(x)
   recon = tf.sigmoid(vae.decode(z)).numpy()
   _grid_png(os.path.join(out, "reconstructions.png"),
             np.concatenate([x.numpy(), recon]), rows=2)
@@ -214,8 +221,43 @@ def write_pictures(vae, x_test, out):
             rows=10)
 
 
+def _train_batches(x, batch_size, epochs, seed):
+  """The training batches of all epochs, binarized, as one `tf.data.Dataset`.
+
+  Every epoch is a stateless permutation of `x` seeded by `(seed, epoch)`, so
+  the sequence of global batches is the same under every strategy and on
+  every worker (`Dataset.shuffle` is not, once `fit` distributes the
+  dataset); `fit` then splits each global batch over the replicas.
+  """
+  n = len(x)
+
+  def epoch(e):
+    order = tf.argsort(tf.random.stateless_uniform(
+        [n], tf.stack([seed, tf.cast(e, tf.int32)])))
+    return (tf.data.Dataset.from_tensor_slices(order)
+            .batch(batch_size, drop_remainder=True))
+
+  images = tf.constant(x)
+  train = (tf.data.Dataset.range(epochs).flat_map(epoch)
+           .map(lambda i: binarize(tf.gather(images, i))).prefetch(2))
+  options = tf.data.Options()  # split every global batch, whatever its source
+  options.experimental_distribute.auto_shard_policy = (
+      tf.data.experimental.AutoShardPolicy.DATA)
+  return train.with_options(options)
+
+
 def run(config):
-  """Trains and evaluates one VAE; writes metrics.json and PNGs to `out`."""
+  """Trains and evaluates one VAE; writes metrics.json and PNGs to `out`.
+
+  Under a multi-replica strategy `fit` splits every global batch of
+  `batch_size` over the replicas; the batches are binarized before the
+  split and the posterior's base noise is drawn for the global batch
+  (`VAE._training_noise`), so training matches one device up to the
+  Hutchinson probes (drawn per replica). Under `multiworker` only the chief
+  writes files.
+  """
+  strategy = tf.distribute.get_strategy()
+  common.check_global_batch(config.batch_size, strategy)
   os.makedirs(config.out, exist_ok=True)
   x_train, x_test = load_mnist(config.data)
   if config.train_size:
@@ -225,17 +267,20 @@ def run(config):
   # A fixed binarization of the test set; training binarizes every batch.
   x_test = binarize(x_test, seed=[config.seed, 2019]).numpy()
   vae = build_model(config)
-  train = (tf.data.Dataset.from_tensor_slices(x_train)
-           .shuffle(len(x_train), seed=config.seed)
-           .batch(config.batch_size, drop_remainder=True)
-           .map(binarize).prefetch(2))
+  steps_per_epoch = len(x_train) // config.batch_size
+  if not steps_per_epoch:
+    raise ValueError(f"{len(x_train)} training images make no batch of "
+                     f"{config.batch_size}.")
+  train = _train_batches(x_train, config.batch_size, config.epochs,
+                         config.seed)
   budget = TimeBudget(config.time_budget_minutes * 60)
   t0 = time.time()
-  history = vae.fit(train, epochs=config.epochs, verbose=config.verbose,
+  # One dataset holds every epoch: fit keeps its iterator across epochs.
+  history = vae.fit(train, epochs=config.epochs,
+                    steps_per_epoch=steps_per_epoch, verbose=config.verbose,
                     callbacks=[budget], shuffle=False)
   train_seconds = time.time() - t0
   hist = history.history
-  steps_per_epoch = len(x_train) // config.batch_size
   last = -1
   if budget.epoch_steps < steps_per_epoch // 2 and len(hist["neg_elbo"]) > 1:
     last = -2
@@ -253,21 +298,24 @@ def run(config):
       "nfe_backward_train": int(hist["nfe_backward"][-1]),
       "parameters": int(sum(np.prod(v.shape)
                             for v in vae.trainable_variables)),
+      "replicas": strategy.num_replicas_in_sync,
   }
   metrics.update(evaluate(vae, x_test, config))
   metrics["seconds"] = time.time() - t0
   metrics["config"] = dataclasses.asdict(config)
-  write_pictures(vae, x_test, config.out)
-  vae.save_weights(os.path.join(config.out, "vae.weights.h5"))
-  common.write_json(os.path.join(config.out, "metrics.json"), metrics)
+  # Saving runs collectives under multiworker: every worker takes part.
+  common.on_every_worker(vae.save_weights,
+                         os.path.join(config.out, "vae.weights.h5"), strategy)
+  if common.is_chief(strategy):
+    write_pictures(vae, x_test, config.out)
+    common.write_json(os.path.join(config.out, "metrics.json"), metrics)
   return metrics
 
 
 def main(argv=None):
   config = common.config_from_args(
       VAEConfig, "Train a VAE with a none / MAF / FFJORD posterior on "
-      "dynamically binarized MNIST.", argv,
-      strategies=("default",))  # own training loop: not distribution-aware
+      "dynamically binarized MNIST.", argv)
   metrics = run(config)
   print({k: v for k, v in metrics.items() if k != "config"})
 
