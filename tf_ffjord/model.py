@@ -6,11 +6,11 @@ import keras
 import numpy as np
 import tensorflow as tf
 
-from tf_ffjord import flow_matching
+from tf_ffjord import divergence, flow_matching
 from tf_ffjord.bijector import FFJORD
 from tf_ffjord.dynamics import ODENet
 
-__all__ = ["FFJORDModel", "LastValue", "check_batch", "minimize"]
+__all__ = ["FFJORDModel", "LastValue", "check_batch", "minimize", "step_logs"]
 
 _LOG_2PI = math.log(2 * math.pi)
 OBJECTIVES = ("likelihood", "flow_matching")
@@ -69,7 +69,7 @@ def minimize(model, loss_fn):
   return aux
 
 
-def _step_logs(logs):
+def step_logs(logs):
   """Step logs in the shape Keras can reduce under the current strategy.
 
   Keras 3 averages multi-worker step logs with `strategy.reduce("MEAN", v,
@@ -277,18 +277,10 @@ class FFJORDModel(keras.Model):
     return self.base_log_prob(sol.state) + sol.log_det, sol
 
   def _noise_seed(self):
-    """A fresh stateless seed for the training probes, distinct per replica.
-
-    A stateful draw alone repeats on every worker of a multi-worker run
-    (same graph, same global seed), so the global replica id is folded in.
-    """
+    """A fresh probe seed, distinct per replica (None for the exact trace)."""
     if self.bijector.trace != "hutchinson":
       return None
-    ctx = tf.distribute.get_replica_context()
-    replica = 0 if ctx is None else ctx.replica_id_in_sync_group
-    draw = tf.random.uniform([2], maxval=tf.int32.max, dtype=tf.int32)
-    return tf.random.experimental.stateless_fold_in(
-        draw, tf.cast(replica, tf.int32))
+    return divergence.replica_seed()
 
   def call(self, x, context=None, training=False):
     """log p(x) with the training trace (training) or `eval_trace`."""
@@ -368,7 +360,7 @@ class FFJORDModel(keras.Model):
     self.nfe_backward_tracker.update_state(nfe_total - sol.nfe)
     for r, tracker in self.reg_trackers.items():
       tracker.update_state(tf.reduce_mean(sol.regularization[r]))
-    return _step_logs({m.name: m.result() for m in self.metrics})
+    return step_logs({m.name: m.result() for m in self.metrics})
 
   def _flow_matching_step(self, x, context):
     def loss_fn():
@@ -380,14 +372,14 @@ class FFJORDModel(keras.Model):
 
     fm = minimize(self, loss_fn)
     self.fm_tracker.update_state(fm)
-    return _step_logs({"fm_loss": self.fm_tracker.result()})
+    return step_logs({"fm_loss": self.fm_tracker.result()})
 
   def test_step(self, data):
     x, context = self._unpack(data)
     logp, sol = self._log_prob(x, context, self.eval_bijector)
     self.nll_tracker.update_state(-tf.reduce_mean(logp))
     self.nfe_tracker.update_state(sol.nfe)
-    return _step_logs({m.name: m.result()
+    return step_logs({m.name: m.result()
                        for m in (self.nll_tracker, self.nfe_tracker)})
 
   # -- saving ------------------------------------------------------------

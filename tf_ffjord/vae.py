@@ -10,7 +10,7 @@ import tensorflow_probability as tfp
 from tf_ffjord.bijector import FFJORD
 from tf_ffjord.divergence import replica_seed
 from tf_ffjord.dynamics import ODENet
-from tf_ffjord.model import LastValue, _step_logs, check_batch, minimize
+from tf_ffjord.model import LastValue, check_batch, minimize, step_logs
 
 __all__ = ["VAE", "MADE", "POSTERIORS", "binarize"]
 
@@ -485,7 +485,7 @@ class VAE(keras.Model):
     if self.posterior == "ffjord":
       self.nfe_backward_tracker.update_state(
           self.flow.nfe_counter.read_value() - nfe)
-    return _step_logs({m.name: m.result() for m in self.metrics})
+    return step_logs({m.name: m.result() for m in self.metrics})
 
   def test_step(self, data):
     x, _, _ = keras.utils.unpack_x_y_sample_weight(data)
