@@ -13,6 +13,7 @@ import socket
 import subprocess
 import sys
 
+import keras
 import numpy as np
 import pytest
 import tensorflow as tf
@@ -193,3 +194,15 @@ def test_cli_distribution_helpers_reject_bad_input(monkeypatch):
   out = step(share)
   assert {k: float(v) for k, v in out.items()} == {"sum": 15.0, "rows": 3.0}
   assert common.any_worker(True, 0) == (True, False)
+
+
+def test_optimizer_steps_reads_a_distributed_counter():
+  from training import common  # pylint: disable=g-import-not-at-top
+  strategy = tf.distribute.MirroredStrategy(["/cpu:0"])
+  with strategy.scope():
+    model = FFJORDModel((2,), dynamics=ODENet(hidden=(4,)), solver="euler",
+                        step_size=1.0)
+    model.compile(keras.optimizers.Adam(1e-3))
+    model.optimizer.build(model.trainable_variables)
+  model.optimizer.iterations.assign(3)
+  assert common.optimizer_steps(model) == 3

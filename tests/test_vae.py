@@ -268,3 +268,31 @@ def test_config_round_trip(posterior):
                                vae.elbo(x, seed=[1, 2]).numpy(), rtol=1e-5)
   else:
     assert clone.flow.solver.num_steps == vae.flow.solver.num_steps == 4
+
+
+def test_training_cli_resumes_from_the_last_finished_epoch(tmp_path,
+                                                           monkeypatch):
+  from training import vae as cli
+  data = _fake_mnist(tmp_path / "mnist.npz")
+  out = tmp_path / "run"
+  args = ["--flow", "none", "--data", data, "--out", str(out),
+          "--latent-dim", "2", "--encoder-hidden", "8", "--decoder-hidden",
+          "8", "--batch-size", "50", "--iwae-samples", "2",
+          "--iwae-test-size", "2", "--iwae-chunk", "2", "--verbose", "0"]
+
+  def crash(*_):
+    raise RuntimeError("killed after training")
+
+  # A crash after two epochs (4 steps each) leaves their checkpoints.
+  monkeypatch.setattr(cli, "evaluate", crash)
+  with pytest.raises(RuntimeError, match="killed"):
+    cli.main(args + ["--epochs", "2"])
+  assert (out / "checkpoints" / "checkpoint").exists()
+  monkeypatch.undo()
+  metrics = cli.main(args + ["--epochs", "3"])
+  # The rerun starts at epoch 2 with the saved optimizer state and trains
+  # only the third epoch.
+  assert metrics["initial_epoch"] == 2
+  assert metrics["train_steps"] == 4 and metrics["train_epochs"] == 1
+  assert metrics["optimizer_steps"] == 12
+  assert not (out / "checkpoints").exists()  # a finished run clears them

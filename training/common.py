@@ -16,7 +16,7 @@ from tf_ffjord import checkpoints
 __all__ = ["STRATEGIES", "LOGICAL_CPUS_ENV", "parser_for", "config_from_args",
            "use_strategy", "check_global_batch", "split_batch",
            "distributed_step", "any_worker", "is_chief", "on_every_worker",
-           "resumable_fit", "write_json", "Timer"]
+           "optimizer_steps", "resumable_fit", "write_json", "Timer"]
 
 STRATEGIES = ("default", "mirrored", "multiworker")
 
@@ -269,6 +269,13 @@ def on_every_worker(write, path, strategy=None):
     shutil.rmtree(scratch, ignore_errors=True)
 
 
+def optimizer_steps(model):
+  """The optimizer's step count as an int, under any strategy."""
+  # Under a strategy the counter is a distributed variable, which int()
+  # refuses; read it as a tensor.
+  return int(tf.convert_to_tensor(model.optimizer.iterations.value))
+
+
 def resumable_fit(model, x, out_dir, iters, steps_per_epoch=100, batch_size=100,
                   verbose=1, callbacks=()):
   """`model.fit` for `iters` steps that resumes after a kill.
@@ -300,7 +307,7 @@ def resumable_fit(model, x, out_dir, iters, steps_per_epoch=100, batch_size=100,
   initial_epoch = ckpt.restore()
   if initial_epoch:
     print(f"Resumed from {ckpt.latest} at epoch {initial_epoch} "
-          f"(step {int(model.optimizer.iterations)}).", flush=True)
+          f"(step {optimizer_steps(model)}).", flush=True)
   # Skip the examples of the finished epochs: one pass over x is the run.
   done = initial_epoch * steps_per_epoch * batch_size
   x = tuple(a[done:] for a in x) if isinstance(x, tuple) else x[done:]

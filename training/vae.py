@@ -9,6 +9,7 @@ import keras
 import numpy as np
 import tensorflow as tf
 
+from tf_ffjord import checkpoints
 from tf_ffjord.vae import POSTERIORS, VAE, binarize
 from training import common
 
@@ -221,8 +222,8 @@ def write_pictures(vae, x_test, out):
             rows=10)
 
 
-def _train_batches(x, batch_size, epochs, seed):
-  """The training batches of all epochs, binarized, as one `tf.data.Dataset`.
+def _train_batches(x, batch_size, epochs, seed, first_epoch=0):
+  """Binarized training batches of epochs [first_epoch, epochs), one Dataset.
 
   Every epoch is a stateless permutation of `x` seeded by `(seed, epoch)`, so
   the sequence of global batches is the same under every strategy and on
@@ -238,7 +239,7 @@ def _train_batches(x, batch_size, epochs, seed):
             .batch(batch_size, drop_remainder=True))
 
   images = tf.constant(x)
-  train = (tf.data.Dataset.range(epochs).flat_map(epoch)
+  train = (tf.data.Dataset.range(first_epoch, epochs).flat_map(epoch)
            .map(lambda i: binarize(tf.gather(images, i))).prefetch(2))
   options = tf.data.Options()  # split every global batch, whatever its source
   options.experimental_distribute.auto_shard_policy = (
@@ -271,31 +272,45 @@ def run(config):
   if not steps_per_epoch:
     raise ValueError(f"{len(x_train)} training images make no batch of "
                      f"{config.batch_size}.")
+  # Every epoch end is checkpointed; a rerun of the same command after a
+  # kill resumes at the last finished epoch, on that epoch's batches.
+  ckpt = checkpoints.Checkpointer(vae, os.path.join(config.out,
+                                                    "checkpoints"))
+  initial_epoch = ckpt.restore()
+  if initial_epoch:
+    print(f"Resumed from {ckpt.latest} at epoch {initial_epoch} "
+          f"(step {common.optimizer_steps(vae)}).", flush=True)
   train = _train_batches(x_train, config.batch_size, config.epochs,
-                         config.seed)
+                         config.seed, first_epoch=initial_epoch)
   budget = TimeBudget(config.time_budget_minutes * 60)
   t0 = time.time()
   # One dataset holds every epoch: fit keeps its iterator across epochs.
-  history = vae.fit(train, epochs=config.epochs,
+  history = vae.fit(train, epochs=config.epochs, initial_epoch=initial_epoch,
                     steps_per_epoch=steps_per_epoch, verbose=config.verbose,
-                    callbacks=[budget], shuffle=False)
+                    callbacks=[budget, checkpoints.CheckpointCallback(ckpt)],
+                    shuffle=False)
   train_seconds = time.time() - t0
   hist = history.history
   last = -1
-  if budget.epoch_steps < steps_per_epoch // 2 and len(hist["neg_elbo"]) > 1:
+  if (budget.epoch_steps < steps_per_epoch // 2
+      and len(hist.get("neg_elbo", [])) > 1):
     last = -2
+  # A rerun after the last epoch was saved trains nothing: no train logs.
+  logged = lambda key, fn: fn(hist[key][last]) if hist.get(key) else None
   metrics = {
       "flow": config.flow,
       "paper_neg_elbo_mnist": PAPER_NEG_ELBO,
+      "initial_epoch": initial_epoch,
       "train_steps": budget.steps,
+      "optimizer_steps": common.optimizer_steps(vae),
       "train_epochs": len(hist.get("neg_elbo", [])),
       "train_seconds": train_seconds,
       # Epoch means; a budget cut leaves a short last epoch, so report the
       # last one with at least half an epoch of steps.
-      "train_neg_elbo_last_epoch": float(hist["neg_elbo"][last]),
-      "kl_last_epoch": float(hist["kl"][last]),
-      "nfe_forward_train": int(hist["nfe"][-1]),
-      "nfe_backward_train": int(hist["nfe_backward"][-1]),
+      "train_neg_elbo_last_epoch": logged("neg_elbo", float),
+      "kl_last_epoch": logged("kl", float),
+      "nfe_forward_train": logged("nfe", int),
+      "nfe_backward_train": logged("nfe_backward", int),
       "parameters": int(sum(np.prod(v.shape)
                             for v in vae.trainable_variables)),
       "replicas": strategy.num_replicas_in_sync,
@@ -309,6 +324,7 @@ def run(config):
   if common.is_chief(strategy):
     write_pictures(vae, x_test, config.out)
     common.write_json(os.path.join(config.out, "metrics.json"), metrics)
+  ckpt.delete()  # finished: a rerun starts over
   return metrics
 
 
@@ -318,6 +334,7 @@ def main(argv=None):
       "dynamically binarized MNIST.", argv)
   metrics = run(config)
   print({k: v for k, v in metrics.items() if k != "config"})
+  return metrics
 
 
 if __name__ == "__main__":
