@@ -66,6 +66,24 @@ _SERVE = textwrap.dedent("""
 """)
 
 
+def serve_without_tf_ffjord(export_dir, x, z, tmp_path):
+  """Runs `_SERVE` on a SavedModel in a fresh process; returns its outputs.
+
+  Checks that the process succeeded without importing tf_ffjord or TFP.
+  """
+  np.savez(tmp_path / "in.npz", x=x, z=z)
+  env = {k: v for k, v in os.environ.items() if k != "PYTHONPATH"}
+  env["TF_CPP_MIN_LOG_LEVEL"] = "2"
+  proc = subprocess.run(
+      [sys.executable, "-c", _SERVE, str(export_dir), str(tmp_path / "in.npz"),
+       str(tmp_path / "out.npz")],
+      cwd=tmp_path, env=env, capture_output=True, text=True, timeout=300)
+  assert proc.returncode == 0, proc.stderr[-3000:]
+  out = np.load(tmp_path / "out.npz")
+  assert json.loads(str(out["imported"])) == []
+  return out
+
+
 def _tiny_model(**kwargs):
   kwargs = {"solver": "euler", "step_size": 0.5, **kwargs}
   return FFJORDModel((2,), dynamics=ODENet(hidden=(8,)), **kwargs)
@@ -85,16 +103,7 @@ def test_saved_model_serves_without_tf_ffjord(tmp_path):
   rng = np.random.default_rng(1)
   x = rng.standard_normal([6, 2]).astype(np.float32)
   z = rng.standard_normal([6, 2]).astype(np.float32)
-  np.savez(tmp_path / "in.npz", x=x, z=z)
-  env = {k: v for k, v in os.environ.items() if k != "PYTHONPATH"}
-  env["TF_CPP_MIN_LOG_LEVEL"] = "2"
-  proc = subprocess.run(
-      [sys.executable, "-c", _SERVE, str(path), str(tmp_path / "in.npz"),
-       str(tmp_path / "out.npz")],
-      cwd=tmp_path, env=env, capture_output=True, text=True, timeout=300)
-  assert proc.returncode == 0, proc.stderr[-3000:]
-  out = np.load(tmp_path / "out.npz")
-  assert json.loads(str(out["imported"])) == []
+  out = serve_without_tf_ffjord(path, x, z, tmp_path)
 
   live = model.log_prob(x, exact=True).numpy()
   np.testing.assert_allclose(out["log_prob"], live, atol=1e-5)

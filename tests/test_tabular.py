@@ -362,6 +362,15 @@ def test_lr_schedule_matches_paper():
   assert _lr_stage(0, 30, 2) == 2  # an improvement does not raise it again
 
 
+def _fake_miniboone(root, seed):
+  """A correlated 3-D stand-in for MINIBOONE's data.npy under `root`."""
+  data = np.random.default_rng(seed).normal(size=(300, 3)) @ [[1, .5, 0],
+                                                             [0, 1, .3],
+                                                             [0, 0, 1]]
+  os.makedirs(root / "miniboone")
+  np.save(root / "miniboone" / "data.npy", data)
+
+
 def _cli(out, data_root, max_steps):
   return [sys.executable, "-m", "training.tabular", "--data", "miniboone",
           "--data-root", str(data_root), "--out", str(out),
@@ -377,11 +386,7 @@ def _state(out):
 
 
 def test_cli_resumes_after_kill_and_keeps_best(tmp_path):
-  data = np.random.default_rng(5).normal(size=(300, 3)) @ [[1, .5, 0],
-                                                          [0, 1, .3],
-                                                          [0, 0, 1]]
-  os.makedirs(tmp_path / "miniboone")
-  np.save(tmp_path / "miniboone" / "data.npy", data)
+  _fake_miniboone(tmp_path, seed=5)
   out = tmp_path / "run"
   env = {**os.environ, "PYTHONPATH": str(ROOT), "TF_CPP_MIN_LOG_LEVEL": "3"}
   proc = subprocess.Popen(_cli(out, tmp_path, 100000), cwd=ROOT, env=env,
@@ -440,23 +445,19 @@ def test_gaussian_baseline_matches_entropy():
   assert abs(nll - want) < 4 * se + 1e-3
 
 
-def _serve_script():
-  """The serving script of test_export (a process that blocks tf_ffjord)."""
+def _serve_without_tf_ffjord(*args):
+  """test_export's serving check (a process that blocks tf_ffjord)."""
   sys.path.insert(0, str(ROOT / "tests"))
   try:
-    from test_export import _SERVE  # pylint: disable=g-import-not-at-top
+    from test_export import serve_without_tf_ffjord  # pylint: disable=g-import-not-at-top
   finally:
     sys.path.pop(0)
-  return _SERVE
+  return serve_without_tf_ffjord(*args)
 
 
 def test_cli_exports_best_model_servable_without_tf_ffjord(tmp_path):
   from training import tabular as cli  # pylint: disable=import-outside-toplevel
-  data = np.random.default_rng(8).normal(size=(300, 3)) @ [[1, .5, 0],
-                                                          [0, 1, .3],
-                                                          [0, 0, 1]]
-  os.makedirs(tmp_path / "miniboone")
-  np.save(tmp_path / "miniboone" / "data.npy", data)
+  _fake_miniboone(tmp_path, seed=8)
   out = tmp_path / "run"
   # Two blocks (the export chains them), trained with Hutchinson.
   metrics = cli.main(["--data", "miniboone", "--data-root", str(tmp_path),
@@ -470,16 +471,7 @@ def test_cli_exports_best_model_servable_without_tf_ffjord(tmp_path):
   rng = np.random.default_rng(9)
   x = rng.standard_normal([6, 3]).astype(np.float32)
   z = rng.standard_normal([6, 3]).astype(np.float32)
-  np.savez(tmp_path / "in.npz", x=x, z=z)
-  env = {k: v for k, v in os.environ.items() if k != "PYTHONPATH"}
-  env["TF_CPP_MIN_LOG_LEVEL"] = "2"
-  proc = subprocess.run(
-      [sys.executable, "-c", _serve_script(), str(out / "saved_model"),
-       str(tmp_path / "in.npz"), str(tmp_path / "out.npz")],
-      cwd=tmp_path, env=env, capture_output=True, text=True, timeout=300)
-  assert proc.returncode == 0, proc.stderr[-3000:]
-  served = np.load(tmp_path / "out.npz")
-  assert json.loads(str(served["imported"])) == []
+  served = _serve_without_tf_ffjord(out / "saved_model", x, z, tmp_path)
 
   live, _ = model.log_prob(tf.constant(x), model.test_bijectors)
   np.testing.assert_allclose(served["log_prob"], live, atol=1e-5)
