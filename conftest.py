@@ -13,6 +13,24 @@ import tensorflow_probability as tfp  # noqa: E402
 import tf_ffjord  # noqa: E402
 
 
+_ROOT = os.path.dirname(os.path.abspath(__file__))
+
+
+@pytest.fixture
+def subprocess_env():
+  """Environment for a child Python that runs this checkout.
+
+  The repository comes first on PYTHONPATH, TF logs are quiet, and a
+  TF_CONFIG of the calling shell is dropped (children that need one add it).
+  """
+  env = dict(os.environ)
+  env["PYTHONPATH"] = os.pathsep.join(
+      [_ROOT, *filter(None, [env.get("PYTHONPATH")])])
+  env["TF_CPP_MIN_LOG_LEVEL"] = "2"
+  env.pop("TF_CONFIG", None)
+  return env
+
+
 @pytest.fixture(autouse=True)
 def _seed():
   keras.utils.set_random_seed(1234)

@@ -19,15 +19,6 @@ ROOT = pathlib.Path(__file__).resolve().parents[1]
 WORKER = ROOT / "tests" / "_worker.py"
 
 
-def _env():
-  env = dict(os.environ)
-  env["PYTHONPATH"] = os.pathsep.join(
-      [str(ROOT), *filter(None, [env.get("PYTHONPATH")])])
-  env["TF_CPP_MIN_LOG_LEVEL"] = "2"
-  env.pop("TF_CONFIG", None)
-  return env
-
-
 def _tiny(hidden=(8,)):
   model = FFJORDModel((2,), dynamics=ODENet(hidden=hidden), solver="rk4",
                       step_size=0.5, trace="exact")
@@ -35,7 +26,8 @@ def _tiny(hidden=(8,)):
   return model
 
 
-def test_kill_9_then_rerun_resumes_without_losing_an_epoch(tmp_path):
+def test_kill_9_then_rerun_resumes_without_losing_an_epoch(tmp_path,
+                                                         subprocess_env):
   model = _tiny()
   w = model.get_weights()
   batch, steps, epochs = 8, 2, 4
@@ -50,7 +42,7 @@ def test_kill_9_then_rerun_resumes_without_losing_an_epoch(tmp_path):
   cmd = [sys.executable, str(WORKER), str(tmp_path / "run.json")]
 
   # First run: kill -9 once epoch 2 is saved, while epoch 3 trains.
-  proc = subprocess.Popen(cmd, env=_env(), stdout=subprocess.PIPE,
+  proc = subprocess.Popen(cmd, env=subprocess_env, stdout=subprocess.PIPE,
                           stderr=subprocess.DEVNULL, text=True)
   try:
     lines = []
@@ -74,8 +66,8 @@ def test_kill_9_then_rerun_resumes_without_losing_an_epoch(tmp_path):
   assert proc.returncode == -signal.SIGKILL
 
   # The same command again: resumes at epoch 2, step 4, same optimizer state.
-  rerun = subprocess.run(cmd, env=_env(), capture_output=True, text=True,
-                         timeout=600)
+  rerun = subprocess.run(cmd, env=subprocess_env, capture_output=True,
+                         text=True, timeout=600)
   assert rerun.returncode == 0, rerun.stderr[-3000:]
   out_lines = rerun.stdout.split("\n")
   assert out_lines[0] == f"RESUMED 2 {2 * steps}", out_lines
@@ -167,7 +159,7 @@ def test_checkpoint_of_another_model_is_a_clear_error(saved):
     Checkpointer(_tiny(hidden=(16,)), directory).restore()
 
 
-def test_toy_cli_resumes_after_kill_9(tmp_path):
+def test_toy_cli_resumes_after_kill_9(tmp_path, subprocess_env):
   out = tmp_path / "run"
   cmd = [sys.executable, "-m", "training.toy", "--out", str(out),
          "--iters", "12", "--steps-per-epoch", "2", "--batch-size", "16",
@@ -175,7 +167,7 @@ def test_toy_cli_resumes_after_kill_9(tmp_path):
          "--train-time", "false", "--test-size", "64", "--plot", "false",
          "--export", "false"]
   ckpt_dir = out / "checkpoints"
-  proc = subprocess.Popen(cmd, cwd=ROOT, env=_env(),
+  proc = subprocess.Popen(cmd, cwd=ROOT, env=subprocess_env,
                           stdout=subprocess.DEVNULL, stderr=subprocess.PIPE)
   try:
     deadline = time.time() + 600
@@ -197,7 +189,7 @@ def test_toy_cli_resumes_after_kill_9(tmp_path):
   saved = int(pathlib.Path(latest).name.split("-")[1])
   assert 1 <= saved < 6
 
-  rerun = subprocess.run(cmd, cwd=ROOT, env=_env(), capture_output=True,
+  rerun = subprocess.run(cmd, cwd=ROOT, env=subprocess_env, capture_output=True,
                          text=True, timeout=600)
   assert rerun.returncode == 0, rerun.stderr[-3000:]
   assert (f"Resumed from {ckpt_dir}/ckpt-{saved} at epoch {saved} "

@@ -114,12 +114,8 @@ STEPS = {"images": ("steps", 2), "vae": ("train_steps", 2),
          "tabular": ("steps", 3)}
 
 
-def _mirrored(cli, args, out):
-  env = dict(os.environ)
-  env["PYTHONPATH"] = os.pathsep.join(
-      [str(ROOT), *filter(None, [env.get("PYTHONPATH")])])
-  env.update(TF_CPP_MIN_LOG_LEVEL="2", TF_FFJORD_LOGICAL_CPUS="2")
-  env.pop("TF_CONFIG", None)
+def _mirrored(cli, args, out, env):
+  env = {**env, "TF_FFJORD_LOGICAL_CPUS": "2"}
   proc = subprocess.run(
       [sys.executable, "-m", f"training.{cli}", *args, "--out", str(out),
        "--strategy", "mirrored"],
@@ -128,13 +124,13 @@ def _mirrored(cli, args, out):
 
 
 @pytest.mark.parametrize("cli", sorted(CASES))
-def test_mirrored_two_devices_matches_default(cli, tmp_path):
+def test_mirrored_two_devices_matches_default(cli, tmp_path, subprocess_env):
   import importlib  # pylint: disable=g-import-not-at-top
   args = CASES[cli](tmp_path)
   module = importlib.import_module(f"training.{cli}")
   module.main([*args, "--out", str(tmp_path / "default"), "--strategy",
                "default"])
-  _mirrored(cli, args, tmp_path / "mirrored")
+  _mirrored(cli, args, tmp_path / "mirrored", subprocess_env)
 
   metrics = [json.loads((tmp_path / run / "metrics.json").read_text())
              for run in ("default", "mirrored")]

@@ -7,7 +7,6 @@ Each must reproduce single-device training on the same global batches.
 
 import contextlib
 import json
-import os
 import pathlib
 import socket
 import subprocess
@@ -50,15 +49,6 @@ def run_dir(tmp_path_factory):
   return path
 
 
-def _env():
-  env = dict(os.environ)
-  env["PYTHONPATH"] = os.pathsep.join(
-      [str(ROOT), *filter(None, [env.get("PYTHONPATH")])])
-  env["TF_CPP_MIN_LOG_LEVEL"] = "2"
-  env.pop("TF_CONFIG", None)
-  return env
-
-
 def _spec(run_dir, mode, **kwargs):
   spec = {"mode": mode, "data": str(run_dir / "data.npz"),
           "out": str(run_dir / f"{mode}.npz"), "global_batch": GLOBAL_BATCH,
@@ -79,11 +69,11 @@ def _assert_matches_reference(out, ref):
   np.testing.assert_array_equal(out["history_nfe"], [2.0])  # 2 Euler steps
 
 
-def test_mirrored_two_devices_matches_single_device(run_dir):
+def test_mirrored_two_devices_matches_single_device(run_dir, subprocess_env):
   proc = subprocess.run(
       [sys.executable, str(WORKER),
        str(_spec(run_dir, "mirrored", adaptive=True))],
-      env=_env(), capture_output=True, text=True, timeout=900)
+      env=subprocess_env, capture_output=True, text=True, timeout=900)
   assert proc.returncode == 0, proc.stderr[-3000:]
   out = np.load(run_dir / "mirrored.npz")
   ref = np.load(run_dir / "single.npz")
@@ -107,14 +97,15 @@ def _free_ports(n):
     return [s.getsockname()[1] for s in socks]
 
 
-def test_multiworker_two_processes_matches_single_device(run_dir):
+def test_multiworker_two_processes_matches_single_device(run_dir,
+                                                        subprocess_env):
   workers = [f"127.0.0.1:{p}" for p in _free_ports(2)]
   spec = _spec(run_dir, "multiworker",
                checkpoints=str(run_dir / "mw_checkpoints"))
   procs = []
   try:
     for index in range(2):
-      env = _env()
+      env = dict(subprocess_env)
       env["TF_CONFIG"] = json.dumps({"cluster": {"worker": workers},
                                      "task": {"type": "worker",
                                               "index": index}})

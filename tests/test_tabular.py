@@ -385,10 +385,10 @@ def _state(out):
     return json.loads(str(f["state"]))
 
 
-def test_cli_resumes_after_kill_and_keeps_best(tmp_path):
+def test_cli_resumes_after_kill_and_keeps_best(tmp_path, subprocess_env):
   _fake_miniboone(tmp_path, seed=5)
   out = tmp_path / "run"
-  env = {**os.environ, "PYTHONPATH": str(ROOT), "TF_CPP_MIN_LOG_LEVEL": "3"}
+  env = subprocess_env
   proc = subprocess.Popen(_cli(out, tmp_path, 100000), cwd=ROOT, env=env,
                           stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
   try:
