@@ -5,6 +5,8 @@ import types
 
 import tensorflow as tf
 
+from tf_ffjord.bijector import solve_stack
+
 __all__ = ["SIGNATURES", "export_saved_model", "export_flow"]
 
 # Serving signature names, in the order they are documented.
@@ -82,25 +84,12 @@ class _Servable(tf.Module):
     return (-0.5 * tf.reduce_sum(tf.square(z), -1)
             - 0.5 * self._event_size * _LOG_2PI)
 
-  @staticmethod
-  def _solve(bijectors, x, direction, context=None, seed=None):
-    """(state, summed log_det) of the stack; block k's probes: seed + [0, k]."""
-    blocks = list(enumerate(bijectors))
-    if direction == "forward":
-      blocks.reverse()
-    log_det = 0.0
-    for k, bijector in blocks:
-      s = None if seed is None else seed + tf.constant([0, k], tf.int32)
-      sol = bijector.solve(x, direction, context=context, seed=s)
-      x, log_det = sol.state, log_det + sol.log_det
-    return x, log_det
-
   def _inverse(self, x, context=None):
-    z, log_det = self._solve(self._bij.exact, x, "inverse", context)
+    z, log_det, _ = solve_stack(self._bij.exact, x, "inverse", context)
     return {"z": z, "log_det": log_det}
 
   def _forward(self, z, context=None):
-    x, log_det = self._solve(self._bij.exact, z, "forward", context)
+    x, log_det, _ = solve_stack(self._bij.exact, z, "forward", context)
     return {"x": x, "log_det": log_det}
 
   def _log_prob(self, x, context=None):
@@ -109,8 +98,8 @@ class _Servable(tf.Module):
     return {"log_prob": self._base_log_prob(out["z"]) + out["log_det"]}
 
   def _log_prob_hutchinson(self, x, seed, context=None):
-    z, log_det = self._solve(self._bij.hutchinson, x, "inverse", context,
-                             seed=tf.stack([seed, 0]))
+    z, log_det, _ = solve_stack(self._bij.hutchinson, x, "inverse", context,
+                                seed=tf.stack([seed, 0]))
     return {"log_prob": self._base_log_prob(z) + log_det}
 
   def _sample(self, n, seed, context=None):

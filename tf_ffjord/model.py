@@ -380,7 +380,7 @@ class FFJORDModel(keras.Model):
     self.nll_tracker.update_state(-tf.reduce_mean(logp))
     self.nfe_tracker.update_state(sol.nfe)
     return step_logs({m.name: m.result()
-                       for m in (self.nll_tracker, self.nfe_tracker)})
+                      for m in (self.nll_tracker, self.nfe_tracker)})
 
   # -- saving ------------------------------------------------------------
 

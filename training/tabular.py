@@ -35,7 +35,7 @@ import numpy as np
 import tensorflow as tf
 
 from tf_ffjord import export as export_lib
-from tf_ffjord.bijector import FFJORD
+from tf_ffjord.bijector import FFJORD, solve_stack
 from tf_ffjord.datasets import tabular
 from tf_ffjord.divergence import replica_seed
 from tf_ffjord.dynamics import ODENet
@@ -229,11 +229,7 @@ class TabularFlow(keras.Model):
       bijectors: `train_bijectors`, `val_bijectors` or `test_bijectors`.
       seed: `[2]` int32 stateless seed of the Hutchinson probes, or None.
     """
-    z, log_det, nfe = x, 0.0, 0
-    for i, bijector in enumerate(bijectors):
-      s = None if seed is None else seed + tf.constant([0, 1], tf.int32) * i
-      sol = bijector.solve(z, "inverse", seed=s)
-      z, log_det, nfe = sol.state, log_det + sol.log_det, nfe + sol.nfe
+    z, log_det, nfe = solve_stack(bijectors, x, "inverse", seed=seed)
     base = -0.5 * tf.reduce_sum(tf.square(z), -1) - 0.5 * self.dim * _LOG_2PI
     return base + log_det, nfe
 
