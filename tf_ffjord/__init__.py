@@ -4,6 +4,7 @@ from tf_ffjord import datasets
 from tf_ffjord.bijector import FFJORD, Solution
 from tf_ffjord.conv import ConvODENet
 from tf_ffjord.dynamics import ODENet
+from tf_ffjord.end_time import EndTime
 from tf_ffjord.images import LogitTransform, ODENVP, Squeeze, bits_per_dim
 from tf_ffjord.images import dequantize
 from tf_ffjord.model import FFJORDModel
@@ -11,7 +12,7 @@ from tf_ffjord.multiscale import MultiscaleFFJORDModel
 from tf_ffjord.solvers import FixedGrid, make_solver
 
 __all__ = [
-    "FFJORD", "Solution", "ODENet", "ConvODENet", "FFJORDModel",
+    "FFJORD", "Solution", "EndTime", "ODENet", "ConvODENet", "FFJORDModel",
     "MultiscaleFFJORDModel", "LogitTransform", "Squeeze", "ODENVP",
     "dequantize", "bits_per_dim", "FixedGrid", "make_solver", "datasets",
 ]

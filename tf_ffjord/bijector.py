@@ -2,11 +2,13 @@
 
 import collections
 
+import keras
 import tensorflow as tf
 import tensorflow_probability as tfp
 from tensorflow_probability.python.internal import cache_util
 
 from tf_ffjord import divergence
+from tf_ffjord.end_time import EndTime
 from tf_ffjord import regularizers as regs
 from tf_ffjord import solvers
 
@@ -47,11 +49,13 @@ class FFJORD(tfb.Bijector):
   Args:
     dynamics: callable `f(t, z)` or `f(t, z, context)`, e.g. an `ODENet`;
       `t` is a scalar tensor and `z` is `[batch, *event]`.
-    time_length: positive T: a float, a tensor, a variable, or a zero-argument
-      callable returning a scalar tensor (read at every solve, so it may wrap
-      a variable owned elsewhere, such as a Keras weight).
-    train_time: if True and `time_length` is a float, T becomes a trainable
-      variable of this bijector (softplus-parameterized, so it stays > 0).
+    time_length: positive T: a float, a tensor, a variable, an `EndTime`, or
+      a zero-argument callable returning a scalar tensor (read at every
+      solve, so it may wrap a variable owned elsewhere).
+    train_time: learn T: a float `time_length` becomes an `EndTime` (a
+      softplus-parameterized Keras weight, so T stays > 0); `copy()` and
+      `parameters` carry that `EndTime` itself, so copies share the
+      learned value.
     initial_time: t0, the time of the data end.
     trace: `"hutchinson"` or `"exact"`.
     noise: Hutchinson probe, `"rademacher"` or `"gaussian"`.
@@ -71,7 +75,16 @@ class FFJORD(tfb.Bijector):
     name: name scope.
 
   Raises:
-    ValueError: an unknown option or a non-positive time length.
+    ValueError: an unknown option, a non-positive time length, or
+      `train_time` with a time length that is neither a number nor an
+      `EndTime`.
+
+  The weights of Keras dynamics (and of a learned `EndTime`) are exposed to
+  TFP's variable tracking, so `bijector.trainable_variables`,
+  `tfd.TransformedDistribution(base, bijector).trainable_variables` and
+  those of a `tfb.Chain` list them (once the dynamics are built, e.g. after
+  the first solve). Like any TFP bijector it is dtype-generic: it solves in
+  the dtype of its input, so float64 data need float64 dynamics.
 
   #### Examples
 
@@ -123,11 +136,18 @@ class FFJORD(tfb.Bijector):
                          "'hutchinson'.")
     if isinstance(time_length, (int, float)) and not time_length > 0:
       raise ValueError(f"time_length must be positive, got {time_length}.")
+    if train_time and not isinstance(time_length, (int, float, EndTime)):
+      raise ValueError(
+          "train_time=True learns a float time_length (or takes an EndTime); "
+          f"got {type(time_length).__name__}. Pass a float, or pass your own "
+          "trainable variable with train_time=False.")
     with tf.name_scope(name) as scope:
       self._dynamics = dynamics
       if train_time and isinstance(time_length, (int, float)):
-        time_length = tfp.util.TransformedVariable(
-            float(time_length), tfb.Softplus(), name="time_length")
+        time_length = EndTime(float(time_length), name=f"{name}_end_time")
+        # Copies rebuild from `parameters`: give them the variable, not the
+        # float it started from.
+        parameters["time_length"] = time_length
       self._time_length = time_length
       self._initial_time = float(initial_time)
       self._trace = trace
@@ -152,10 +172,18 @@ class FFJORD(tfb.Bijector):
             0, dtype=tf.int32, trainable=False, name="nfe_counter",
             synchronization=tf.VariableSynchronization.ON_READ,
             aggregation=tf.VariableAggregation.ONLY_FIRST_REPLICA)
+        self._nfe_forward = tf.Variable(
+            0, dtype=tf.int32, trainable=False, name="nfe_forward",
+            synchronization=tf.VariableSynchronization.ON_READ,
+            aggregation=tf.VariableAggregation.ONLY_FIRST_REPLICA)
+      self._solver_args = dict(solver=solver, rtol=rtol, atol=atol,
+                               max_num_steps=max_num_steps,
+                               step_size=step_size)
       super().__init__(forward_min_event_ndims=self._event_ndims,
                        is_constant_jacobian=False,
                        validate_args=validate_args, parameters=parameters,
                        name=scope)
+      self._expose_variables()
 
   @classmethod
   def _parameter_properties(cls, dtype):
@@ -166,11 +194,54 @@ class FFJORD(tfb.Bijector):
     return self._dynamics
 
   @property
+  def keras_layers(self):
+    """The Keras layers this bijector reads: its dynamics and learned T.
+
+    A Keras model that holds the bijector must track these to train, save
+    and checkpoint their weights (Keras does not look inside a `tf.Module`).
+    """
+    return tuple(obj for obj in (self._dynamics, self._time_length)
+                 if isinstance(obj, keras.layers.Layer))
+
+  def _expose_variables(self):
+    """Puts the Keras weights where `tf.Module` variable tracking looks.
+
+    `tf.Module` collects variables by walking instance attributes, and a
+    Keras 3 layer is neither a `tf.Module` nor a `tf.Variable`: without this,
+    `TransformedDistribution(base, FFJORD(keras_net)).trainable_variables`
+    is empty and TFP's canonical training loop silently trains nothing. The
+    list holds each Keras weight's backing `tf.Variable`; the weights of a
+    frozen (`trainable=False`) Keras layer are left out, since their backing
+    variables still say trainable. Runs at construction and after every
+    solve, which builds lazily-built dynamics.
+    """
+    found = []
+    for layer in self.keras_layers:
+      frozen = {id(w) for w in layer.non_trainable_weights}
+      for w in layer.weights:
+        var = w.value
+        if not isinstance(var, tf.Variable):
+          continue
+        if id(w) in frozen and var.trainable:
+          continue
+        found.append(var)
+    # object.__setattr__ skips tf.Module's checkpoint tracking: checkpoints
+    # already hold these weights through the Keras layers themselves.
+    object.__setattr__(self, "_keras_variables", found)
+
+  @property
   def time_length(self):
     """The end time T as a tensor."""
+    if isinstance(self._time_length, EndTime):
+      return self._time_length.length
     if callable(self._time_length):
       return tf.convert_to_tensor(self._time_length())
     return tf.convert_to_tensor(self._time_length)
+
+  @property
+  def initial_time(self):
+    """t0, the time of the data end (a float)."""
+    return self._initial_time
 
   @property
   def trace(self):
@@ -184,6 +255,11 @@ class FFJORD(tfb.Bijector):
   def gradient(self):
     """How gradients are computed: `"adjoint"` or `"backprop"`."""
     return self._gradient
+
+  @property
+  def nfe_backward(self):
+    """Dynamics evaluations of the last gradient's backward solve."""
+    return self._nfe_counter.read_value() - self._nfe_forward.read_value()
 
   @property
   def nfe_counter(self):
@@ -205,7 +281,8 @@ class FFJORD(tfb.Bijector):
     return tf.debugging.assert_all_finite(
         x, "FFJORD input contains NaN or inf")
 
-  def solve(self, x, direction="inverse", context=None, seed=None):
+  def solve(self, x, direction="inverse", context=None, seed=None,
+            regularizers=None):
     """Integrates the flow once and returns a `Solution`.
 
     Args:
@@ -214,6 +291,8 @@ class FFJORD(tfb.Bijector):
       direction: `"inverse"` (data -> base, t: t0 -> t0 + T) or `"forward"`.
       context: optional conditioning tensor, passed to the dynamics.
       seed: optional stateless seed of the Hutchinson probe.
+      regularizers: names of RNODE regularizers to integrate along this
+        solve (default: the constructor's).
 
     Returns:
       A `Solution`; `log_det` is log|det d state/d x|.
@@ -248,7 +327,18 @@ class FFJORD(tfb.Bijector):
     eps = None
     if self._trace == "hutchinson":
       eps = divergence.sample_noise(tf.shape(y0), dtype, self._noise, seed)
-    regularizers = self._regularizers
+    solver = self._solver
+    if regularizers is None:
+      regularizers = self._regularizers
+    elif tuple(regularizers) != self._regularizers:
+      regularizers = tuple(regularizers)
+      for r in regularizers:
+        if r not in regs.REGULARIZERS:
+          raise ValueError(f"Unknown regularizer {r!r}; expected one of "
+                           f"{regs.REGULARIZERS}.")
+      solver = solvers.make_solver(
+          **self._solver_args,
+          error_weights=(1.0, 1.0) + (0.0,) * len(regularizers))
     dynamics = self._dynamics
     counter = self._nfe_counter
     event_ndims = self._event_ndims
@@ -257,7 +347,7 @@ class FFJORD(tfb.Bijector):
     # Our DormandPrince caps its steps in its loop condition (XLA-safe);
     # other adaptive solvers get a counter assertion.
     if self._max_num_steps is not None and not isinstance(
-        self._solver, (solvers.FixedGrid, solvers.DormandPrince)):
+        solver, (solvers.FixedGrid, solvers.DormandPrince)):
       max_evals = int(self._max_num_steps) * 6
 
     def ode_fn(s, state, time_length, context=None):
@@ -297,12 +387,12 @@ class FFJORD(tfb.Bijector):
     with tf.control_dependencies([counter.assign(0)]):
       s0 = tf.constant(0.0, dtype)
     if self._gradient == "adjoint":
-      results = self._solver.solve(
+      results = solver.solve(
           ode_fn, s0, state0, solution_times=[1.0], constants=constants)
     else:
       # Solver._solve skips TFP's adjoint wrapper, so autodiff runs through
       # the solver's own operations.
-      results = self._solver._solve(  # pylint: disable=protected-access
+      results = solver._solve(  # pylint: disable=protected-access
           lambda s, y: ode_fn(s, y, **constants), s0, state0,
           solution_times=tf.ones([1], dtype))
     final = [st[-1] for st in results.states]
@@ -310,6 +400,9 @@ class FFJORD(tfb.Bijector):
         final[0], "FFJORD: the ODE solve produced NaN or inf")
     with tf.control_dependencies([y1]):
       nfe = counter.read_value()
+    with tf.control_dependencies([self._nfe_forward.assign(nfe)]):
+      nfe = tf.identity(nfe)
+    self._expose_variables()  # the first call may have built the dynamics
     return Solution(
         state=tf.reshape(y1, shape),
         log_det=tf.reshape(final[1], batch_shape),

@@ -72,7 +72,13 @@ class _TimeDense(keras.layers.Layer):
   def __init__(self, units, **kwargs):
     super().__init__(**kwargs)
     self.units = int(units)
-    self.linear = keras.layers.Dense(self.units, name="linear")
+    self.linear = self._dense("linear")
+
+  def _dense(self, name, units=None, use_bias=True):
+    # Sublayers share this layer's dtype policy, so float64 nets stay float64.
+    return keras.layers.Dense(self.units if units is None else units,
+                              use_bias=use_bias, name=name,
+                              dtype=self.dtype_policy)
 
   def get_config(self):
     return {**super().get_config(), "units": self.units}
@@ -84,8 +90,8 @@ class ConcatSquashDense(_TimeDense):
 
   def __init__(self, units, **kwargs):
     super().__init__(units, **kwargs)
-    self.gate = keras.layers.Dense(self.units, name="gate")
-    self.bias = keras.layers.Dense(self.units, use_bias=False, name="bias")
+    self.gate = self._dense("gate")
+    self.bias = self._dense("bias", use_bias=False)
 
   def call(self, tc, x):
     return self.linear(x) * tf.sigmoid(self.gate(tc)) + self.bias(tc)
@@ -114,7 +120,7 @@ class SquashDense(_TimeDense):
 
   def __init__(self, units, **kwargs):
     super().__init__(units, **kwargs)
-    self.gate = keras.layers.Dense(self.units, name="gate")
+    self.gate = self._dense("gate")
 
   def call(self, tc, x):
     return self.linear(x) * tf.sigmoid(self.gate(tc))
@@ -129,12 +135,12 @@ class BlendDense(_TimeDense):
 
   def __init__(self, units, **kwargs):
     super().__init__(units, **kwargs)
-    self.linear1 = keras.layers.Dense(self.units, name="linear1")
+    self.linear1 = self._dense("linear1")
     self.mix = None
 
   def build(self, tc_shape, x_shape):
     if tc_shape[-1] != 1:  # a context is present: learn the blend weight
-      self.mix = keras.layers.Dense(1, name="mix")
+      self.mix = self._dense("mix", units=1)
 
   def call(self, tc, x):
     w = tc if self.mix is None else self.mix(tc)
@@ -224,17 +230,18 @@ class ODENet(TimeConditionedNet):
     self.hidden = tuple(int(h) for h in hidden)
     self.dim = None if dim is None else int(dim)
     cls = LAYER_TYPES[layer]
-    self.hidden_layers = [cls(h, name=f"{layer}_{i}")
+    self.hidden_layers = [cls(h, name=f"{layer}_{i}", dtype=self.dtype_policy)
                           for i, h in enumerate(self.hidden)]
     self.out_layer = None
     if self.dim is not None:
-      self.out_layer = cls(self.dim, name=f"{layer}_out")
+      self.out_layer = cls(self.dim, name=f"{layer}_out",
+                           dtype=self.dtype_policy)
 
   def build(self, t_shape, x_shape, context_shape=None):
     if self.out_layer is None:
       self.dim = int(x_shape[-1])
       self.out_layer = LAYER_TYPES[self.layer_type](
-          self.dim, name=f"{self.layer_type}_out")
+          self.dim, name=f"{self.layer_type}_out", dtype=self.dtype_policy)
     # Build every sublayer now (one call on zeros), so that weights exist
     # when Keras restores a saved model before any real call.
     x = tf.zeros([1, int(x_shape[-1])], self.dtype)

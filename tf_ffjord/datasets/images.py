@@ -202,9 +202,17 @@ def load(name, path):
 
   #### Examples
 
-  >>> (x, y), (xt, yt) = load("mnist", "../shared/data/mnist.npz")
+  A tiny synthetic file in MNIST's npz layout (pass the path of the real
+  `mnist.npz` in practice):
+
+  >>> import os, tempfile
+  >>> path = os.path.join(tempfile.mkdtemp(), "mnist.npz")
+  >>> digits = lambda n: np.zeros((n, 28, 28), np.uint8)
+  >>> np.savez(path, x_train=digits(5), y_train=np.zeros(5, np.uint8),
+  ...          x_test=digits(2), y_test=np.zeros(2, np.uint8))
+  >>> (x, y), (xt, yt) = load("mnist", path)
   >>> x.shape, xt.shape
-  ((60000, 28, 28, 1), (10000, 28, 28, 1))
+  ((5, 28, 28, 1), (2, 28, 28, 1))
   """
   if name not in DATASETS:
     raise ValueError(f"Unknown image dataset {name!r}; expected one of "

@@ -581,9 +581,19 @@ def load(name, root, **kwargs):
 
   #### Examples
 
-  >>> splits = load("miniboone", "../shared/data")
+  The offline MINIBOONE layout, with small synthetic splits (point `root`
+  at the real data in practice):
+
+  >>> import os, tempfile
+  >>> root = tempfile.mkdtemp()
+  >>> os.makedirs(os.path.join(root, "miniboone"))
+  >>> rng = np.random.default_rng(0)
+  >>> for split, n in (("val", 100), ("test", 50)):
+  ...   np.save(os.path.join(root, "miniboone", f"{split}.npy"),
+  ...           rng.normal(size=(n, 43)))
+  >>> splits = load("miniboone", root)
   >>> splits.train.shape, splits.test.shape
-  ((2956, 43), (3648, 43))
+  ((90, 43), (50, 43))
 
   #### References
 
