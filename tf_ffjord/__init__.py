@@ -5,15 +5,16 @@ from tf_ffjord.bijector import FFJORD, Solution
 from tf_ffjord.conv import ConvODENet
 from tf_ffjord.dynamics import ODENet
 from tf_ffjord.end_time import EndTime
-from tf_ffjord.images import LogitTransform, ODENVP, Squeeze, bits_per_dim
-from tf_ffjord.images import dequantize
-from tf_ffjord.model import FFJORDModel
-from tf_ffjord.multiscale import MultiscaleFFJORDModel
-from tf_ffjord.solvers import FixedGrid, make_solver
+from tf_ffjord.images import LogitTransform, Squeeze, bits_per_dim, dequantize
+from tf_ffjord.model import FlowModel
+from tf_ffjord.models import FFJORDModel, ImageFlow
+from tf_ffjord.multiscale import ODENVP
+from tf_ffjord.objectives import FlowMatching, MaximumLikelihood
 
 __all__ = [
-    "FFJORD", "Solution", "EndTime", "ODENet", "ConvODENet", "FFJORDModel",
-    "MultiscaleFFJORDModel", "LogitTransform", "Squeeze", "ODENVP",
-    "dequantize", "bits_per_dim", "FixedGrid", "make_solver", "datasets",
+    "FFJORD", "Solution", "EndTime", "ODENet", "ConvODENet", "FlowModel",
+    "FFJORDModel", "ImageFlow", "MaximumLikelihood", "FlowMatching",
+    "LogitTransform", "Squeeze", "ODENVP", "dequantize", "bits_per_dim",
+    "datasets",
 ]
-__version__ = "0.1.0"
+__version__ = "0.2.0"

@@ -12,7 +12,7 @@ from tf_ffjord.end_time import EndTime
 from tf_ffjord import regularizers as regs
 from tf_ffjord import solvers
 
-__all__ = ["FFJORD", "Solution", "solve_stack"]
+__all__ = ["FFJORD", "Solution"]
 
 tfb = tfp.bijectors
 
@@ -441,28 +441,3 @@ class FFJORD(tfb.Bijector):
     if "ildj" not in cached:
       cached.update(self._augmented_inverse(y, **kwargs)[1])
     return cached["ildj"]
-
-
-def solve_stack(bijectors, x, direction="inverse", context=None, seed=None):
-  """Solves a stack of FFJORD blocks; returns `(state, log_det, nfe)`.
-
-  `"inverse"` applies `bijectors[0]` first (data to base), `"forward"` the
-  stack backwards; log-dets and forward NFE are summed over the blocks.
-
-  Args:
-    bijectors: `FFJORD` blocks in data-to-base order.
-    x: start state.
-    direction: `"inverse"` or `"forward"`.
-    context: optional conditioning tensor, passed to every block.
-    seed: optional `[2]` int32 stateless seed; block k draws its Hutchinson
-      probe from `seed + [0, k]`, whichever the direction.
-  """
-  blocks = list(enumerate(bijectors))
-  if direction == "forward":
-    blocks.reverse()
-  log_det, nfe = 0.0, 0
-  for k, bijector in blocks:
-    s = None if seed is None else seed + tf.constant([0, k], tf.int32)
-    sol = bijector.solve(x, direction, context=context, seed=s)
-    x, log_det, nfe = sol.state, log_det + sol.log_det, nfe + sol.nfe
-  return x, log_det, nfe

@@ -1,19 +1,16 @@
-"""`FFJORDModel`: a Keras model that trains a FFJORD flow by maximum likelihood."""
-
-import math
+"""`FlowModel`: a Keras model of a flow bijector on a standard-normal base, trained with `fit`."""
 
 import keras
 import numpy as np
 import tensorflow as tf
+import tensorflow_probability as tfp
 
-from tf_ffjord import divergence, flow_matching
-from tf_ffjord.bijector import FFJORD
-from tf_ffjord.dynamics import ODENet
+from tf_ffjord import flows, objectives
+from tf_ffjord.images import bits_per_dim, dequantize
 
-__all__ = ["FFJORDModel", "LastValue", "check_batch", "minimize", "step_logs"]
+__all__ = ["FlowModel", "LastValue", "check_batch", "minimize", "step_logs"]
 
-_LOG_2PI = math.log(2 * math.pi)
-OBJECTIVES = ("likelihood", "flow_matching")
+tfd = tfp.distributions
 
 
 def check_batch(x, event_shape, owner, what="examples", floating=True):
@@ -103,208 +100,190 @@ class LastValue(keras.metrics.Metric):
     self.value.assign(0.0)
 
 
-@keras.saving.register_keras_serializable("tf_ffjord")
-class FFJORDModel(keras.Model):
-  """A FFJORD density model: dynamics, bijector and a standard-normal base.
+class FlowModel(keras.Model):
+  """A density model: a flow bijector on a standard-normal base.
 
-  `compile(optimizer)` + `fit(x)` minimizes the mean negative log-likelihood
-  (nats). The metrics are `nll`, `nfe` (dynamics evaluations of the last
-  forward solve), `nfe_backward` (of its gradient) and one per regularizer.
-  `evaluate` reports `nll` with `eval_trace`. `compile(optimizer,
-  objective="flow_matching", ot=False)` trains the same dynamics by
-  simulation-free flow matching instead (metric `fm_loss`); densities,
-  samples and export are unchanged.
+  The one training and evaluation loop of the library. `compile(optimizer,
+  objective)` picks the loss (`MaximumLikelihood`, with optional RNODE
+  regularizers, or `FlowMatching`); `fit` minimizes it; `evaluate` reports
+  the exact-likelihood `nll` (nats), the forward `nfe` and, for image models,
+  `bpd`, computed with `eval_bijector`. `FFJORDModel` and `ImageFlow` are
+  constructors of it: they only build the bijector.
 
   Args:
-    event_shape: shape of one example, e.g. `(2,)`.
-    dynamics: a callable `f(t, x[, context])`, by default
-      `ODENet(dim=event_shape[-1], context_dim=context_dim)`.
-    eval_trace: trace used by `evaluate`, `log_prob(exact=True)` and export;
-      default `"exact"` for events of up to 64 values, else the training
-      trace.
-    regularization: dict regularizer name -> weight, e.g.
-      `{"kinetic": 0.01, "jacobian": 0.01}`; each integral is added to the
-      loss and logged as a metric.
-    context_dim: width of the conditioning vector; `fit` then takes
-      `(x, context)` pairs.
-    train_time: learn the end time T (softplus-parameterized Keras weight).
-    **ffjord_kwargs: passed to `FFJORD` (time_length, trace, noise, solver,
-      rtol, atol, max_num_steps, step_size, gradient, ...).
+    bijector: the flow; `forward` maps base samples to data (an `FFJORD`,
+      a `tfb.Chain` of blocks and fixed transforms, or an `ODENVP`).
+    event_shape: shape of one example.
+    eval_options: `FFJORD` options of the evaluation copy of the flow
+      (`evaluate`, `log_prob`, `sample`, export), which shares the weights;
+      default the exact trace for events of up to 64 values, otherwise the
+      training settings.
+    context_dim: width of the conditioning vector (0: none); `fit` then
+      takes `(x, context)` pairs.
+    dequantize: the inputs are 8-bit images (uint8, or k/255 floats):
+      `fit` and `evaluate` dequantize them uniformly, x = (k + u) / 256, and
+      report `bpd`; `log_prob` takes dequantized x in [0, 1].
+    name: model name.
 
   #### Examples
 
-  >>> model = FFJORDModel((2,), dynamics=ODENet(hidden=(16,)), solver="rk4")
+  >>> flow = FFJORD(ODENet(hidden=(16,), dim=2), solver="rk4")
+  >>> model = FlowModel(flow, (2,))
   >>> model.compile(keras.optimizers.Adam(1e-3))
   >>> x = datasets.toy.sample("8gaussians", 64, seed=0)
-  >>> history = model.fit(x, batch_size=32, epochs=1, verbose=0)
-  >>> sorted(history.history)
+  >>> sorted(model.fit(x, batch_size=32, verbose=0).history)
   ['nfe', 'nfe_backward', 'nll']
+  >>> model.log_prob(x[:3]).shape
+  TensorShape([3])
   """
 
-  def __init__(self, event_shape, dynamics=None, eval_trace=None,
-               regularization=None, context_dim=0, train_time=False,
-               **ffjord_kwargs):
-    name = ffjord_kwargs.pop("name", None)
-    trainable = ffjord_kwargs.pop("trainable", True)
-    ffjord_kwargs.pop("dtype", None)
-    super().__init__(name=name, trainable=trainable)
+  def __init__(self, bijector, event_shape, eval_options=None, context_dim=0,
+               dequantize=False, name=None, **kwargs):
+    super().__init__(name=name, **kwargs)
     self.event_shape = tuple(int(d) for d in event_shape)
     if not self.event_shape or min(self.event_shape) < 1:
       raise ValueError(f"event_shape must be non-empty and positive, got "
                        f"{event_shape}.")
     self.event_size = int(np.prod(self.event_shape))
     self.context_dim = int(context_dim)
-    if dynamics is None:
-      if len(self.event_shape) != 1:
-        raise ValueError("Pass dynamics for non-vector events (e.g. a conv "
-                         "ODENet for images).")
-      dynamics = ODENet(dim=self.event_shape[0], context_dim=self.context_dim)
-    self.dynamics = dynamics
-    self.regularization = dict(regularization or {})
-    self.train_time = bool(train_time)
-    self.ffjord_kwargs = dict(ffjord_kwargs)
-    trace = ffjord_kwargs.get("trace", "hutchinson")
-    if eval_trace is None:
-      eval_trace = "exact" if self.event_size <= 64 else trace
-    self.eval_trace = eval_trace
-    kwargs = dict(ffjord_kwargs)
-    kwargs["event_ndims"] = len(self.event_shape)
-    if self.train_time:
-      t_init = float(kwargs.get("time_length", 1.0))
-      self.time_raw = self.add_weight(
-          shape=(), name="time_length_raw",
-          initializer=keras.initializers.Constant(
-              np.log(np.expm1(t_init))))  # softplus^-1
-      kwargs["time_length"] = lambda: tf.math.softplus(self.time_raw.value)
-    self.bijector = FFJORD(self.dynamics,
-                           regularizers=tuple(self.regularization), **kwargs)
-    self.eval_bijector = FFJORD(self.dynamics, **{**kwargs,
-                                                   "trace": eval_trace})
-    self.nll_tracker = keras.metrics.Mean(name="nll")
-    self.nfe_tracker = LastValue(name="nfe")
-    self.nfe_backward_tracker = LastValue(name="nfe_backward")
-    self.reg_trackers = {r: keras.metrics.Mean(name=r)
-                         for r in self.regularization}
-    # Set by compile(objective=...).
-    self.objective, self.ot, self.fm_sigma = "likelihood", False, 0.0
-    self.fm_tracker = keras.metrics.Mean(name="fm_loss")
+    self.dequantize = bool(dequantize)
+    if eval_options is None:
+      eval_options = {"trace": "exact"} if self.event_size <= 64 else {}
+    self.eval_options = dict(eval_options)
+    self.bijector = bijector
+    self.eval_bijector = flows.with_options(bijector, **self.eval_options)
+    # Keras does not look inside tf.Modules: track the flows' layers here.
+    self.flow_layers = flows.keras_layers(bijector, self.eval_bijector)
+    dtype = tf.as_dtype(self.compute_dtype)
+    self.base = tfd.Sample(tfd.Normal(tf.zeros([], dtype), tf.ones([], dtype)),
+                           self.event_shape)
+    self.objective = objectives.MaximumLikelihood()
+    object.__setattr__(self, "trackers", {})
+    # Compiled graphs of log_prob and sample, out of Keras' tracking.
+    object.__setattr__(self, "_compiled_fns", {})
     self.build()
 
   def build(self, input_shape=None):
-    # Create every weight now (one dynamics call on zeros), so the model can
-    # be checkpointed, restored or exported before it has seen data.
+    """Creates every weight now: one Euler step of the flow on zeros.
+
+    So that the model can be checkpointed, restored or exported before it
+    has seen data, even with lazily built dynamics.
+    """
     del input_shape
+    probe = flows.with_options(self.bijector, solver="euler", step_size=1.0,
+                               trace="hutchinson")
     x = tf.zeros([1, *self.event_shape], self.compute_dtype)
     context = None
     if self.context_dim:
       context = tf.zeros([1, self.context_dim], self.compute_dtype)
-      self.dynamics(tf.zeros([], x.dtype), x, context)
-    else:
-      self.dynamics(tf.zeros([], x.dtype), x)
+    flows.solve(probe, x, "inverse", context)
     self.built = True
 
-  @property
-  def metrics(self):
-    if self.objective == "flow_matching":
-      return [self.fm_tracker, self.nll_tracker, self.nfe_tracker]
-    return [self.nll_tracker, self.nfe_tracker, self.nfe_backward_tracker,
-            *self.reg_trackers.values()]
+  # -- configuration -----------------------------------------------------
 
-  def compile(self, optimizer="adam", objective="likelihood", ot=False,
-              sigma=0.0, **kwargs):
-    """Configures training; `objective` picks the loss.
+  def compile(self, optimizer="adam", objective="likelihood", **kwargs):
+    """Configures training.
 
     Args:
-      optimizer: a Keras optimizer or its name.
-      objective: `"likelihood"` (maximum likelihood through ODE solves, plus
-        the regularizers) or `"flow_matching"` (the simulation-free
-        regression of `tf_ffjord.flow_matching.flow_matching_loss`; no ODE
-        solve while training, metric `fm_loss`). Densities, samples,
-        `evaluate` and export use the same bijector either way.
-      ot: flow matching with minibatch optimal-transport pairing (scipy's
-        `linear_sum_assignment` through `tf.numpy_function`, so the train
-        step runs without XLA).
-      sigma: flow matching's noise around the straight paths.
+      optimizer: a Keras optimizer or its name. Its `weight_decay`, if any,
+        is decoupled (as in AdamW).
+      objective: a `tf_ffjord.objectives.Objective`, or `"likelihood"` /
+        `"flow_matching"` for their defaults.
       **kwargs: passed to `keras.Model.compile`.
 
     Raises:
-      ValueError: an unknown objective, `ot`/`sigma` without flow matching,
-        flow matching with `regularization` or `train_time`, or `ot` with
+      ValueError: an objective this model cannot train (e.g. flow matching
+        of a multiscale flow), or flow matching with OT under
         `jit_compile=True`.
     """
-    if objective not in OBJECTIVES:
-      raise ValueError(f"Unknown objective {objective!r}; expected one of "
-                       f"{OBJECTIVES}.")
-    if objective == "flow_matching":
-      if self.regularization:
-        raise ValueError("regularization applies to objective='likelihood'; "
-                         "flow matching has no ODE solve to regularize.")
-      if self.train_time:
-        raise ValueError("objective='flow_matching' needs a fixed end time "
-                         "(train_time=False).")
-      if ot:
-        if kwargs.get("jit_compile") is True:
-          raise ValueError("ot=True runs scipy in the train step and cannot "
-                           "be XLA-compiled; use jit_compile=False.")
-        kwargs["jit_compile"] = False
-    elif ot or sigma:
-      raise ValueError("ot and sigma apply to objective='flow_matching'.")
-    self.objective, self.ot, self.fm_sigma = objective, bool(ot), float(sigma)
+    objective = objectives.get(objective)
+    objective.check(self)
+    if getattr(objective, "ot", False):
+      if kwargs.get("jit_compile") is True:
+        raise ValueError("ot=True runs scipy in the train step and cannot "
+                         "be XLA-compiled; use jit_compile=False.")
+      kwargs["jit_compile"] = False
+    self.objective = objective
+    # The objective's metrics, then evaluate's: nll, nfe (and bpd). Made at
+    # compile, after the model is built (and so locked to Keras tracking):
+    # `metrics` lists them.
+    names = [*objective.metric_names, "nll", "nfe"]
+    names += ["bpd"] if self.dequantize else []
+    object.__setattr__(self, "trackers", {
+        n: (LastValue if n.startswith("nfe") else keras.metrics.Mean)(name=n)
+        for n in dict.fromkeys(names)})
     super().compile(optimizer=optimizer, **kwargs)
+
+  @property
+  def metrics(self):
+    return list(self.trackers.values())
 
   # -- densities ---------------------------------------------------------
 
-  def _check(self, x, context=None):
-    x = tf.cast(check_batch(x, self.event_shape, "FFJORDModel"),
-                self.compute_dtype)
+  def _check(self, x, context=None, images=False):
+    x = check_batch(x, self.event_shape, type(self).__name__,
+                    what="images" if self.dequantize else "examples",
+                    floating=not images)
     if self.context_dim and context is None:
       raise ValueError(f"This model is conditional (context_dim="
                        f"{self.context_dim}): pass (x, context).")
     if context is not None:
-      context = tf.cast(context, x.dtype)
+      context = tf.convert_to_tensor(context)
       if not self.context_dim or context.shape[-1] != self.context_dim:
         raise ValueError(f"context has {context.shape[-1]} features; the "
                          f"model expects context_dim={self.context_dim}.")
+      context = tf.cast(context, self.compute_dtype)
     return x, context
 
-  def base_log_prob(self, z):
-    """Standard-normal log-density, summed over the event."""
-    z = tf.reshape(z, [tf.shape(z)[0], -1])
-    return -0.5 * tf.reduce_sum(tf.square(z), -1) - 0.5 * self.event_size * _LOG_2PI
-
-  def _log_prob(self, x, context, bijector, seed=None):
-    sol = bijector.solve(x, "inverse", context=context, seed=seed)
-    return self.base_log_prob(sol.state) + sol.log_det, sol
-
-  def _noise_seed(self):
-    """A fresh probe seed, distinct per replica (None for the exact trace)."""
-    if self.bijector.trace != "hutchinson":
-      return None
-    return divergence.replica_seed()
+  def _log_prob(self, x, context=None, bijector=None, seed=None):
+    sol = flows.solve(bijector or self.eval_bijector, x, "inverse", context,
+                      seed=seed)
+    return self.base.log_prob(sol.state) + sol.log_det, sol
 
   def call(self, x, context=None, training=False):
-    """log p(x) with the training trace (training) or `eval_trace`."""
+    """log p(x) with the training flow (training) or the evaluation flow."""
     x, context = self._check(x, context)
-    bij = self.bijector if training else self.eval_bijector
-    return self._log_prob(x, context, bij)[0]
+    x = tf.cast(x, self.compute_dtype)
+    return self._log_prob(
+        x, context, self.bijector if training else self.eval_bijector)[0]
 
-  def log_prob(self, x, context=None, exact=False):
-    """log p(x) in nats per example, computed in a compiled graph.
+  def _compiled(self, key, fn):
+    if key not in self._compiled_fns:
+      self._compiled_fns[key] = tf.function(fn, reduce_retracing=True)
+    return self._compiled_fns[key]
+
+  def log_prob(self, x, context=None, seed=None, return_nfe=False):
+    """log p(x) in nats per example, by the evaluation flow, compiled.
 
     Args:
-      x: `[batch, *event_shape]` float data.
+      x: `[batch, *event_shape]` float data (dequantized, in [0, 1], for
+        image models).
       context: `[batch, context_dim]` for conditional models.
-      exact: use `eval_trace` (exact by default for small events) instead of
-        the training trace.
+      seed: optional `[2]` stateless seed of Hutchinson probes (if the
+        evaluation flow uses that trace).
+      return_nfe: also return the NFE of the solve.
+
+    Returns:
+      log p(x), or `(log p(x), nfe)`.
     """
     x, context = self._check(x, context)
-    fns = self.__dict__.setdefault("_compiled", {})
-    key = ("log_prob", bool(exact), context is not None)
-    if key not in fns:
-      bij = self.eval_bijector if exact else self.bijector
-      fns[key] = tf.function(
-          lambda x, c: self._log_prob(x, c, bij)[0], reduce_retracing=True)
-    return fns[key](x, context)
+    x = tf.cast(x, self.compute_dtype)
+
+    def fn(x, c, s):
+      logp, sol = self._log_prob(x, c, seed=s)
+      return logp, sol.nfe
+
+    fn = self._compiled(("log_prob", context is not None, seed is not None),
+                        fn)
+    logp, nfe = fn(x, context, None if seed is None
+                   else tf.convert_to_tensor(seed, tf.int32))
+    return (logp, nfe) if return_nfe else logp
+
+  def bits_per_dim(self, images, seed=None):
+    """bits/dim of each 8-bit image under one (seeded) dequantization."""
+    images, _ = self._check(images, images=True)
+    x = dequantize(images, seed=seed)
+    return bits_per_dim(self.log_prob(x, seed=seed), self.event_size)
 
   def sample(self, n, context=None, seed=None):
     """Draws `n` samples by integrating base samples forward.
@@ -312,24 +291,24 @@ class FFJORDModel(keras.Model):
     Args:
       n: number of samples.
       context: `[n, context_dim]` for conditional models.
-      seed: int seed for reproducible base samples.
+      seed: int seed for reproducible samples (the export's `sample(n,
+        seed)` gives the same ones).
     """
     if seed is None:
       seed = int(np.random.randint(0, 2**31 - 1))
-    fns = self.__dict__.setdefault("_compiled", {})
-    key = ("sample", context is not None)
-    if key not in fns:
-      fns[key] = tf.function(self._sample, reduce_retracing=True)
-    return fns[key](tf.convert_to_tensor(n, tf.int32),
-                    tf.convert_to_tensor(seed, tf.int32), context)
+    if context is not None:
+      context = tf.cast(context, self.compute_dtype)
+    fn = self._compiled(("sample", context is not None), self.sample_fn)
+    return fn(tf.convert_to_tensor(n, tf.int32),
+              tf.convert_to_tensor(seed, tf.int32), context)
 
-  def _sample(self, n, seed, context=None):
+  def sample_fn(self, n, seed, context=None):
+    """The graph of `sample` (also traced by the SavedModel export)."""
     z = tf.random.stateless_normal(
         tf.concat([[n], self.event_shape], 0), tf.stack([seed, 0]),
         dtype=self.compute_dtype)
-    if context is not None:
-      context = tf.cast(context, z.dtype)
-    return self.eval_bijector.solve(z, "forward", context=context).state
+    x = flows.solve(self.eval_bijector, z, "forward", context).state
+    return tf.clip_by_value(x, 0.0, 1.0) if self.dequantize else x
 
   # -- training ----------------------------------------------------------
 
@@ -337,60 +316,38 @@ class FFJORDModel(keras.Model):
     x, context, _ = keras.utils.unpack_x_y_sample_weight(data)
     if isinstance(x, (tuple, list)) and len(x) == 2 and context is None:
       x, context = x  # fit((x, context)) with arrays: Keras keeps the pair
-    return self._check(x, context)
+    x, context = self._check(x, context, images=self.dequantize)
+    x = dequantize(x) if self.dequantize else x
+    return tf.cast(x, self.compute_dtype), context
+
+  def _report(self, logs):
+    if self.dequantize and "nll" in logs:
+      logs["bpd"] = bits_per_dim(-logs["nll"], self.event_size)
+    for name, value in logs.items():
+      self.trackers[name].update_state(value)
+    return step_logs({name: self.trackers[name].result() for name in logs})
 
   def train_step(self, data):
     x, context = self._unpack(data)
-    if self.objective == "flow_matching":
-      return self._flow_matching_step(x, context)
-
-    def loss_fn():
-      logp, sol = self._log_prob(x, context, self.bijector,
-                                 seed=self._noise_seed())
-      nll = -tf.reduce_mean(logp)
-      loss = nll
-      for r, w in self.regularization.items():
-        loss += w * tf.reduce_mean(sol.regularization[r])
-      return loss, (nll, sol)
-
-    nll, sol = minimize(self, loss_fn)
-    nfe_total = self.bijector.nfe_counter.read_value()
-    self.nll_tracker.update_state(nll)
-    self.nfe_tracker.update_state(sol.nfe)
-    self.nfe_backward_tracker.update_state(nfe_total - sol.nfe)
-    for r, tracker in self.reg_trackers.items():
-      tracker.update_state(tf.reduce_mean(sol.regularization[r]))
-    return step_logs({m.name: m.result() for m in self.metrics})
-
-  def _flow_matching_step(self, x, context):
-    def loss_fn():
-      fm = tf.reduce_mean(flow_matching.flow_matching_loss(
-          self.dynamics, x, context, time_length=self.bijector.time_length,
-          initial_time=self.bijector.parameters["initial_time"], ot=self.ot,
-          sigma=self.fm_sigma))
-      return fm, fm
-
-    fm = minimize(self, loss_fn)
-    self.fm_tracker.update_state(fm)
-    return step_logs({"fm_loss": self.fm_tracker.result()})
+    logs = minimize(self, lambda: self.objective.loss(self, x, context))
+    if "nfe_backward" in self.trackers:
+      logs["nfe_backward"] = tf.add_n(
+          [b.nfe_backward for b in flows.ffjord_blocks(self.bijector)])
+    return self._report(logs)
 
   def test_step(self, data):
     x, context = self._unpack(data)
-    logp, sol = self._log_prob(x, context, self.eval_bijector)
-    self.nll_tracker.update_state(-tf.reduce_mean(logp))
-    self.nfe_tracker.update_state(sol.nfe)
-    return step_logs({m.name: m.result()
-                      for m in (self.nll_tracker, self.nfe_tracker)})
+    logp, sol = self._log_prob(x, context)
+    return self._report({"nll": -tf.reduce_mean(logp), "nfe": sol.nfe})
 
   # -- saving ------------------------------------------------------------
 
   def export(self, path, batch_size=None, custom_gradients=False):
     """Writes a SavedModel that serves without tf_ffjord installed.
 
-    Signatures `log_prob` (exact trace; also `serving_default`),
+    Signatures `log_prob` (the evaluation flow; also `serving_default`),
     `log_prob_hutchinson(x, seed)`, `sample(n, seed)`, `forward(z)` and
-    `inverse(x)`; see `tf_ffjord.export.export_saved_model` for their
-    inputs, outputs and dtypes.
+    `inverse(x)`; see `tf_ffjord.export.export_model`.
 
     Args:
       path: output directory.
@@ -402,39 +359,25 @@ class FFJORDModel(keras.Model):
       `path`.
     """
     from tf_ffjord import export  # pylint: disable=g-import-not-at-top
-    return export.export_saved_model(self, path, batch_size=batch_size,
-                                     custom_gradients=custom_gradients)
+    return export.export_model(self, path, batch_size=batch_size,
+                               custom_gradients=custom_gradients)
 
   def get_compile_config(self):
     # Keras skips compile() on load for a custom compile unless these exist.
     config = super().get_compile_config()
     if config:
-      config = {**config, "objective": self.objective, "ot": self.ot,
-                "sigma": self.fm_sigma}
+      config = {**config, "objective": {
+          "class_name": type(self.objective).__name__,
+          "config": self.objective.get_config()}}
     return config
 
   def compile_from_config(self, config):
     config = dict(config)
-    extra = {k: config.pop(k) for k in ("objective", "ot", "sigma")
-             if k in config}
+    objective = config.pop("objective", None)
     config = keras.saving.deserialize_keras_object(config)
-    self.compile(**config, **extra)
+    if objective is not None:
+      objective = getattr(objectives, objective["class_name"])(
+          **objective["config"])
+    self.compile(**config, objective=objective or "likelihood")
     if self.built:
       self.optimizer.build(self.trainable_variables)  # slots to load into
-
-  def get_config(self):
-    config = {**super().get_config(), **self.ffjord_kwargs,
-              "event_shape": self.event_shape,
-              "dynamics": keras.saving.serialize_keras_object(self.dynamics),
-              "eval_trace": self.eval_trace,
-              "regularization": self.regularization,
-              "context_dim": self.context_dim,
-              "train_time": self.train_time}
-    return config
-
-  @classmethod
-  def from_config(cls, config):
-    config = dict(config)
-    config["dynamics"] = keras.saving.deserialize_keras_object(
-        config["dynamics"])
-    return cls(**config)

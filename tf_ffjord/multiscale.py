@@ -1,259 +1,238 @@
-"""`MultiscaleFFJORDModel`: FFJORD image model (ODENVP stack) trained in bits/dim."""
+"""`ODENVP`: FFJORD's multiscale image stack of CNF blocks with squeezes and factored-out channels."""
 
-import math
-
-import keras
-import numpy as np
 import tensorflow as tf
+import tensorflow_probability as tfp
+from tensorflow_probability.python.internal import cache_util
 
-from tf_ffjord.bijector import FFJORD
-from tf_ffjord.conv import ConvODENet
-from tf_ffjord.divergence import replica_seed
-from tf_ffjord.images import LogitTransform, ODENVP, bits_per_dim, dequantize
-from tf_ffjord.model import LastValue, check_batch, minimize
+from tf_ffjord import flows as flows_lib
+from tf_ffjord.bijector import Solution
+from tf_ffjord.images import squeeze, unsqueeze
 
-__all__ = ["MultiscaleFFJORDModel"]
+__all__ = ["ODENVP", "default_num_scales"]
 
-_LOG_2PI = math.log(2 * math.pi)
+tfb = tfp.bijectors
 
 
-@keras.saving.register_keras_serializable("tf_ffjord")
-class MultiscaleFFJORDModel(keras.Model):
-  """FFJORD for images: logit transform, ODENVP stack of CNFs, normal base.
+def default_num_scales(height, width):
+  """The paper's number of scales: halvings while both sides are >= 4.
 
-  The model's inputs are images with pixels in [0, 1] (k/255) or uint8.
-  `train_step` and `test_step` dequantize them uniformly with fresh noise,
-  map them through the logit transform and the multiscale stack
-  (`ODENVP`) to a standard-normal latent of the same shape, and report `nll`
-  (nats per image, of the dequantized [0, 1]-scaled data), `bpd` (bits/dim
-  of the 256-level data) and `nfe` (dynamics evaluations of the last forward
-  pass, summed over blocks).
+  28x28 (MNIST) gives 3 and 32x32 (CIFAR-10) 4; 8x8 gives 2.
+  """
+  n = 0
+  h, w = int(height), int(width)
+  while h >= 4 and w >= 4:
+    n += 1
+    h //= 2
+    w //= 2
+  return max(n, 1)
 
-  Every block is a `FFJORD` bijector with its own `ConvODENet` and,
-  with `train_time`, its own trainable end time (as the paper's
-  `--train_T True`).
+
+class ODENVP(tfb.Bijector):
+  """The multiscale stack of CNF blocks of FFJORD's image models.
+
+  Going from data to the base (`inverse`), each scale applies `num_blocks`
+  flows; every scale but the last then squeezes (space to depth), applies
+  `num_blocks` more flows and factors out half of the channels, which go to
+  the base distribution while the other half continue to the next scale. The
+  last scale keeps everything. The factored-out parts are not dropped: they
+  are packed back (by the inverse of the squeeze) into a latent `z` of the
+  data's shape, so `z` has one standard-normal entry per pixel. Squeezes and
+  splits are permutations, so the log-det is the sum of the flows' log-dets.
+
+  With `num_scales=1` this is a plain stack of `num_blocks` flows at the full
+  resolution (the paper's single-scale model). Build the flows for the shapes
+  of `ODENVP.flow_shapes(...)`.
 
   Args:
-    event_shape: `(H, W, C)` of the images, e.g. `(28, 28, 1)`.
-    dims: hidden channels of every block's `ConvODENet`.
-    strides: strides of its layers (see `ConvODENet`); default all 1.
-    num_blocks: CNF blocks before and after each squeeze.
-    multiscale: the ODENVP stack (True) or `num_blocks` flows at full
-      resolution (False, the paper's single-scale model).
-    num_scales: scales of the stack; default the paper's choice (3 for
-      28x28).
-    layer: conv layer type, `"concat"` (paper), `"concatsquash"`, `"ignore"`.
-    activation: activation of the dynamics, default `"softplus"` (paper).
-    alpha: logit-transform margin (1e-6 for MNIST, 0.05 for CIFAR-10).
-    train_time: learn each block's end time T.
-    time_length: initial T of every block.
-    eval_trace: trace of `test_step` / `log_prob`; default the training one
-      (the exact trace is only practical for tiny images).
-    eval_kwargs: `FFJORD` options that override `ffjord_kwargs` for
-      evaluation and sampling, e.g. `{"solver": "dopri5"}` to check a model
-      trained with a fixed grid against an adaptive solve.
-    **ffjord_kwargs: passed to every `FFJORD` (trace, noise, solver, rtol,
-      atol, step_size, max_num_steps, gradient).
+    flows: the flows in data-to-base order, one per entry of
+      `flow_shapes(event_shape, num_blocks, num_scales)`, each acting on
+      events of that shape (e.g. `FFJORD(ConvODENet(...), event_ndims=3)`).
+    event_shape: `(H, W, C)` of the data.
+    num_blocks: flows before and (for all but the last scale) after each
+      squeeze.
+    num_scales: number of scales; default `default_num_scales(H, W)`.
+    validate_args: passed to `tfb.Bijector`.
+    name: name scope.
+
+  Raises:
+    ValueError: a bad event shape, H and W not divisible by
+      2**(num_scales - 1), or a number of flows that does not fit.
 
   #### Examples
 
-  >>> model = MultiscaleFFJORDModel((8, 8, 1), dims=(8,), num_blocks=1,
-  ...                               solver="rk4", step_size=0.5)
-  >>> model.compile(keras.optimizers.Adam(1e-3))
-  >>> x = np.random.randint(0, 256, (16, 8, 8, 1)).astype("uint8")
-  >>> sorted(model.fit(x, batch_size=8, verbose=0).history)
-  ['bpd', 'nfe', 'nll']
+  >>> shapes = ODENVP.flow_shapes((8, 8, 1), num_blocks=1)
+  >>> shapes
+  [(8, 8, 1), (4, 4, 4), (4, 4, 2)]
+  >>> stack = ODENVP([tfb.Identity() for _ in shapes], (8, 8, 1), 1)
+  >>> stack.inverse(tf.ones([2, 8, 8, 1])).shape
+  TensorShape([2, 8, 8, 1])
+
+  #### References
+
+  [1]: Will Grathwohl et al. FFJORD. ICLR 2019, section 4.2.
+       https://arxiv.org/abs/1810.01367
+  [2]: Laurent Dinh et al. Density estimation using Real NVP. ICLR 2017.
   """
 
-  def __init__(self, event_shape=(28, 28, 1), dims=(64, 64, 64), strides=None,
-               num_blocks=2, multiscale=True, num_scales=None, layer="concat",
-               activation="softplus", alpha=1e-6, train_time=True,
-               time_length=1.0, eval_trace=None, eval_kwargs=None,
-               **ffjord_kwargs):
-    name = ffjord_kwargs.pop("name", None)
-    trainable = ffjord_kwargs.pop("trainable", True)
-    ffjord_kwargs.pop("dtype", None)
-    super().__init__(name=name, trainable=trainable)
-    self.event_shape = tuple(int(d) for d in event_shape)
-    if len(self.event_shape) != 3 or min(self.event_shape) < 1:
-      raise ValueError(f"event_shape must be (H, W, C), got {event_shape}.")
-    self.event_size = int(np.prod(self.event_shape))
-    self.dims = tuple(int(d) for d in dims)
-    self.strides_list = None if strides is None else tuple(
-        int(s) for s in strides)
+  _cache = cache_util.BijectorCacheWithGreedyAttrs(
+      forward_name="_augmented_forward", inverse_name="_augmented_inverse")
+
+  def __init__(self, flows, event_shape, num_blocks=2, num_scales=None,
+               validate_args=False, name="odenvp"):
+    parameters = dict(locals())
+    event_shape = tuple(int(d) for d in event_shape)
+    shapes = self.flow_shapes(event_shape, num_blocks, num_scales)
+    flows = list(flows)
+    if len(flows) != len(shapes):
+      raise ValueError(f"ODENVP needs {len(shapes)} flows for these scales "
+                       f"and blocks (shapes {shapes}), got {len(flows)}.")
+    self.event_shape_ = event_shape
     self.num_blocks = int(num_blocks)
-    self.multiscale = bool(multiscale)
-    self.num_scales = num_scales if self.multiscale else 1
-    self.layer_type = layer
-    self.activation_name = activation
-    self.alpha = float(alpha)
-    self.train_time = bool(train_time)
-    self.time_length = float(time_length)
-    if not self.time_length > 0:
-      raise ValueError(f"time_length must be positive, got {time_length}.")
-    self.ffjord_kwargs = dict(ffjord_kwargs)
-    trace = self.ffjord_kwargs.get("trace", "hutchinson")
-    self.eval_trace = eval_trace or trace
-    self.eval_kwargs = dict(eval_kwargs or {})
-    self.logit = LogitTransform(self.alpha)
-    self.nets = []
-    self.time_weights = []
+    self.num_scales = (default_num_scales(*event_shape[:2])
+                       if num_scales is None else int(num_scales))
+    self._flows = flows
+    with tf.name_scope(name) as scope:
+      super().__init__(forward_min_event_ndims=3, is_constant_jacobian=False,
+                       validate_args=validate_args, parameters=parameters,
+                       name=scope)
 
-    def make_dynamics(shape, index):
-      net = ConvODENet(dims=self.dims, strides=self.strides_list,
-                       layer=layer, activation=activation, channels=shape[-1],
-                       name=f"block_{index}")
-      net(tf.zeros([]), tf.zeros([1, *shape]))  # build the weights now
-      self.nets.append(net)
-      if self.train_time:
-        raw = self.add_weight(
-            shape=(), name=f"time_length_raw_{index}",
-            initializer=keras.initializers.Constant(
-                np.log(np.expm1(self.time_length))))  # softplus^-1
-        self.time_weights.append(raw)
-        return net, lambda: tf.math.softplus(raw.value)
-      return net, self.time_length
+  @staticmethod
+  def flow_shapes(event_shape, num_blocks=2, num_scales=None):
+    """The event shape of every flow of the stack, in data-to-base order."""
+    event_shape = tuple(int(d) for d in event_shape)
+    if len(event_shape) != 3 or min(event_shape) < 1:
+      raise ValueError(f"ODENVP needs an image event shape (H, W, C), got "
+                       f"{event_shape}.")
+    h, w, c = event_shape
+    num_scales = (default_num_scales(h, w) if num_scales is None
+                  else int(num_scales))
+    if num_scales < 1 or int(num_blocks) < 1:
+      raise ValueError(f"num_scales and num_blocks must be >= 1, got "
+                       f"{num_scales} and {num_blocks}.")
+    div = 2 ** (num_scales - 1)
+    if h % div or w % div:
+      raise ValueError(f"{num_scales} scales need H and W divisible by {div}, "
+                       f"got {h}x{w}.")
+    shapes = []
+    for i in range(num_scales):
+      shapes += [(h, w, c)] * int(num_blocks)
+      if i < num_scales - 1:
+        h, w, c = h // 2, w // 2, c * 4
+        shapes += [(h, w, c)] * int(num_blocks)
+        c -= c // 2
+    return shapes
 
-    kwargs = {**self.ffjord_kwargs, "event_ndims": 3}
-    made = {}
-
-    def make_flow(shape, index):
-      net, t = make_dynamics(shape, index)
-      made[index] = (net, t)
-      return FFJORD(net, time_length=t, **kwargs)
-
-    def make_eval_flow(shape, index):
-      net, t = made[index]
-      return FFJORD(net, time_length=t, **{**kwargs, "trace": self.eval_trace,
-                                            **self.eval_kwargs})
-
-    self.flow = ODENVP(self.event_shape, make_flow, self.num_blocks,
-                       self.num_scales)
-    self.eval_flow = ODENVP(self.event_shape, make_eval_flow, self.num_blocks,
-                            self.num_scales)
-    self.nll_tracker = keras.metrics.Mean(name="nll")
-    self.bpd_tracker = keras.metrics.Mean(name="bpd")
-    self.nfe_tracker = LastValue(name="nfe")
-    self.built = True
+  @classmethod
+  def _parameter_properties(cls, dtype):
+    return dict()
 
   @property
-  def metrics(self):
-    return [self.nll_tracker, self.bpd_tracker, self.nfe_tracker]
+  def all_flows(self):
+    """Every flow in data-to-base order."""
+    return list(self._flows)
 
-  # -- densities ---------------------------------------------------------
+  def _is_increasing(self):
+    return False
 
-  def _check(self, x):
-    # Integer pixel values are allowed: they are dequantized.
-    return check_batch(x, self.event_shape, "MultiscaleFFJORDModel",
-                       what="images", floating=False)
-
-  def base_log_prob(self, z):
-    """Standard-normal log-density of the latent, summed over the image."""
-    z = tf.reshape(z, [tf.shape(z)[0], -1])
-    return (-0.5 * tf.reduce_sum(tf.square(z), -1)
-            - 0.5 * self.event_size * _LOG_2PI)
-
-  def _log_prob(self, x, flow, seed=None):
-    """log p(x) of dequantized x in [0, 1], and the stack's NFE."""
-    y = self.logit.inverse(x)
-    log_det = self.logit.inverse_log_det_jacobian(x, event_ndims=3)
-    z, flow_log_det, nfe = flow.transform(y, "inverse", seed=seed)
-    return self.base_log_prob(z) + flow_log_det + log_det, nfe
-
-  def call(self, x, training=False):
-    """log p(x) (nats) of dequantized images x in [0, 1]."""
-    x = tf.cast(self._check(x), self.compute_dtype)
-    return self._log_prob(x, self.flow if training else self.eval_flow)[0]
-
-  def log_prob(self, x):
-    """log p(x) in nats of dequantized images x in [0, 1], compiled."""
-    x = tf.cast(self._check(x), tf.float32)
-    fns = self.__dict__.setdefault("_compiled", {})
-    if "log_prob" not in fns:
-      fns["log_prob"] = tf.function(
-          lambda x: self._log_prob(x, self.eval_flow)[0],
-          reduce_retracing=True, autograph=False)
-    return fns["log_prob"](x)
-
-  def bits_per_dim(self, images):
-    """bits/dim of each image (uint8 or k/255 floats), one dequantization."""
-    return bits_per_dim(self.log_prob(dequantize(self._check(images))),
-                        self.event_size)
-
-  def sample(self, n, seed=None):
-    """Draws `n` images with pixels in [0, 1] (float32)."""
-    if seed is None:
-      seed = int(np.random.randint(0, 2**31 - 1))
-    fns = self.__dict__.setdefault("_compiled", {})
-    if "sample" not in fns:
-      fns["sample"] = tf.function(self._sample, reduce_retracing=True, autograph=False)
-    return fns["sample"](tf.constant(n, tf.int32), tf.constant(seed, tf.int32))
-
-  def _sample(self, n, seed):
-    z = tf.random.stateless_normal(
-        tf.concat([[n], self.event_shape], 0), tf.stack([seed, 0]))
-    y, _, _ = self.eval_flow.transform(z, "forward")
-    return tf.clip_by_value(self.logit.forward(y), 0.0, 1.0)
-
-  # -- training ----------------------------------------------------------
-
-  def _unpack(self, data):
-    x, _, _ = keras.utils.unpack_x_y_sample_weight(data)
-    return dequantize(self._check(x))
-
-  def _update(self, logp, nfe):
-    nll = -tf.reduce_mean(logp)
-    self.nll_tracker.update_state(nll)
-    self.bpd_tracker.update_state(bits_per_dim(-nll, self.event_size))
-    self.nfe_tracker.update_state(nfe)
-    return {m.name: m.result() for m in self.metrics}
-
-  def train_step(self, data):
-    return self.likelihood_step(self._unpack(data))
-
-  def likelihood_step(self, x):
-    """One optimizer step on dequantized images; returns the metric logs.
-
-    `train_step` dequantizes its batch with fresh noise and calls this. A
-    loop that dequantizes its global batch itself (so that a split over
-    replicas sees the noise one device would) calls it on every replica's
-    share with `strategy.run`: the loss is the replica's mean divided by the
-    number of replicas, and every replica draws its own Hutchinson probes.
+  def solve(self, x, direction="inverse", context=None, seed=None,
+            regularizers=()):
+    """Runs the stack once and returns a `Solution` summed over its flows.
 
     Args:
-      x: `[batch, H, W, C]` dequantized images in [0, 1].
+      x: `[batch, H, W, C]`: data for `"inverse"`, a base sample for
+        `"forward"`.
+      direction: `"inverse"` (data -> base) or `"forward"`.
+      context: optional conditioning tensor, passed to every flow.
+      seed: optional stateless seed `[2]` of the flows' Hutchinson probes
+        (flow k, counted from the data side, uses `seed + [0, k]`).
+      regularizers: RNODE regularizers to integrate in every flow.
+
+    Raises:
+      ValueError: images of another shape, or an unknown direction.
     """
-    x = tf.cast(self._check(x), self.compute_dtype)
-    def loss_fn():
-      logp, nfe = self._log_prob(x, self.flow, seed=replica_seed())
-      return -tf.reduce_mean(logp), (logp, nfe)
+    x = tf.convert_to_tensor(x)
+    if x.shape.rank != 4 or tuple(x.shape[1:]) != self.event_shape_:
+      raise ValueError(f"ODENVP expects images [batch, "
+                       f"{', '.join(map(str, self.event_shape_))}], got shape "
+                       f"{x.shape}.")
+    if direction not in ("inverse", "forward"):
+      raise ValueError(f"direction must be 'inverse' or 'forward', got "
+                       f"{direction!r}.")
+    totals = {"log_det": tf.zeros(tf.shape(x)[:1], x.dtype),
+              "nfe": tf.constant(0, tf.int32),
+              **{r: 0.0 for r in regularizers}}
 
-    logp, nfe = minimize(self, loss_fn)
-    return self._update(logp, nfe)
+    def run(k, h):
+      s = None if seed is None else tf.convert_to_tensor(seed) + [0, k]
+      sol = flows_lib.solve(self._flows[k], h, direction, context, s,
+                            regularizers)
+      totals["log_det"] += sol.log_det
+      totals["nfe"] += tf.cast(sol.nfe, tf.int32)
+      for r in regularizers:
+        totals[r] += sol.regularization[r]
+      return sol.state
 
-  def test_step(self, data):
-    x = self._unpack(data)
-    return self._update(*self._log_prob(x, self.eval_flow))
+    nb, last = self.num_blocks, self.num_scales - 1
+    # Flow indices of scale i: pre-squeeze [2 i nb, 2 i nb + nb), then
+    # post-squeeze [2 i nb + nb, 2 (i + 1) nb).
+    if direction == "inverse":
+      h, zs = x, []
+      for i in range(self.num_scales):
+        for k in range(2 * i * nb, 2 * i * nb + nb):
+          h = run(k, h)
+        if i < last:
+          h = squeeze(h)
+          for k in range(2 * i * nb + nb, 2 * (i + 1) * nb):
+            h = run(k, h)
+          c = h.shape[-1] // 2
+          zs.append(h[..., :c])
+          h = h[..., c:]
+      for z_out in reversed(zs):  # pack the factored-out parts
+        h = unsqueeze(tf.concat([z_out, h], -1))
+    else:
+      h, zs = x, []
+      for _ in range(last):  # unpack
+        h = squeeze(h)
+        c = h.shape[-1] // 2
+        zs.append(h[..., :c])
+        h = h[..., c:]
+      for i in reversed(range(self.num_scales)):
+        if i < last:
+          h = tf.concat([zs[i], h], -1)
+          for k in reversed(range(2 * i * nb + nb, 2 * (i + 1) * nb)):
+            h = run(k, h)
+          h = unsqueeze(h)
+        for k in reversed(range(2 * i * nb, 2 * i * nb + nb)):
+          h = run(k, h)
+    return Solution(h, totals["log_det"],
+                    {r: totals[r] for r in regularizers}, totals["nfe"])
 
-  # -- saving ------------------------------------------------------------
+  def _augmented(self, x, direction):
+    sol = self.solve(x, direction)
+    if direction == "inverse":
+      return sol.state, {"ildj": sol.log_det, "fldj": -sol.log_det}
+    return sol.state, {"fldj": sol.log_det, "ildj": -sol.log_det}
 
-  def export(self, path, batch_size=None, custom_gradients=False):
-    """Writes a SavedModel that serves without tf_ffjord installed.
+  def _augmented_forward(self, x):
+    return self._augmented(x, "forward")
 
-    The signatures of `tf_ffjord.export.export_saved_model`, over images
-    with pixels in [0, 1].
-    """
-    from tf_ffjord import export  # pylint: disable=g-import-not-at-top
-    return export.export_saved_model(self, path, batch_size=batch_size,
-                                     custom_gradients=custom_gradients)
+  def _augmented_inverse(self, y):
+    return self._augmented(y, "inverse")
 
-  def get_config(self):
-    return {**super().get_config(), **self.ffjord_kwargs,
-            "event_shape": self.event_shape, "dims": self.dims,
-            "strides": self.strides_list, "num_blocks": self.num_blocks,
-            "multiscale": self.multiscale,
-            "num_scales": self.num_scales if self.multiscale else None,
-            "layer": self.layer_type, "activation": self.activation_name,
-            "alpha": self.alpha, "train_time": self.train_time,
-            "time_length": self.time_length, "eval_trace": self.eval_trace,
-            "eval_kwargs": self.eval_kwargs}
+  def _forward(self, x):
+    return self._augmented_forward(x)[0]
+
+  def _inverse(self, y):
+    return self._augmented_inverse(y)[0]
+
+  def _forward_log_det_jacobian(self, x):
+    cached = self._cache.forward_attributes(x)
+    if "fldj" not in cached:
+      cached.update(self._augmented_forward(x)[1])
+    return cached["fldj"]
+
+  def _inverse_log_det_jacobian(self, y):
+    cached = self._cache.inverse_attributes(y)
+    if "ildj" not in cached:
+      cached.update(self._augmented_inverse(y)[1])
+    return cached["ildj"]

@@ -1,75 +1,99 @@
 """The paper's 2-D toy densities: `python -m training.toy --data 8gaussians`."""
 
 import dataclasses
-import math
 import os
 
 import keras
 import numpy as np
 import tensorflow as tf
 
-from tf_ffjord import FFJORDModel, ODENet
-from tf_ffjord.datasets import toy
-from training import common
+from tf_ffjord import FFJORDModel, ODENet, divergence, solvers
+from tf_ffjord.datasets import batches, toy
+from tf_ffjord.dynamics import ACTIVATIONS, LAYER_TYPES
+from tf_ffjord.objectives import FlowMatching, MaximumLikelihood
+from training import cli, run as run_lib
 
-__all__ = ["ToyConfig", "build_model", "test_nll", "plot_density", "run",
+__all__ = ["ToyConfig", "PRESETS", "build_model", "plot_density", "run",
            "main"]
+
+SOLVERS = solvers.ADAPTIVE_SOLVERS + solvers.FIXED_SOLVERS
 
 
 @dataclasses.dataclass
-class ToyConfig:
-  """One toy experiment. Defaults follow the paper's toy setup."""
-  data: str = "8gaussians"
-  iters: int = 1000
-  batch_size: int = 100
-  dims: tuple = (64, 64, 64)
-  layer: str = "concatsquash"
-  activation: str = "tanh"
-  solver: str = "dopri5"
-  rtol: float = 1e-5
-  atol: float = 1e-5
-  trace: str = "hutchinson"
-  noise: str = "rademacher"
-  time_length: float = 0.5
-  train_time: bool = True
-  lr: float = 1e-3
-  lr_schedule: str = "constant"  # as the paper; or "cosine"
-  weight_decay: float = 1e-5
-  test_size: int = 10000
-  steps_per_epoch: int = 100
-  seed: int = 0
-  out: str = "runs/toy"
-  plot: bool = True
-  export: bool = True
+class ToyConfig(cli.RunConfig):
+  """One toy experiment: the paper's CNF, with quick-start training settings."""
+  data: str = cli.option("8gaussians", "toy density", choices=toy.NAMES)
+  out: str = cli.option("runs/toy", "output directory: checkpoints, "
+                        "metrics.json, density.png, saved_model/; rerunning "
+                        "with the same --out resumes")
+  steps: int = cli.option(1000, "training steps", positive=True)
+  steps_per_epoch: int = cli.option(100, "steps between checkpoints",
+                                    positive=True)
+  batch_size: int = cli.option(100, "examples per training step (the global "
+                               "batch under --strategy)", positive=True)
+  eval_batch_size: int = cli.option(2000, "examples per evaluation batch",
+                                    positive=True)
+  dims: tuple = cli.option((64, 64, 64), "hidden widths of the dynamics MLP",
+                           positive=True)
+  layer: str = cli.option("concatsquash", "time-conditioned layer type",
+                          choices=tuple(LAYER_TYPES))
+  activation: str = cli.option("tanh", "activation between layers",
+                               choices=ACTIVATIONS)
+  solver: str = cli.option("dopri5", "ODE solver of training and sampling",
+                           choices=SOLVERS)
+  rtol: float = cli.option(1e-5, "relative tolerance of adaptive solvers",
+                           positive=True)
+  atol: float = cli.option(1e-5, "absolute tolerance of adaptive solvers",
+                           positive=True)
+  step_size: float = cli.option(0.25, "step of fixed-grid solvers on the "
+                                "unit time interval", positive=True)
+  trace: str = cli.option("hutchinson", "trace estimator of training",
+                          choices=divergence.TRACES)
+  noise: str = cli.option("rademacher", "Hutchinson probe distribution",
+                          choices=divergence.NOISES)
+  time_length: float = cli.option(0.5, "integration time T (its initial "
+                                  "value when learned)", positive=True)
+  train_time: bool = cli.option(True, "learn T")
+  lr_schedule: str = cli.option("constant", "learning-rate schedule over the "
+                                "run", choices=("constant", "cosine"))
+  weight_decay: float = cli.option(1e-5, "decoupled weight decay (as AdamW: "
+                                   "each step shrinks the weights by lr x "
+                                   "decay)", low=0.0)
+  test_size: int = cli.option(10000, "fresh samples of the test NLL",
+                              positive=True)
+  plot: bool = cli.option(True, "write density.png (needs matplotlib)")
+
+
+def paper(config):
+  """the paper code's toy settings: batch 100, 10,000 steps, exact trace"""
+  del config
+  return dict(steps=10000, batch_size=100, trace="exact", lr=1e-3,
+              lr_schedule="constant", weight_decay=1e-5, solver="dopri5",
+              rtol=1e-5, atol=1e-5, time_length=0.5, train_time=True)
+
+
+PRESETS = {"paper": paper}
 
 
 def build_model(config):
-  """The FFJORDModel of a `ToyConfig`, compiled with Adam."""
+  """The compiled `FFJORDModel` of a `ToyConfig` (in the current strategy)."""
   keras.utils.set_random_seed(config.seed)
-  dynamics = ODENet(hidden=config.dims, layer=config.layer,
-                    activation=config.activation, dim=2)
+  flow_matching = config.objective == "flow_matching"
   model = FFJORDModel(
-      (2,), dynamics=dynamics, time_length=config.time_length,
-      train_time=config.train_time, trace=config.trace, noise=config.noise,
-      solver=config.solver, rtol=config.rtol, atol=config.atol,
-      eval_trace="exact")
+      (2,), dynamics=ODENet(hidden=config.dims, layer=config.layer,
+                            activation=config.activation, dim=2),
+      time_length=config.time_length,
+      train_time=config.train_time and not flow_matching,
+      trace=config.trace, noise=config.noise, solver=config.solver,
+      rtol=config.rtol, atol=config.atol, step_size=config.step_size)
+  lr = config.lr
   if config.lr_schedule == "cosine":
-    lr = keras.optimizers.schedules.CosineDecay(config.lr, config.iters)
-  elif config.lr_schedule == "constant":
-    lr = config.lr
-  else:
-    raise ValueError(f"Unknown lr_schedule {config.lr_schedule!r}; expected "
-                     "'cosine' or 'constant'.")
-  model.compile(keras.optimizers.Adam(lr, weight_decay=config.weight_decay))
+    lr = keras.optimizers.schedules.CosineDecay(config.lr, config.steps)
+  objective = (FlowMatching(ot=config.ot) if flow_matching
+               else MaximumLikelihood())
+  model.compile(keras.optimizers.Adam(lr, weight_decay=config.weight_decay
+                                      or None), objective=objective)
   return model
-
-
-def test_nll(model, x, batch_size=2000):
-  """Mean NLL (nats, exact trace) and its standard error over `x`."""
-  logp = np.concatenate([
-      model.log_prob(x[i:i + batch_size], exact=True).numpy()
-      for i in range(0, len(x), batch_size)])
-  return float(-logp.mean()), float(logp.std() / math.sqrt(len(logp)))
 
 
 def plot_density(model, data, path, lim=4.0, grid=100, n_samples=10000,
@@ -88,7 +112,7 @@ def plot_density(model, data, path, lim=4.0, grid=100, n_samples=10000,
   xx, yy = np.meshgrid(side, side)
   pts = np.stack([xx.ravel(), yy.ravel()], 1)
   dens = np.concatenate([
-      np.exp(model.log_prob(pts[i:i + 2500], exact=True).numpy())
+      np.exp(model.log_prob(pts[i:i + 2500]).numpy())
       for i in range(0, len(pts), 2500)]).reshape(grid, grid)
   mass = float(dens.sum() * (side[1] - side[0]) ** 2)
   samples = model.sample(n_samples, seed=seed).numpy()
@@ -111,56 +135,59 @@ def plot_density(model, data, path, lim=4.0, grid=100, n_samples=10000,
   return mass
 
 
-def run(config):
-  """Trains, evaluates, plots and exports; returns the metrics dict.
+def run(config, strategy=None):
+  """Trains (resuming from `config.out`), evaluates, plots and exports.
 
-  Under `multiworker` only the chief writes the plot, the metrics and the
-  SavedModel.
+  Returns:
+    The metrics dict, also written to `<out>/metrics.json` (under
+    `multiworker` only the chief writes files).
   """
+  strategy = strategy or tf.distribute.get_strategy()
   os.makedirs(config.out, exist_ok=True)
-  timer = common.Timer()
-  model = build_model(config)
-  train = toy.sample(config.data, config.iters * config.batch_size,
-                     seed=config.seed)
-  history = common.resumable_fit(
-      model, train, config.out, config.iters,
-      steps_per_epoch=config.steps_per_epoch, batch_size=config.batch_size)
-  train_seconds = timer.seconds
+  with strategy.scope():
+    model = build_model(config)
+  sample = lambda n, seed: toy.sample(config.data, n, seed=seed)
+  trained = run_lib.fit(
+      model, lambda start: batches.sampled_batches(
+          sample, config.batch_size, config.seed, start),
+      config.out, config.steps, config.steps_per_epoch,
+      time_budget=config.time_budget)
   test = toy.sample(config.data, config.test_size, seed=config.seed + 10_000)
-  nll, stderr = test_nll(model, test)
+  ev = run_lib.evaluate(model, test, config.eval_batch_size, config.seed)
+  curve = run_lib.read_curve(config.out)
   metrics = {
-      "data": config.data,
-      "test_nll": nll,
-      "test_nll_stderr": stderr,
-      "nfe": float(history.history["nfe"][-1]),
-      "nfe_backward": float(history.history["nfe_backward"][-1]),
-      "iters": config.iters,
-      "seconds": train_seconds,
-      "time_length": float(model.bijector.time_length),
-      "config": dataclasses.asdict(config),
-  }
+      "data": config.data, "test_nll": ev["nll"],
+      "test_nll_stderr": ev["nll_stderr"], "eval_nfe": ev["nfe"],
+      "eval_seconds": ev["seconds"], "seconds": trained["seconds"],
+      "steps": trained["steps"], "stop_reason": trained["stop_reason"],
+      "end_times": model.end_times, "config": dataclasses.asdict(config)}
+  for key in ("nfe", "nfe_backward", "fm_loss"):
+    if curve and key in curve[-1]:
+      metrics[key] = curve[-1][key]
   try:
     metrics["entropy"] = toy.entropy(config.data)
+    metrics["above_entropy"] = ev["nll"] - metrics["entropy"]
   except NotImplementedError:
     pass
-  chief = common.is_chief()  # under multiworker only the chief writes files
+  chief = run_lib.is_chief(strategy)
   if config.plot and chief:
     metrics["grid_mass"] = plot_density(
         model, test, os.path.join(config.out, "density.png"))
   if config.export:  # every worker takes part (see on_every_worker)
-    common.on_every_worker(model.export,
-                           os.path.join(config.out, "saved_model"))
+    run_lib.on_every_worker(model.export,
+                            os.path.join(config.out, "saved_model"), strategy)
   if chief:
-    common.write_json(os.path.join(config.out, "metrics.json"), metrics)
+    run_lib.write_json(os.path.join(config.out, "metrics.json"), metrics)
   return metrics
 
 
 def main(argv=None):
-  config = common.config_from_args(ToyConfig, __doc__, argv)
-  metrics = run(config)
+  config, strategy = cli.parse(ToyConfig, __doc__, argv, PRESETS)
+  metrics = run(config, strategy)
   print(f"test NLL {metrics['test_nll']:.3f} ± {metrics['test_nll_stderr']:.3f}"
         f" nats (entropy {metrics.get('entropy', float('nan')):.3f}), "
-        f"NFE {metrics['nfe']:.0f}, {metrics['seconds']:.0f} s -> {config.out}")
+        f"{metrics['steps']} steps, {metrics['seconds']:.0f} s of training "
+        f"-> {config.out}")
 
 
 if __name__ == "__main__":

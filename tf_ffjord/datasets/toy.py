@@ -100,7 +100,7 @@ def sample(name, n, seed=None):
   Args:
     name: one of `NAMES`.
     n: number of points.
-    seed: an int seed or `None`.
+    seed: an int seed, a sequence of ints, or `None`.
 
   Returns:
     A `[n, 2]` float32 numpy array, shuffled.

@@ -1,0 +1,234 @@
+"""Experiment configs as command lines: one dataclass per experiment, flags checked at parse time, presets, `--strategy`."""
+
+import argparse
+import dataclasses
+import os
+
+import tensorflow as tf
+
+__all__ = ["option", "RunConfig", "parse", "use_strategy", "STRATEGIES",
+           "LOGICAL_CPUS_ENV"]
+
+STRATEGIES = ("default", "mirrored", "multiworker")
+
+# Testing aid: `--strategy mirrored` over N logical CPU devices of one
+# physical CPU (how the tests get 2 replicas on a machine without GPUs).
+LOGICAL_CPUS_ENV = "TF_FFJORD_LOGICAL_CPUS"
+
+_TRUE = ("true", "1", "yes", "y", "on")
+_FALSE = ("false", "0", "no", "n", "off")
+
+
+def option(default, help, choices=None, low=None, high=None,  # pylint: disable=redefined-builtin
+           positive=False):
+  """A config field with its `--help` line and its parse-time checks.
+
+  Args:
+    default: the default value (its type is the flag's type; a tuple of ints
+      is given as `64,64,64`).
+    help: what the flag does (the default is appended).
+    choices: allowed values.
+    low: smallest allowed value (inclusive).
+    high: largest allowed value (inclusive).
+    positive: the value (every entry, for a tuple) must be > 0.
+  """
+  return dataclasses.field(default=default, metadata=dict(
+      help=help, choices=choices, low=low, high=high, positive=positive))
+
+
+@dataclasses.dataclass
+class RunConfig:
+  """The fields every experiment CLI shares."""
+  data: str = option("8gaussians", "name of the data set")
+  data_root: str = option("../shared/data", "directory that holds the data "
+                          "files (ignored by the 2-D toys)")
+  out: str = option("runs/run", "output directory: checkpoints, metrics, "
+                    "plots, SavedModel; rerunning with the same --out "
+                    "resumes")
+  objective: str = option("likelihood", "training objective: maximum "
+                          "likelihood through ODE solves, or simulation-free "
+                          "flow matching", choices=("likelihood",
+                                                    "flow_matching"))
+  ot: bool = option(False, "flow matching only: pair each batch with its "
+                    "base samples by minibatch optimal transport")
+  batch_size: int = option(100, "examples per training step (the global "
+                           "batch under --strategy)", positive=True)
+  eval_batch_size: int = option(1000, "examples per evaluation batch",
+                                positive=True)
+  lr: float = option(1e-3, "Adam learning rate", positive=True)
+  weight_decay: float = option(0.0, "decoupled weight decay (as AdamW: each "
+                               "step shrinks the weights by lr x decay)",
+                               low=0.0)
+  time_budget: float = option(0.0, "stop training after this many seconds "
+                              "of it, summed over resumes (0: no limit)",
+                              low=0.0)
+  seed: int = option(0, "seed of the weights, data order and noise", low=0)
+  export: bool = option(True, "write the trained model as a SavedModel "
+                        "into <out>/saved_model")
+
+
+def _bool(text):
+  value = text.strip().lower()
+  if value in _TRUE:
+    return True
+  if value in _FALSE:
+    return False
+  raise argparse.ArgumentTypeError(f"expected true or false, got {text!r}")
+
+
+def _ints(text):
+  try:
+    return tuple(int(v) for v in text.split(",") if v.strip())
+  except ValueError:
+    raise argparse.ArgumentTypeError(
+        f"expected comma-separated integers such as 64,64, got {text!r}"
+    ) from None
+
+
+def _checked(kind, meta):
+  """An argparse type that converts and applies the field's checks."""
+
+  def convert(text):
+    try:
+      value = kind(text)
+    except ValueError:
+      raise argparse.ArgumentTypeError(
+          f"expected {kind.__name__}, got {text!r}") from None
+    values = value if isinstance(value, tuple) else (value,)
+    for v in values:
+      if meta["positive"] and not v > 0:
+        raise argparse.ArgumentTypeError(f"must be > 0, got {text}")
+      if meta["low"] is not None and not v >= meta["low"]:
+        raise argparse.ArgumentTypeError(
+            f"must be >= {meta['low']}, got {text}")
+      if meta["high"] is not None and not v <= meta["high"]:
+        raise argparse.ArgumentTypeError(
+            f"must be <= {meta['high']}, got {text}")
+    return value
+
+  convert.__name__ = kind.__name__
+  return convert
+
+
+def _parser(config_cls, defaults, description, presets):
+  parser = argparse.ArgumentParser(
+      description=description,
+      formatter_class=argparse.ArgumentDefaultsHelpFormatter)
+  if presets:
+    parser.add_argument("--preset", choices=sorted(presets),
+                        help="a named set of defaults, overridden by the "
+                        "other flags: " + "; ".join(
+                            f"{k}: {v.__doc__ or ''}".strip()
+                            for k, v in presets.items()))
+  for field in dataclasses.fields(config_cls):
+    meta = field.metadata
+    default = defaults[field.name]
+    if isinstance(field.default, bool):
+      kind = _bool
+    elif isinstance(field.default, tuple):
+      kind = _checked(_ints, meta)
+    else:
+      kind = _checked(type(field.default), meta)
+    parser.add_argument("--" + field.name.replace("_", "-"), type=kind,
+                        default=default, choices=meta.get("choices"),
+                        help=meta.get("help", ""),
+                        metavar=None if meta.get("choices") else
+                        field.name.upper())
+  parser.add_argument(
+      "--strategy", choices=STRATEGIES, default="default",
+      help="default: one device; mirrored: all local GPUs; multiworker: the "
+      "cluster in TF_CONFIG (run the same command on every worker)")
+  return parser
+
+
+def parse(config_cls, description, argv=None, presets=None):
+  """Parses argv into a config and applies `--strategy`.
+
+  Every dataclass field is a `--flag` whose value is checked here: a bad
+  value ends the program with a one-line usage error and exit status 2
+  (argparse's convention), never a traceback later. `--preset NAME` first
+  replaces the defaults by a preset (a function `config -> dict` of
+  overrides, whose docstring is its help), then the other flags apply.
+
+  Args:
+    config_cls: the experiment's config dataclass.
+    description: the CLI's `--help` text.
+    argv: the arguments (default `sys.argv[1:]`).
+    presets: dict name -> preset.
+
+  Returns:
+    `(config, strategy)`.
+  """
+  presets = dict(presets or {})
+  defaults = {f.name: f.default for f in dataclasses.fields(config_cls)}
+  first = _parser(config_cls, defaults, description, presets)
+  known, _ = first.parse_known_args(argv)
+  preset = getattr(known, "preset", None)
+  if preset:
+    defaults.update(presets[preset](config_cls(**defaults)))
+  args = vars(_parser(config_cls, defaults, description,
+                      presets).parse_args(argv))
+  args.pop("preset", None)
+  strategy = use_strategy(args.pop("strategy"))
+  return config_cls(**args), strategy
+
+
+def use_strategy(name):
+  """Makes a `tf.distribute` strategy the process default and returns it.
+
+  Models built afterwards live in it, and `fit` splits each global batch
+  over its replicas. Call it first: `MultiWorkerMirroredStrategy` must exist
+  before TensorFlow runs any op.
+
+  Args:
+    name: `"default"` (no-op), `"mirrored"` (`MirroredStrategy` over all
+      local GPUs, else the CPU; with the environment variable
+      `TF_FFJORD_LOGICAL_CPUS=N`, over N logical CPU devices instead) or
+      `"multiworker"` (`MultiWorkerMirroredStrategy` over the cluster in
+      `TF_CONFIG`).
+
+  Raises:
+    ValueError: an unknown name, `multiworker` without `TF_CONFIG`, or a bad
+      `TF_FFJORD_LOGICAL_CPUS`.
+    RuntimeError: `TF_FFJORD_LOGICAL_CPUS` set after TensorFlow started.
+  """
+  if name not in STRATEGIES:
+    raise ValueError(f"Unknown strategy {name!r}; expected one of "
+                     f"{STRATEGIES}.")
+  if name == "default":
+    return tf.distribute.get_strategy()
+  if name == "mirrored":
+    strategy = tf.distribute.MirroredStrategy(_logical_cpus())
+  else:
+    if "TF_CONFIG" not in os.environ:
+      raise ValueError("--strategy multiworker needs TF_CONFIG (the cluster "
+                       "spec and this worker's task) in the environment.")
+    strategy = tf.distribute.MultiWorkerMirroredStrategy()
+  tf.distribute.experimental_set_strategy(strategy)
+  return strategy
+
+
+def _logical_cpus():
+  """The devices `TF_FFJORD_LOGICAL_CPUS` asks for, or None (the default)."""
+  value = os.environ.get(LOGICAL_CPUS_ENV, "")
+  if not value:
+    return None
+  try:
+    n = int(value)
+  except ValueError:
+    n = 0
+  if n < 1:
+    raise ValueError(f"{LOGICAL_CPUS_ENV} must be a positive integer, got "
+                     f"{value!r}.")
+  cpu = tf.config.list_physical_devices("CPU")[0]
+  # (Listing logical devices would start TensorFlow: ask the config.)
+  configured = tf.config.get_logical_device_configuration(cpu) or [None]
+  if len(configured) != n:
+    try:
+      tf.config.set_logical_device_configuration(
+          cpu, [tf.config.LogicalDeviceConfiguration()] * n)
+    except RuntimeError as e:
+      raise RuntimeError(
+          f"{LOGICAL_CPUS_ENV}={n} must take effect before TensorFlow runs "
+          "its first op; choose the strategy first.") from e
+  return [d.name for d in tf.config.list_logical_devices("CPU")]
