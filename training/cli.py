@@ -141,20 +141,23 @@ def _parser(config_cls, defaults, description, presets):
   return parser
 
 
-def parse(config_cls, description, argv=None, presets=None):
+def parse(config_cls, description, argv=None, presets=None,
+          data_defaults=None):
   """Parses argv into a config and applies `--strategy`.
 
   Every dataclass field is a `--flag` whose value is checked here: a bad
   value ends the program with a one-line usage error and exit status 2
-  (argparse's convention), never a traceback later. `--preset NAME` first
-  replaces the defaults by a preset (a function `config -> dict` of
-  overrides, whose docstring is its help), then the other flags apply.
+  (argparse's convention), never a traceback later. The defaults come from
+  the dataclass, then from `data_defaults[--data]` (per-dataset settings),
+  then from `--preset NAME` (a function `config -> dict` of overrides, whose
+  docstring is its help); the other flags apply last.
 
   Args:
     config_cls: the experiment's config dataclass.
     description: the CLI's `--help` text.
     argv: the arguments (default `sys.argv[1:]`).
     presets: dict name -> preset.
+    data_defaults: dict data name -> dict of default overrides.
 
   Returns:
     `(config, strategy)`.
@@ -163,6 +166,7 @@ def parse(config_cls, description, argv=None, presets=None):
   defaults = {f.name: f.default for f in dataclasses.fields(config_cls)}
   first = _parser(config_cls, defaults, description, presets)
   known, _ = first.parse_known_args(argv)
+  defaults.update((data_defaults or {}).get(getattr(known, "data", None), {}))
   preset = getattr(known, "preset", None)
   if preset:
     defaults.update(presets[preset](config_cls(**defaults)))
