@@ -120,9 +120,10 @@ class FlowModel(keras.Model):
       training settings.
     context_dim: width of the conditioning vector (0: none); `fit` then
       takes `(x, context)` pairs.
-    dequantize: the inputs are 8-bit images (uint8, or k/255 floats):
-      `fit` and `evaluate` dequantize them uniformly, x = (k + u) / 256, and
-      report `bpd`; `log_prob` takes dequantized x in [0, 1].
+    dequantize: the data are 8-bit images: `fit` and `evaluate` dequantize
+      integer inputs uniformly, x = (k + u) / 256 (float inputs are taken as
+      dequantized already), and report `bpd`; `log_prob` takes dequantized x
+      in [0, 1].
     name: model name.
 
   #### Examples
@@ -317,7 +318,9 @@ class FlowModel(keras.Model):
     if isinstance(x, (tuple, list)) and len(x) == 2 and context is None:
       x, context = x  # fit((x, context)) with arrays: Keras keeps the pair
     x, context = self._check(x, context, images=self.dequantize)
-    x = dequantize(x) if self.dequantize else x
+    if self.dequantize and x.dtype.is_integer:
+      # Floats are taken as dequantized already (e.g. by a seeded pipeline).
+      x = dequantize(x)
     return tf.cast(x, self.compute_dtype), context
 
   def _report(self, logs):

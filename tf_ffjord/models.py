@@ -10,8 +10,9 @@ from tf_ffjord.dynamics import ODENet
 from tf_ffjord.images import LogitTransform
 from tf_ffjord.model import FlowModel
 from tf_ffjord.multiscale import ODENVP
+from tf_ffjord.unet import UNetODENet
 
-__all__ = ["FFJORDModel", "ImageFlow"]
+__all__ = ["FFJORDModel", "ImageFlow", "NETS"]
 
 tfb = tfp.bijectors
 
@@ -113,6 +114,9 @@ class FFJORDModel(FlowModel):
     return cls(**config)
 
 
+NETS = ("conv", "unet")
+
+
 @keras.saving.register_keras_serializable("tf_ffjord")
 class ImageFlow(FlowModel):
   """FFJORD for 8-bit images: a logit transform, then CNF blocks.
@@ -120,15 +124,20 @@ class ImageFlow(FlowModel):
   With `multiscale` (the paper's image model) the blocks form an `ODENVP`
   stack; otherwise `num_blocks` CNFs run at full resolution, and with one
   block the model is a single CNF over the whole image, which flow matching
-  can train. `fit` and `evaluate` take uint8 (or k/255) images, dequantize
-  them and report `bpd`; `sample` returns images in [0, 1].
+  can train. `fit` and `evaluate` take uint8 images, which they dequantize
+  (x = (k + u) / 256), or float images already dequantized into [0, 1), and
+  report `bpd`; `sample` returns images in [0, 1].
 
   Args:
     event_shape: `(H, W, C)`.
-    dims: hidden channels of every block's `ConvODENet`.
-    strides: strides of its layers (see `ConvODENet`); default all 1.
-    layer: conv layer type, `"concat"` (paper), `"concatsquash"`,
-      `"ignore"`.
+    net: the blocks' dynamics: `"conv"` (the paper's `ConvODENet`) or
+      `"unet"` (`UNetODENet`, for a single CNF over the image).
+    dims: hidden channels of a `ConvODENet`, or the channels per level of a
+      `UNetODENet`.
+    strides: strides of a `ConvODENet`'s layers; default all 1.
+    layer: a `ConvODENet`'s layer type, `"concat"` (paper),
+      `"concatsquash"`, `"ignore"`.
+    groups: a `UNetODENet`'s GroupNorm groups (0: none).
     activation: activation of the dynamics (paper: softplus).
     num_blocks: CNF blocks before and after each squeeze (multiscale), or
       in the single-scale stack.
@@ -142,6 +151,9 @@ class ImageFlow(FlowModel):
     name: model name.
     **ffjord_kwargs: passed to every `FFJORD`.
 
+  Raises:
+    ValueError: a bad event shape or an unknown `net`.
+
   #### Examples
 
   >>> model = ImageFlow((8, 8, 1), dims=(8,), num_blocks=1, solver="rk4",
@@ -152,26 +164,27 @@ class ImageFlow(FlowModel):
   ['bpd', 'nfe', 'nfe_backward', 'nll']
   """
 
-  def __init__(self, event_shape=(28, 28, 1), dims=(64, 64, 64), strides=None,
-               layer="concat", activation="softplus", num_blocks=2,
-               multiscale=True, num_scales=None, alpha=1e-6, train_time=True,
-               time_length=1.0, eval_options=None, name=None,
-               **ffjord_kwargs):
+  def __init__(self, event_shape=(28, 28, 1), net="conv", dims=(64, 64, 64),
+               strides=None, layer="concat", groups=8, activation="softplus",
+               num_blocks=2, multiscale=True, num_scales=None, alpha=1e-6,
+               train_time=True, time_length=1.0, eval_options=None,
+               name=None, **ffjord_kwargs):
     event_shape = tuple(int(d) for d in event_shape)
     if len(event_shape) != 3 or min(event_shape) < 1:
       raise ValueError(f"event_shape must be (H, W, C), got {event_shape}.")
-    net_config = dict(dims=tuple(int(d) for d in dims),
+    if net not in NETS:
+      raise ValueError(f"Unknown net {net!r}; expected one of {NETS}.")
+    net_config = dict(net=net, dims=tuple(int(d) for d in dims),
                       strides=None if strides is None
                       else tuple(int(s) for s in strides),
-                      layer=layer, activation=activation)
+                      layer=layer, groups=int(groups), activation=activation)
     num_blocks = int(num_blocks)
     num_scales = num_scales if multiscale else 1
     if multiscale:
       shapes = ODENVP.flow_shapes(event_shape, num_blocks, num_scales)
     else:
       shapes = [event_shape] * num_blocks
-    blocks = [FFJORD(ConvODENet(channels=shape[-1], name=f"convnet_{i}",
-                                **net_config),
+    blocks = [FFJORD(_image_net(shape, f"{net}net_{i}", **net_config),
                      time_length=float(time_length),
                      train_time=bool(train_time), event_ndims=3,
                      name=f"ffjord_{i}", **ffjord_kwargs)
@@ -198,3 +211,12 @@ class ImageFlow(FlowModel):
             "alpha": self.alpha, "train_time": self.train_time,
             "time_length": self.time_length,
             "eval_options": self.eval_options, **self.ffjord_kwargs}
+
+
+def _image_net(shape, name, net, dims, strides, layer, groups, activation):
+  """The dynamics of one image block on events of `shape`."""
+  if net == "unet":
+    return UNetODENet(channels=dims, groups=groups, activation=activation,
+                      out_channels=shape[-1], name=name)
+  return ConvODENet(dims=dims, strides=strides, layer=layer,
+                    activation=activation, channels=shape[-1], name=name)

@@ -1,252 +1,240 @@
-"""Multiscale FFJORD on images: `python -m training.images --data mnist --data-path ../shared/data/mnist.npz --out DIR`."""
+"""FFJORD on 8-bit images (MNIST, Fashion-MNIST, CIFAR-10): `python -m training.images --data mnist`."""
 
 import dataclasses
-import json
-import math
 import os
-import time
 
 import keras
 import numpy as np
 import tensorflow as tf
 
-from tf_ffjord import checkpoints
+from tf_ffjord import ImageFlow, divergence
+from tf_ffjord.datasets import batches
 from tf_ffjord.datasets import images as image_data
-from tf_ffjord.images import bits_per_dim, dequantize
-from tf_ffjord.multiscale import MultiscaleFFJORDModel
-from training import common
-from training import plots_images
+from tf_ffjord.images import dequantize
+from tf_ffjord.models import NETS
+from tf_ffjord.objectives import FlowMatching, MaximumLikelihood
+from training import cli, plots_images, run as run_lib
 
-__all__ = ["ImagesConfig", "build_model", "evaluate_bpd", "run", "main"]
+__all__ = ["ImagesConfig", "PRESETS", "PAPER_BPD", "check", "build_model",
+           "run", "main"]
 
 PAPER_BPD = {"mnist": 0.99, "cifar10": 3.40}
+SOLVERS = ("dopri5", "rk4", "midpoint", "euler")
+FILES = {"mnist": "mnist.npz", "fashion-mnist": "fashion-mnist",
+         "cifar10": "cifar-10-batches-py"}
 
 
 @dataclasses.dataclass
-class ImagesConfig:
-  """One image experiment.
+class ImagesConfig(cli.RunConfig):
+  """One image experiment; the defaults train the paper's multiscale model at CPU size."""
+  data: str = cli.option("mnist", "image data set, read from --data-root",
+                         choices=image_data.DATASETS)
+  out: str = cli.option("runs/images", "output directory: checkpoints, "
+                        "curve.csv, metrics.json, samples.png, curve.png, "
+                        "saved_model/; rerunning with the same --out "
+                        "resumes")
+  batch_size: int = cli.option(64, "images per training step (the global "
+                               "batch under --strategy)", positive=True)
+  eval_batch_size: int = cli.option(500, "images per evaluation solve",
+                                    positive=True)
+  steps: int = cli.option(1000, "training steps", positive=True)
+  steps_per_epoch: int = cli.option(50, "steps between checkpoints (and "
+                                    "validations)", positive=True)
+  net: str = cli.option("conv", "dynamics network of every CNF block",
+                        choices=NETS)
+  dims: tuple = cli.option((32, 32), "hidden channels of the conv net, or "
+                           "channels per level of the U-Net", positive=True)
+  strides: tuple = cli.option((), "conv net: one stride per layer (1, 2, -2);"
+                              " empty for all 1")
+  layer: str = cli.option("concat", "conv net: time-conditioned layer type",
+                          choices=("concat", "concatsquash", "ignore"))
+  groups: int = cli.option(8, "U-Net: GroupNorm groups (0: none)", low=0)
+  activation: str = cli.option("softplus", "activation of the dynamics",
+                               choices=("softplus", "swish", "tanh", "elu"))
+  multiscale: bool = cli.option(True, "the paper's multiscale stack (false: "
+                                "blocks at full resolution)")
+  num_blocks: int = cli.option(1, "CNF blocks before and after each squeeze "
+                               "(or in the single-scale stack)",
+                               positive=True)
+  num_scales: int = cli.option(0, "scales of the stack (0: the paper's, 3 "
+                               "for 28x28)", low=0)
+  alpha: float = cli.option(0.0, "logit-transform margin (0: the paper's, "
+                            "1e-6 for MNIST, 0.05 for CIFAR-10)", low=0.0,
+                            high=0.49)
+  solver: str = cli.option("rk4", "ODE solver of training", choices=SOLVERS)
+  step_size: float = cli.option(0.5, "step of fixed-grid solvers on the unit "
+                                "time interval", positive=True)
+  rtol: float = cli.option(1e-5, "relative tolerance of dopri5 in training",
+                           positive=True)
+  atol: float = cli.option(1e-5, "absolute tolerance of dopri5 in training",
+                           positive=True)
+  max_num_steps: int = cli.option(1000, "step limit of adaptive solves",
+                                  positive=True)
+  trace: str = cli.option("hutchinson", "trace estimator (exact costs one "
+                          "gradient pass per pixel)",
+                          choices=divergence.TRACES)
+  noise: str = cli.option("rademacher", "Hutchinson probe distribution",
+                          choices=divergence.NOISES)
+  time_length: float = cli.option(1.0, "integration time T of every block "
+                                  "(its initial value when learned)",
+                                  positive=True)
+  train_time: bool = cli.option(True, "learn each block's T (maximum "
+                                "likelihood only)")
+  lr: float = cli.option(3e-3, "Adam learning rate (the peak, with a "
+                         "schedule)", positive=True)
+  lr_schedule: str = cli.option("constant", "learning rate over the run",
+                                choices=("constant", "cosine"))
+  warmup_steps: int = cli.option(0, "steps of linear learning-rate warmup",
+                                 low=0)
+  clipnorm: float = cli.option(0.0, "clip the global gradient norm (0: "
+                               "off)", low=0.0)
+  ema: float = cli.option(0.0, "momentum of an exponential moving average "
+                          "of the weights, used after training (0: off)",
+                          low=0.0, high=0.99999)
+  train_size: int = cli.option(0, "training images (0: the whole split)",
+                               low=0)
+  eval_size: int = cli.option(0, "test images of the final evaluation (0: "
+                              "the whole test split)", low=0)
+  eval_rtol: float = cli.option(1e-5, "dopri5 relative tolerance of the "
+                                "exact-likelihood evaluation", positive=True)
+  eval_atol: float = cli.option(1e-5, "dopri5 absolute tolerance of the "
+                                "exact-likelihood evaluation", positive=True)
+  val_size: int = cli.option(0, "test images evaluated during training for "
+                             "the curve (0: none)", low=0)
+  val_every: int = cli.option(10, "epochs between those evaluations",
+                              positive=True)
 
-  The paper's MNIST model is `dims=(64, 64, 64)`, `num_blocks=2`,
-  `layer="concat"`, `multiscale=True`, dopri5 at 1e-5 and batch 200, which
-  needs GPU-days; the defaults here are a CPU-sized version of it (see the
-  README for what they reach).
-  """
-  data: str = "mnist"
-  data_path: str = "../shared/data/mnist.npz"
-  out: str = "runs/images"
-  batch_size: int = 64
-  epochs: float = 1.0          # stops at whichever of epochs/budget/steps ends first
-  time_budget: float = 0.0     # training minutes, 0 for no limit
-  max_steps: int = 0           # 0 for no limit
-  dims: tuple = (32, 32)
-  strides: tuple = ()          # () for all 1
-  num_blocks: int = 1
-  multiscale: bool = True
-  num_scales: int = 0          # 0 for the paper's choice (3 for 28x28)
-  layer: str = "concat"
-  activation: str = "softplus"
-  alpha: float = 0.0           # 0 for the paper's (1e-6 MNIST, 0.05 CIFAR-10)
-  solver: str = "rk4"
-  step_size: float = 0.5
-  rtol: float = 1e-5
-  atol: float = 1e-5
-  max_num_steps: int = 1000
-  noise: str = "rademacher"
-  trace: str = "hutchinson"    # training (and evaluation) trace; exact costs D VJPs
-  train_time: bool = True
-  lr: float = 1e-3
-  train_size: int = 0          # 0 for the whole training split
-  eval_size: int = 0           # 0 for the full test split
-  eval_batch: int = 500
-  eval_solver: str = ""        # "" for the training solver; e.g. dopri5 (rtol/atol)
-  checkpoint_every: float = 120.0  # seconds
-  log_every: int = 10
-  seed: int = 0
-  export: bool = True          # SavedModel of the final model in out/saved_model
+
+def paper(config):
+  """the paper's MNIST model: multiscale, 64-64-64 concat conv nets, 2 blocks, dopri5, batch 200 (GPU-sized)"""
+  del config
+  return dict(net="conv", dims=(64, 64, 64), num_blocks=2, multiscale=True,
+              layer="concat", activation="softplus", solver="dopri5",
+              batch_size=200, lr=1e-3, alpha=1e-6, train_time=True)
+
+
+PRESETS = {"paper": paper}
+
+
+def check(config):
+  """The flag combinations the parser refuses (with exit 2), or None."""
+  if config.objective == "flow_matching" and (config.multiscale
+                                               or config.num_blocks != 1):
+    return ("--objective flow_matching regresses one vector field over the "
+            "whole image: use --multiscale false --num-blocks 1")
+  if config.ot and config.objective != "flow_matching":
+    return "--ot applies to --objective flow_matching"
+  if config.warmup_steps and config.lr_schedule != "cosine":
+    return "--warmup-steps needs --lr-schedule cosine"
+  return None
 
 
 def build_model(config, event_shape):
-  """The `MultiscaleFFJORDModel` of an `ImagesConfig`, compiled with Adam."""
+  """The compiled `ImageFlow` of an `ImagesConfig` (in the current strategy)."""
   keras.utils.set_random_seed(config.seed)
+  flow_matching = config.objective == "flow_matching"
   alpha = config.alpha or (0.05 if event_shape[-1] == 3 else 1e-6)
-  model = MultiscaleFFJORDModel(
-      event_shape, dims=config.dims, strides=config.strides or None,
+  model = ImageFlow(
+      event_shape, net=config.net, dims=config.dims,
+      strides=config.strides or None, layer=config.layer,
+      groups=config.groups, activation=config.activation,
       num_blocks=config.num_blocks, multiscale=config.multiscale,
-      num_scales=config.num_scales or None, layer=config.layer,
-      activation=config.activation, alpha=alpha,
-      train_time=config.train_time, solver=config.solver,
+      num_scales=config.num_scales or None, alpha=alpha,
+      train_time=config.train_time and not flow_matching,
+      time_length=config.time_length, solver=config.solver,
       step_size=config.step_size, rtol=config.rtol, atol=config.atol,
       max_num_steps=config.max_num_steps, noise=config.noise,
       trace=config.trace,
-      eval_kwargs={"solver": config.eval_solver} if config.eval_solver else None)
-  model.compile(keras.optimizers.Adam(config.lr))
-  model.optimizer.build(model.trainable_variables)
+      eval_options=dict(solver="dopri5", rtol=config.eval_rtol,
+                        atol=config.eval_atol, trace="hutchinson"))
+  lr = config.lr
+  if config.lr_schedule == "cosine":
+    lr = keras.optimizers.schedules.CosineDecay(
+        0.0 if config.warmup_steps else config.lr,
+        max(1, config.steps - config.warmup_steps),
+        warmup_target=config.lr if config.warmup_steps else None,
+        warmup_steps=config.warmup_steps)
+  optimizer = keras.optimizers.Adam(
+      lr, weight_decay=config.weight_decay or None,
+      global_clipnorm=config.clipnorm or None, use_ema=bool(config.ema),
+      ema_momentum=config.ema or 0.99)
+  model.compile(optimizer, objective=FlowMatching(ot=config.ot)
+                if flow_matching else MaximumLikelihood())
   return model
 
 
-def evaluate_bpd(model, images, batch_size=500, seed=0):
-  """Mean test bits/dim of uint8 images under one seeded dequantization.
-
-  The log-det uses the model's eval trace (Hutchinson for images: unbiased,
-  and its noise averages out over a test set).
+def run(config, strategy=None):
+  """Trains (resuming from `config.out`), evaluates and writes the outputs.
 
   Returns:
-    `(bpd, nll, nfe)`: mean bits/dim, mean nats per image, and the NFE of the
-    last batch.
+    The metrics dict, also written to `<out>/metrics.json` (under
+    `multiworker` only the chief writes files).
   """
-  fn = tf.function(lambda x: model._log_prob(  # pylint: disable=protected-access
-      x, model.eval_flow), autograph=False, reduce_retracing=True)
-  total, count, nfe = 0.0, 0, 0
-  for i in range(0, len(images), batch_size):
-    batch = images[i:i + batch_size]
-    x = dequantize(batch, seed=tf.constant([seed, i], tf.int32))
-    logp, nfe = fn(x)
-    total += float(tf.reduce_sum(logp))
-    count += len(batch)
-  nll = -total / count
-  return float(bits_per_dim(-nll, model.event_size)), nll, int(nfe)
-
-
-def _batches(x, batch_size, seed):
-  """(epoch, index) -> batch: a fresh seeded permutation per epoch."""
-  steps_per_epoch = max(1, len(x) // batch_size)
-  cache = {}
-
-  def get(step):
-    epoch, i = divmod(step, steps_per_epoch)
-    if epoch not in cache:
-      cache.clear()
-      cache[epoch] = np.random.default_rng([seed, epoch]).permutation(len(x))
-    return x[cache[epoch][i * batch_size:(i + 1) * batch_size]]
-
-  return get, steps_per_epoch
-
-
-def run(config):
-  """Trains (resuming from `config.out` if a checkpoint exists), evaluates,
-  and writes `metrics.json`, `curve.json`, `samples.png`, `curve.png` and
-  (with `export`) `saved_model/`.
-
-  Under a multi-replica strategy every step splits the global batch over the
-  replicas (see `training.common.split_batch`); the batch is dequantized
-  before the split with a seed of the step, so training matches one device
-  on the same global batch up to the Hutchinson probes (drawn per replica).
-  Under `multiworker` only the chief writes files.
-
-  Returns:
-    The metrics dict.
-  """
-  strategy = tf.distribute.get_strategy()
-  common.check_global_batch(config.batch_size, strategy)
-  chief = common.is_chief(strategy)
+  problem = check(config)
+  if problem:
+    raise ValueError(problem)
+  strategy = strategy or tf.distribute.get_strategy()
   os.makedirs(config.out, exist_ok=True)
-  (x_train, _), (x_test, _) = image_data.load(config.data, config.data_path)
+  (x_train, _), (x_test, _) = image_data.load(
+      config.data, os.path.join(config.data_root, FILES[config.data]))
   if config.train_size:
     x_train = x_train[:config.train_size]
-  eval_images = x_test[:config.eval_size] if config.eval_size else x_test
-  model = build_model(config, x_train.shape[1:])
   with strategy.scope():
-    elapsed = tf.Variable(0.0, dtype=tf.float64, name="elapsed")
-  # The checkpointer's counter holds the finished steps.
-  ckpt = checkpoints.Checkpointer(model, os.path.join(config.out,
-                                                      "checkpoints"),
-                                  extra={"elapsed": elapsed})
-  step = ckpt.restore()
-  curve_path = os.path.join(config.out, "curve.json")
-  curve = []
-  if step:
-    if os.path.exists(curve_path):
-      with open(curve_path) as f:
-        curve = [c for c in json.load(f) if c["step"] <= step]
-    print(f"Resumed from {ckpt.latest} at step {step} "
-          f"({float(elapsed.numpy()) / 60:.1f} min trained).", flush=True)
-
-  get_batch, steps_per_epoch = _batches(x_train, config.batch_size,
-                                        config.seed)
-  limit = math.ceil(config.epochs * steps_per_epoch)
-  if config.max_steps:
-    limit = min(limit, config.max_steps)
-  budget = config.time_budget * 60 or float("inf")
-  train_fn = common.distributed_step(model.likelihood_step, strategy=strategy)
-
-  def save():
-    ckpt.save(step)  # every worker: reads of synchronized variables
-    if chief:
-      common.write_json(curve_path, curve)
-
-  start, last_save = time.time() - float(elapsed.numpy()), time.time()
-  while step < limit:
-    over_budget, = common.any_worker(time.time() - start >= budget,
-                                     strategy=strategy)
-    if over_budget:
-      break
-    x = dequantize(get_batch(step), seed=tf.constant([config.seed, step],
-                                                      tf.int32))
-    logs = train_fn(common.split_batch(x.numpy(), strategy))
-    step += 1
-    elapsed.assign(time.time() - start)
-    if step % config.log_every == 0 or step == limit:
-      logs = {k: float(v) for k, v in logs.items()}
-      for m in model.metrics:  # report means over the logging interval
-        m.reset_state()
-      curve.append({"step": step, "minutes": float(elapsed.numpy()) / 60,
-                    "epoch": step / steps_per_epoch, **logs})
-      print(f"step {step} epoch {step / steps_per_epoch:.2f} "
-            f"{float(elapsed.numpy()) / 60:.1f} min bpd {logs['bpd']:.3f} "
-            f"nfe {logs['nfe']:.0f}", flush=True)
-    save_now, = common.any_worker(
-        time.time() - last_save > config.checkpoint_every, strategy=strategy)
-    if save_now:
-      save()
-      last_save = time.time()
-  save()
-  train_seconds = float(elapsed.numpy())
-
-  t0 = time.time()
-  test_bpd, test_nll, eval_nfe = evaluate_bpd(model, eval_images,
-                                              config.eval_batch, config.seed)
-  eval_seconds = time.time() - t0
-  subset = ("full test set" if len(eval_images) == len(x_test) else
-            f"first {len(eval_images)} of {len(x_test)} test images")
+    model = build_model(config, x_train.shape[1:])
+  validation = None
+  if config.val_size:
+    x_val = dequantize(x_test[:config.val_size], seed=[config.seed, 7])
+    validation = (x_val.numpy(),)
+  trained = run_lib.fit(
+      model, lambda start: batches.epoch_batches(
+          x_train, config.batch_size, config.seed, start,
+          transform=lambda x, seed: dequantize(x, seed=seed)),
+      config.out, config.steps, config.steps_per_epoch,
+      time_budget=config.time_budget, validation_data=validation,
+      validation_freq=config.val_every)
+  eval_images = x_test[:config.eval_size] if config.eval_size else x_test
+  ev = run_lib.evaluate(model, eval_images, config.eval_batch_size,
+                        config.seed)
+  curve = run_lib.read_curve(config.out)
   metrics = {
-      "test_bpd": test_bpd,
-      "test_nll": test_nll,
-      "test_examples": len(eval_images),
-      "test_subset": subset,
-      "nfe": curve[-1]["nfe"] if curve else eval_nfe,
-      "eval_nfe": eval_nfe,
-      "eval_solver": config.eval_solver or config.solver,
-      "seconds": train_seconds,
-      "eval_seconds": eval_seconds,
-      "steps": step,
-      "epochs": step / steps_per_epoch,
-      "train_bpd": curve[-1]["bpd"] if curve else None,
+      "data": config.data, "test_bpd": ev["bpd"],
+      "test_bpd_stderr": ev["bpd_stderr"], "test_nll": ev["nll"],
+      "test_examples": ev["examples"],
+      "test_subset": ("full test set" if ev["examples"] == len(x_test) else
+                      f"first {ev['examples']} of {len(x_test)} test images"),
+      "eval": "dopri5 rtol=atol=%g, Hutchinson trace (one probe per image)"
+              % config.eval_rtol,
+      "eval_nfe": ev["nfe"], "eval_seconds": ev["seconds"],
+      "seconds": trained["seconds"], "steps": trained["steps"],
+      "epochs": trained["steps"] * config.batch_size / len(x_train),
+      "stop_reason": trained["stop_reason"],
       "paper_bpd": PAPER_BPD.get(config.data),
-      "trace": (config.trace if config.trace == "exact" else
-                "hutchinson (one probe per image; unbiased log-det)"),
       "replicas": strategy.num_replicas_in_sync,
-      "config": dataclasses.asdict(config),
-  }
+      "config": dataclasses.asdict(config)}
+  for key in ("bpd", "fm_loss", "nfe", "val_bpd"):
+    values = [row[key] for row in curve if key in row]
+    if values:
+      metrics[f"last_{key}"] = values[-1]
   if config.export:  # every worker takes part (see on_every_worker)
-    common.on_every_worker(model.export,
-                           os.path.join(config.out, "saved_model"), strategy)
-  if chief:
+    run_lib.on_every_worker(model.export,
+                            os.path.join(config.out, "saved_model"), strategy)
+  if run_lib.is_chief(strategy):
     samples = model.sample(64, seed=config.seed).numpy()
     plots_images.save_grid(os.path.join(config.out, "samples.png"), samples)
-    common.write_json(os.path.join(config.out, "metrics.json"), metrics)
     plots_images.plot_curve(os.path.join(config.out, "curve.png"), curve,
-                            test_bpd, PAPER_BPD.get(config.data))
-  print(json.dumps({k: v for k, v in metrics.items() if k != "config"}),
+                            ev["bpd"], PAPER_BPD.get(config.data))
+    run_lib.write_json(os.path.join(config.out, "metrics.json"), metrics)
+  print(f"test bits/dim {ev['bpd']:.3f} ± {ev['bpd_stderr']:.3f} on "
+        f"{ev['examples']} images (eval NFE {ev['nfe']:.0f}), "
+        f"{trained['steps']} steps, {trained['seconds']:.0f} s of training",
         flush=True)
   return metrics
 
 
 def main(argv=None):
-  config = common.config_from_args(
-      ImagesConfig, "Train multiscale FFJORD on images.", argv)
-  if config.data == "cifar10" and config.data_path == ImagesConfig.data_path:
-    raise SystemExit("Pass --data-path to the cifar-10-batches-py directory.")
-  return run(config)
+  config, strategy = cli.parse(ImagesConfig, __doc__, argv, PRESETS,
+                               check=check)
+  return run(config, strategy)
 
 
 if __name__ == "__main__":

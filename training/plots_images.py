@@ -70,12 +70,14 @@ def save_grid(path, images, nrow=8, scale=2):
 
 
 def plot_curve(path, curve, test_bpd=None, reference=None):
-  """Plots training bits/dim against minutes (needs matplotlib; else skips).
+  """Plots bits/dim against minutes of training (needs matplotlib; else skips).
 
   Args:
     path: output PNG.
-    curve: list of dicts with `minutes` and `bpd`.
-    test_bpd: optional final test bits/dim, drawn as a point.
+    curve: rows of `curve.csv` (dicts with `seconds` and `bpd` (the
+      training batches' mean, maximum-likelihood runs) and/or `val_bpd`
+      (the exact-likelihood evaluation of a test subset)).
+    test_bpd: optional final test bits/dim, drawn at the end.
     reference: optional published bits/dim, drawn as a dashed line.
 
   Returns:
@@ -88,13 +90,18 @@ def plot_curve(path, curve, test_bpd=None, reference=None):
   except ImportError:
     return None
   fig, ax = plt.subplots(figsize=(5, 3.5))
-  ax.plot([c["minutes"] for c in curve], [c["bpd"] for c in curve],
-          label="train (batch mean)")
+  for key, label, style in (("bpd", "training batches", "-"),
+                            ("val_bpd", "test subset", "o-")):
+    rows = [r for r in curve if key in r]
+    if rows:
+      ax.plot([r["seconds"] / 60 for r in rows], [r[key] for r in rows],
+              style, label=label)
   if test_bpd is not None and curve:
-    ax.plot([curve[-1]["minutes"]], [test_bpd], "o", label="test")
+    ax.plot([curve[-1]["seconds"] / 60], [test_bpd], "s",
+            label=f"test ({test_bpd:.3f})")
   if reference is not None:
     ax.axhline(reference, ls="--", c="gray", label=f"paper ({reference})")
-  ax.set_xlabel("minutes")
+  ax.set_xlabel("minutes of training")
   ax.set_ylabel("bits/dim")
   ax.set_yscale("log")
   ax.legend()
