@@ -1,4 +1,4 @@
-"""Tests of the image flows: conv dynamics, logit/squeeze/ODENVP bijectors, the multiscale model, loaders and CLI."""
+"""Tests of the image flows: conv dynamics, logit/squeeze/ODENVP bijectors, ImageFlow, loaders and CLI."""
 
 import gzip
 import json
@@ -12,13 +12,13 @@ import pytest
 import tensorflow as tf
 import tensorflow_probability as tfp
 
+from tf_ffjord import ImageFlow, flows
 from tf_ffjord.bijector import FFJORD
 from tf_ffjord.conv import (CONV_LAYER_TYPES, ConcatSquashConv2DTranspose,
                             ConvODENet)
 from tf_ffjord.datasets import images as image_data
-from tf_ffjord.images import (LogitTransform, ODENVP, Squeeze, bits_per_dim,
-                              default_num_scales, dequantize)
-from tf_ffjord.multiscale import MultiscaleFFJORDModel
+from tf_ffjord.images import LogitTransform, Squeeze, bits_per_dim, dequantize
+from tf_ffjord.multiscale import ODENVP, default_num_scales
 
 tfb = tfp.bijectors
 
@@ -149,48 +149,50 @@ def test_default_num_scales_follows_the_paper():
 def test_odenvp_packs_every_dimension_with_analytic_flows():
   # Elementwise scalings with known log-dets: the stack must keep every value
   # (a permutation times the scalings) and sum the log-dets.
-  scales = {}
-
-  def make_flow(shape, index):
-    scales[index] = (float(index + 2), int(np.prod(shape)))
-    return tfb.Scale(np.float64(index + 2))
-
-  stack = ODENVP((8, 8, 2), make_flow, num_blocks=1)
+  shapes = ODENVP.flow_shapes((8, 8, 2), num_blocks=1)
+  assert shapes == [(8, 8, 2), (4, 4, 8), (4, 4, 4)]
+  stack = ODENVP([tfb.Scale(np.float64(k + 2)) for k in range(3)], (8, 8, 2),
+                 num_blocks=1)
   assert stack.num_scales == 2 and len(stack.all_flows) == 3
   x = np.random.default_rng(2).normal(size=[2, 8, 8, 2])
-  z, log_det, _ = stack.transform(x, "inverse")
-  assert z.shape == x.shape
-  expected = -sum(d * np.log(s) for s, d in scales.values())
-  np.testing.assert_allclose(log_det, [expected] * 2, rtol=1e-12)
-  x_back, fwd_log_det, _ = stack.transform(z, "forward")
-  np.testing.assert_allclose(x_back, x, rtol=1e-12)
-  np.testing.assert_allclose(fwd_log_det, -log_det, rtol=1e-12)
+  sol = stack.solve(x, "inverse")
+  assert sol.state.shape == x.shape
+  expected = -sum(np.prod(shape) * np.log(k + 2)
+                  for k, shape in enumerate(shapes))
+  np.testing.assert_allclose(sol.log_det, [expected] * 2, rtol=1e-12)
+  back = stack.solve(sol.state, "forward")
+  np.testing.assert_allclose(back.state, x, rtol=1e-12)
+  np.testing.assert_allclose(back.log_det, -sol.log_det, rtol=1e-12)
   # With identity flows the stack is a pure permutation of the pixels.
-  ident = ODENVP((8, 8, 2), lambda s, i: tfb.Identity(), num_blocks=2)
+  ident = ODENVP([tfb.Identity()] * 6, (8, 8, 2), num_blocks=2)
   z = ident.inverse(x)
   np.testing.assert_array_equal(np.sort(np.ravel(z)), np.sort(np.ravel(x)))
   np.testing.assert_array_equal(ident.forward(z), x)
+  with pytest.raises(ValueError, match="needs 3 flows"):
+    ODENVP([tfb.Identity()], (8, 8, 2), num_blocks=1)
 
 
 def _ffjord_stack(shape, trace="exact", **kwargs):
-  def make_flow(s, index):
+  blocks = []
+  for index, s in enumerate(ODENVP.flow_shapes(shape, num_blocks=1)):
     net = ConvODENet(dims=(4,), layer="concatsquash", activation="tanh",
                      channels=s[-1], dtype="float64", name=f"net{index}")
     net(tf.constant(0.0, tf.float64), tf.zeros([1, *s], tf.float64))
     # Non-trivial dynamics: scale up the random initial weights.
     net.set_weights([2.0 * w for w in net.get_weights()])
-    return FFJORD(net, trace=trace, event_ndims=3, **kwargs)
-  return ODENVP(shape, make_flow, num_blocks=1)
+    blocks.append(FFJORD(net, trace=trace, event_ndims=3, **kwargs))
+  return ODENVP(blocks, shape, num_blocks=1)
 
 
 def test_odenvp_log_det_matches_numeric_jacobian():
   stack = _ffjord_stack((4, 4, 1), solver="dopri5", rtol=1e-10, atol=1e-10)
   x = np.random.default_rng(3).normal(size=[1, 4, 4, 1])
-  fn = tf.function(lambda v: stack.transform(v, "inverse"), autograph=False)
-  z, log_det, nfe = fn(tf.constant(x))
-  assert int(nfe) > 0
+  fn = tf.function(lambda v: stack.solve(v, "inverse"), autograph=False)
+  sol = fn(tf.constant(x))
+  assert int(sol.nfe) > 0
+  log_det = sol.log_det
   jac = numeric_jacobian(
-      lambda v: fn(tf.constant(v))[0].numpy().reshape(len(v), -1), x)
+      lambda v: fn(tf.constant(v)).state.numpy().reshape(len(v), -1), x)
   sign, expected = np.linalg.slogdet(jac)
   assert sign != 0 and abs(expected) > 0.05  # a non-trivial map
   np.testing.assert_allclose(float(log_det[0]), expected, atol=1e-5)
@@ -199,10 +201,10 @@ def test_odenvp_log_det_matches_numeric_jacobian():
 def test_odenvp_forward_inverts_inverse():
   stack = _ffjord_stack((4, 4, 1), solver="dopri5", rtol=1e-8, atol=1e-8)
   z = np.random.default_rng(4).normal(size=[2, 4, 4, 1])
-  fwd = tf.function(lambda v: stack.transform(v, "forward"), autograph=False)
-  inv = tf.function(lambda v: stack.transform(v, "inverse"), autograph=False)
-  x, fldj, _ = fwd(tf.constant(z))
-  z_back, ildj, _ = inv(x)
+  fwd = tf.function(lambda v: stack.solve(v, "forward")[:2], autograph=False)
+  inv = tf.function(lambda v: stack.solve(v, "inverse")[:2], autograph=False)
+  x, fldj = fwd(tf.constant(z))
+  z_back, ildj = inv(x)
   assert float(tf.reduce_max(tf.abs(x - z))) > 1e-2  # it did move
   np.testing.assert_allclose(z_back, z, atol=1e-6)
   np.testing.assert_allclose(ildj, -fldj, atol=1e-6)
@@ -222,23 +224,24 @@ def test_dequantize_and_bits_per_dim():
     dequantize(np.full([1, 2, 2, 1], 2.0))
 
 
-# -- the multiscale model ---------------------------------------------------
+# -- the image model ----------------------------------------------------------
 
 
-def test_multiscale_model_bits_per_dim_falls():
+def test_image_flow_bits_per_dim_falls():
   keras.utils.set_random_seed(0)
-  model = MultiscaleFFJORDModel((8, 8, 1), dims=(8,), num_blocks=1,
-                                solver="rk4", step_size=1.0)
-  assert len(model.nets) == 3  # pre/post squeeze at scale 0, then scale 1
-  assert len(model.time_weights) == 3
+  model = ImageFlow((8, 8, 1), dims=(8,), num_blocks=1, solver="rk4",
+                    step_size=1.0)
+  blocks = flows.ffjord_blocks(model.bijector)
+  assert len(blocks) == 3  # pre/post squeeze at scale 0, then scale 1
+  assert all(len(b.keras_layers) == 2 for b in blocks)  # net and learned T
   model.compile(keras.optimizers.Adam(2e-2))
   x = digits(256)
   held_out = digits(512)[256:]
-  before = float(tf.reduce_mean(model.bits_per_dim(held_out)))
+  before = float(tf.reduce_mean(model.bits_per_dim(held_out, seed=[0, 1])))
   history = model.fit(x, batch_size=64, epochs=4, verbose=0)
-  after = float(tf.reduce_mean(model.bits_per_dim(held_out)))
+  after = float(tf.reduce_mean(model.bits_per_dim(held_out, seed=[0, 1])))
   bpd = history.history["bpd"]
-  assert set(history.history) == {"nll", "bpd", "nfe"}
+  assert set(history.history) == {"nll", "bpd", "nfe", "nfe_backward"}
   assert history.history["nfe"][-1] == 3 * 4  # 3 blocks x one rk4 step
   assert bpd[-1] < bpd[0] - 1.0, bpd
   assert after < before - 1.0, (before, after)
@@ -248,17 +251,18 @@ def test_multiscale_model_bits_per_dim_falls():
                                   rel=1e-5)
 
 
-def test_multiscale_model_single_scale_and_bad_input():
-  model = MultiscaleFFJORDModel((4, 4, 1), dims=(4,), num_blocks=2,
-                                multiscale=False, train_time=False,
-                                solver="rk4", step_size=1.0)
-  assert model.flow.num_scales == 1 and len(model.nets) == 2
+def test_image_flow_single_scale_config_and_bad_input():
+  model = ImageFlow((4, 4, 1), dims=(4,), num_blocks=2, multiscale=False,
+                    train_time=False, solver="rk4", step_size=1.0)
+  assert len(flows.ffjord_blocks(model.bijector)) == 2
   assert model.get_config()["multiscale"] is False
-  clone = MultiscaleFFJORDModel.from_config(model.get_config())
-  assert len(clone.nets) == 2 and clone.flow.num_scales == 1
+  clone = ImageFlow.from_config(model.get_config())
+  assert len(flows.ffjord_blocks(clone.bijector)) == 2
   assert clone.ffjord_kwargs == {"solver": "rk4", "step_size": 1.0}
   with pytest.raises(ValueError, match="\\(4, 4, 1\\)"):
     model.log_prob(np.zeros([2, 8, 8, 1], np.float32))
+  with pytest.raises(ValueError, match="net"):
+    ImageFlow((4, 4, 1), net="resnet")
 
 
 # -- loaders ------------------------------------------------------------------
@@ -343,32 +347,71 @@ def test_missing_files_are_named(tmp_path):
 # -- the CLI ------------------------------------------------------------------
 
 
+def _digits_file(tmp_path, n_train=64, n_test=32):
+  x = digits(n_train + n_test, size=4)
+  np.savez(tmp_path / "mnist.npz", x_train=x[:n_train, ..., 0],
+           y_train=np.zeros(n_train, np.uint8), x_test=x[n_train:, ..., 0],
+           y_test=np.zeros(n_test, np.uint8))
+  return tmp_path
+
+
 def test_training_cli_writes_outputs_and_resumes(tmp_path):
   from training import images as cli  # pylint: disable=import-outside-toplevel
-  x = digits(96, size=4)
-  path = tmp_path / "digits.npz"
-  np.savez(path, x_train=x[:64, ..., 0], y_train=np.zeros(64, np.uint8),
-           x_test=x[64:, ..., 0], y_test=np.zeros(32, np.uint8))
+  root = _digits_file(tmp_path)
   out = tmp_path / "run"
-  args = ["--data-path", str(path), "--out", str(out), "--batch-size", "16",
-          "--dims", "4", "--step-size", "1.0", "--log-every", "1",
-          "--multiscale", "false", "--num-blocks", "1",
-          "--eval-size", "20", "--eval-batch", "10"]
-  first = cli.main(args + ["--max-steps", "2"])
+  args = ["--data-root", str(root), "--out", str(out), "--batch-size", "16",
+          "--dims", "4", "--step-size", "1.0", "--steps-per-epoch", "1",
+          "--multiscale", "false", "--num-blocks", "1", "--eval-size", "20",
+          "--eval-batch-size", "10", "--val-size", "8", "--val-every", "1"]
+  first = cli.main(args + ["--steps", "2"])
   written = json.loads((out / "metrics.json").read_text())
   assert written["test_bpd"] == first["test_bpd"]
   assert first["steps"] == 2
   assert first["test_examples"] == 20
   assert first["test_subset"] == "first 20 of 32 test images"
-  for key in ("test_bpd", "nfe", "seconds"):
+  for key in ("test_bpd", "test_bpd_stderr", "eval_nfe", "seconds"):
     assert np.isfinite(first[key])
+  assert first["eval_nfe"] > 4  # dopri5 at 1e-5, not the training grid
   with open(out / "samples.png", "rb") as f:
     assert f.read(8) == b"\x89PNG\r\n\x1a\n"
-  # A rerun with a larger step limit resumes from the checkpoint.
-  # It can also evaluate with an adaptive solver.
-  cli.main(args + ["--max-steps", "3", "--eval-solver", "dopri5"])
-  second = json.loads((out / "metrics.json").read_text())
+  # A rerun with more steps resumes from the checkpoint.
+  second = cli.main(args + ["--steps", "3"])
   assert second["steps"] == 3
-  assert second["eval_solver"] == "dopri5" and second["eval_nfe"] != 4
-  curve = json.loads((out / "curve.json").read_text())
-  assert [c["step"] for c in curve] == [1, 2, 3]
+  rows = (out / "curve.csv").read_text().splitlines()
+  assert rows[0].startswith("epoch,") and "val_bpd" in rows[0]
+  assert [r.split(",")[0] for r in rows[1:]] == ["0", "1", "2"]
+  assert (out / "saved_model" / "saved_model.pb").exists()
+
+
+def test_training_cli_flow_matching_with_unet(tmp_path):
+  from training import images as cli  # pylint: disable=import-outside-toplevel
+  root = _digits_file(tmp_path)
+  out = tmp_path / "fm"
+  metrics = cli.main([
+      "--data-root", str(root), "--out", str(out), "--objective",
+      "flow_matching", "--net", "unet", "--dims", "4,8", "--groups", "2",
+      "--activation", "swish", "--multiscale", "false", "--num-blocks", "1",
+      "--alpha", "0.05", "--batch-size", "16", "--steps", "4",
+      "--steps-per-epoch", "2", "--lr-schedule", "cosine",
+      "--warmup-steps", "1", "--clipnorm", "1", "--ema", "0.9",
+      "--eval-size", "8", "--eval-rtol", "1e-3", "--eval-atol", "1e-3",
+      "--export", "false"])
+  assert metrics["steps"] == 4 and np.isfinite(metrics["test_bpd"])
+  assert "last_fm_loss" in metrics and metrics["eval_nfe"] > 0
+
+
+@pytest.mark.parametrize("flags,message", [
+    (["--batch-size", "0"], "must be > 0"),
+    (["--steps", "-5"], "must be > 0"),
+    (["--multiscale", "ture"], "expected true or false"),
+    (["--objective", "flow_matching"], "--multiscale false --num-blocks 1"),
+    (["--ot", "true"], "--ot applies"),
+    (["--net", "resnet"], "invalid choice"),
+])
+def test_training_cli_refuses_bad_flags(flags, message, capsys):
+  from training import images as cli  # pylint: disable=import-outside-toplevel
+  with pytest.raises(SystemExit) as e:
+    cli.main(flags)
+  assert e.value.code == 2
+  err = capsys.readouterr().err.strip().splitlines()
+  assert message in err[-1] and "Traceback" not in "".join(err)

@@ -7,7 +7,8 @@ import tensorflow as tf
 from scipy.integrate import quad
 from scipy.linalg import expm
 
-from tf_ffjord import FFJORD, FFJORDModel, ODENet, datasets, divergence
+from tf_ffjord import (FFJORD, FFJORDModel, MaximumLikelihood, ODENet, datasets,
+                       divergence)
 from tf_ffjord import regularizers as regs
 from tf_ffjord import solvers
 
@@ -129,8 +130,9 @@ def test_bad_names_raise():
 def _fit(regularization, steps=40, seed=0):
   keras.utils.set_random_seed(seed)
   model = FFJORDModel((2,), dynamics=ODENet(hidden=(16, 16)), solver="rk4",
-                      step_size=0.5, regularization=regularization)
-  model.compile(keras.optimizers.Adam(1e-2))
+                      step_size=0.5)
+  model.compile(keras.optimizers.Adam(1e-2),
+                objective=MaximumLikelihood(regularization))
   x = datasets.toy.sample("8gaussians", 64 * steps, seed=seed).astype("f4")
   hist = model.fit(x, batch_size=64, epochs=1, verbose=0).history
   return model, hist
@@ -147,7 +149,7 @@ def test_model_logs_and_minimizes_regularizers():
   x = datasets.toy.sample("8gaussians", 512, seed=9).astype("f4")
 
   def kinetic(model):
-    bij = FFJORD(model.dynamics, solver="rk4", step_size=0.5,
+    bij = FFJORD(model.blocks[0].dynamics, solver="rk4", step_size=0.5,
                  trace="exact", regularizers=("kinetic",))
     return float(tf.reduce_mean(_solve(bij, x).regularization["kinetic"]))
 

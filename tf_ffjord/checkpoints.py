@@ -1,10 +1,10 @@
 """`Checkpoint`: the one resumable training state (model, optimizer, epoch, callback states), as a Keras callback."""
 
-import glob
 import json
 import os
 import shutil
 
+import h5py
 import keras
 import numpy as np
 import tensorflow as tf
@@ -18,6 +18,8 @@ _KERAS_STATE = {
                                     "stopped_epoch"),
     keras.callbacks.ReduceLROnPlateau: ("wait", "best", "cooldown_counter"),
 }
+_STATE_FILE = "checkpoint.json"
+_BEST = "best.weights.h5"
 
 
 class CheckpointError(ValueError):
@@ -48,7 +50,7 @@ def is_chief(strategy=None):
 
 def _jsonable(value):
   if isinstance(value, np.generic):
-    return value.item()
+    value = value.item()
   if isinstance(value, float) and not np.isfinite(value):
     return str(value)  # "inf", "-inf", "nan"
   return value
@@ -58,24 +60,52 @@ def _unjson(value):
   return float(value) if value in ("inf", "-inf", "nan") else value
 
 
+def _write_json(path, payload):
+  """Writes JSON atomically: a kill leaves the old file or the new one."""
+  tmp = path + ".tmp"
+  with open(tmp, "w", encoding="utf-8") as f:
+    json.dump(payload, f)
+  os.replace(tmp, path)
+
+
+def _read_json(path, what):
+  try:
+    with open(path, encoding="utf-8") as f:
+      return json.load(f)
+  except (OSError, ValueError) as e:
+    raise CheckpointError(f"The {what} {path} is corrupted, truncated or "
+                          f"unreadable ({type(e).__name__}: {e}).") from e
+
+
+def _unreadable(path):
+  """Whether a Keras weights file cannot be read to the end."""
+  try:
+    with h5py.File(path, "r") as f:
+      f.visititems(lambda name, obj: obj[()] if isinstance(
+          obj, h5py.Dataset) else None)
+  except Exception:  # pylint: disable=broad-except
+    return True
+  return False
+
+
 class Checkpoint(keras.callbacks.Callback):
   """Saves and restores a training run, as a Keras callback of `fit`.
 
-  One TensorFlow object checkpoint holds the model (its weights keyed by
-  their path in the model's object graph, not by position), the optimizer
-  state, the number of finished epochs and the progress of the given
-  callbacks: the counters and best values of `keras.callbacks.EarlyStopping`
-  and `ReduceLROnPlateau`, and the state of any callback with
-  `get_state()`/`set_state(dict)` (such as `TimeBudget`). With an
+  A checkpoint is Keras' own weights file, `ckpt-<epoch>.weights.h5`, which
+  keys every weight by its layer's path in the model (and holds the
+  optimizer state, EMA weights included), beside `ckpt-<epoch>.json`: the
+  number of finished epochs and the progress of the given callbacks (the
+  counters and best values of `keras.callbacks.EarlyStopping` and
+  `ReduceLROnPlateau`, and the state of any callback with
+  `get_state()`/`set_state(dict)`, such as `TimeBudget`). With an
   `EarlyStopping(restore_best_weights=True)`, the best weights are kept in
-  a second checkpoint, `<directory>/best`.
+  `best.weights.h5`. `checkpoint.json` names the latest checkpoint.
 
-  TensorFlow writes each checkpoint to temporary files and renames them, and
-  updates the `checkpoint` state file last, so a `kill -9` during a save
-  leaves the previous checkpoint intact. `restore()` turns every unreadable
-  file into a `CheckpointError` that names it. Under
-  `MultiWorkerMirroredStrategy` every worker saves (reads of synchronized
-  variables are collective), but only the chief's files are kept.
+  Every file is written to a temporary name and renamed, and
+  `checkpoint.json` last, so a `kill -9` during a save leaves the previous
+  checkpoint intact. `restore()` turns every unreadable file into a
+  `CheckpointError` that names it. Under `MultiWorkerMirroredStrategy`
+  every worker saves, but only the chief's files are kept.
 
   Put it after the callbacks it restores in `fit`'s list: their
   `on_train_begin` resets their state, and this one's puts it back.
@@ -85,6 +115,9 @@ class Checkpoint(keras.callbacks.Callback):
     directory: checkpoint directory (created on the first save).
     callbacks: callbacks whose progress is saved and restored.
     max_to_keep: how many of the latest checkpoints to keep.
+
+  Raises:
+    ValueError: a callback whose state it cannot save.
 
   #### Examples
 
@@ -103,91 +136,49 @@ class Checkpoint(keras.callbacks.Callback):
       if not (hasattr(cb, "get_state") or type(cb) in _KERAS_STATE):
         raise ValueError(f"Checkpoint cannot save the state of "
                          f"{type(cb).__name__}: it has no get_state().")
-    strategy = model.distribute_strategy
-    with strategy.scope():
-      self.epoch = tf.Variable(0, dtype=tf.int64, trainable=False,
-                               name="epoch")
-    with tf.init_scope():
-      self._states = tf.Variable("{}", dtype=tf.string, trainable=False,
-                                 name="callback_states")
-    self._chief, task_id = _chief_and_id(strategy)
-    items = {"model": model, "epoch": self.epoch,
-             "callback_states": self._states}
-    if getattr(model, "optimizer", None) is not None:
-      items["optimizer"] = model.optimizer
-    self.checkpoint = tf.train.Checkpoint(**items)
-    self.best = tf.train.Checkpoint(model=model)
+    self.max_to_keep = int(max_to_keep)
+    self._chief, task_id = _chief_and_id(model.distribute_strategy)
     self._write_dir = self.directory
     if not self._chief:  # a private scratch copy, deleted after each save
       self._write_dir = os.path.join(self.directory, f".worker-{task_id}")
-    self._max_to_keep = max_to_keep
-    self._managers = {}
-    self._pending = None  # restored callback states, applied at train begin
+    self.epoch = 0
+    self._pending = {}
     self._saved_best = None
 
   # -- files ---------------------------------------------------------------
 
-  def _manager(self, which="latest"):
-    if which not in self._managers:
-      directory = self._write_dir
-      if which == "best":
-        directory = os.path.join(directory, "best")
-      else:
-        self._check_state_file(self.directory)
-      self._managers[which] = tf.train.CheckpointManager(
-          self.checkpoint if which == "latest" else self.best, directory,
-          max_to_keep=self._max_to_keep if which == "latest" else 1)
-    return self._managers[which]
-
-  @staticmethod
-  def _prefixes(directory):
-    return sorted(p[:-len(".index")] for p in
-                  glob.glob(os.path.join(directory, "*.index")))
-
-  def _check_state_file(self, directory):
-    """The latest checkpoint prefix in `directory`, or None; raises if bad."""
-    state_file = os.path.join(directory, "checkpoint")
-    if not os.path.exists(state_file):
-      return None
-    state = tf.train.get_checkpoint_state(directory)
-    if state is None or not state.model_checkpoint_path:
-      raise CheckpointError(
-          f"The checkpoint state file {state_file} is corrupted or "
-          "truncated. Fix or delete it (the checkpoints it lists are "
-          f"{self._prefixes(directory) or 'none'}), or delete {directory} "
-          "to start over.")
-    prefix = state.model_checkpoint_path
-    if not os.path.isabs(prefix):
-      prefix = os.path.join(directory, prefix)
-    return prefix
+  @property
+  def state_file(self):
+    return os.path.join(self.directory, _STATE_FILE)
 
   @property
   def latest(self):
-    """Path prefix of the latest checkpoint, or None."""
-    return self._check_state_file(self.directory)
-
-  def _read(self, checkpoint, prefix, what):
-    """Restores `prefix` into `checkpoint`, naming a bad file on failure."""
-    index = prefix + ".index"
-    if not os.path.exists(index):
-      raise CheckpointError(
-          f"The state file names the {what} checkpoint {prefix}, but {index} "
-          "is missing. Restore the file or delete the directory to start "
-          "over.")
+    """Path prefix of the latest checkpoint (`<dir>/ckpt-N`), or None."""
+    if not os.path.exists(self.state_file):
+      return None
+    state = _read_json(self.state_file, "checkpoint state file")
     try:
-      checkpoint.restore(prefix).assert_existing_objects_matched()
-    except (tf.errors.OpError, ValueError, AssertionError, IndexError,
-            KeyError) as e:
-      bad = _unreadable_file(prefix)
-      if bad:
-        raise CheckpointError(
-            f"The checkpoint file {bad} is corrupted or truncated "
-            f"({type(e).__name__}: {e}). Delete the files of {prefix} to "
-            "resume from an earlier checkpoint "
-            f"({self._prefixes(os.path.dirname(prefix))}), or delete "
-            f"{self.directory} to start over.") from e
+      return os.path.join(self.directory, state["latest"])
+    except (KeyError, TypeError) as e:
       raise CheckpointError(
-          f"The {what} checkpoint {prefix} does not fit this model (another "
+          f"The checkpoint state file {self.state_file} is corrupted (no "
+          f"'latest' entry). Fix or delete it, or delete {self.directory} "
+          "to start over.") from e
+
+  def _load_weights(self, path, what):
+    if not os.path.exists(path):
+      raise CheckpointError(
+          f"The {what} weights file {path} is missing. Restore it, or delete "
+          f"{self.directory} to start over.")
+    if _unreadable(path):
+      raise CheckpointError(
+          f"The {what} weights file {path} is corrupted or truncated. Delete "
+          f"it (and {self.state_file}) to start over, or restore it.")
+    try:
+      self._model_ref.load_weights(path)
+    except (ValueError, KeyError, IndexError) as e:
+      raise CheckpointError(
+          f"The {what} checkpoint {path} does not fit this model (another "
           f"configuration?): {type(e).__name__}: {e}") from e
 
   # -- restore and save ----------------------------------------------------
@@ -200,34 +191,34 @@ class Checkpoint(keras.callbacks.Callback):
       `initial_epoch` to `fit`.
 
     Raises:
-      CheckpointError: naming the state, index or data file that is
+      CheckpointError: naming the state, weights or progress file that is
         corrupted, truncated or missing, or the checkpoint that does not fit
         this model.
     """
     prefix = self.latest
     if prefix is None:
       return 0
+    progress = _read_json(prefix + ".json", "checkpoint progress file")
     model = self._model_ref
     opt = getattr(model, "optimizer", None)
     if opt is not None and not opt.built:
-      # Keras creates optimizer slots lazily; restore needs them now.
+      # Keras creates optimizer slots lazily; the load needs them now.
       with model.distribute_strategy.scope():
         opt.build(model.trainable_variables)
-    states = {}
-    best_prefix = self._check_state_file(os.path.join(self.directory,
-                                                      "best"))
-    if best_prefix is not None and any(
-        type(cb) is keras.callbacks.EarlyStopping for cb in self.tracked):
-      self._read(self.best, best_prefix, "best")
+    states = dict(progress.get("callbacks", {}))
+    best = os.path.join(self.directory, _BEST)
+    if os.path.exists(best) and any(
+        getattr(cb, "restore_best_weights", False) for cb in self.tracked):
+      self._load_weights(best, "best")
       states["best_weights"] = model.get_weights()
-    self._read(self.checkpoint, prefix, "latest")
-    states.update(json.loads(self._states.numpy().decode()))
+    self._load_weights(prefix + ".weights.h5", "latest")
     self._pending = states
     self._apply_states()  # now, so that a caller can read them before fit
-    return int(self.epoch.numpy())
+    self.epoch = int(progress["epoch"])
+    return self.epoch
 
   def _apply_states(self):
-    states = self._pending or {}
+    states = self._pending
     for i, cb in enumerate(self.tracked):
       state = states.get(str(i))
       if state is None:
@@ -237,8 +228,8 @@ class Checkpoint(keras.callbacks.Callback):
         continue
       for name, value in state.items():
         setattr(cb, name, _unjson(value))
-      if (type(cb) is keras.callbacks.EarlyStopping
-          and cb.restore_best_weights and "best_weights" in states):
+      if getattr(cb, "restore_best_weights", False) and (
+          "best_weights" in states):
         cb.best_weights = states["best_weights"]
         self._saved_best = cb.best_weights
 
@@ -252,28 +243,47 @@ class Checkpoint(keras.callbacks.Callback):
                           for name in _KERAS_STATE[type(cb)]}
     return states
 
+  def _save_weights(self, path):
+    tmp = path[:-len(".weights.h5")] + ".tmp.weights.h5"
+    self._model_ref.save_weights(tmp)
+    os.replace(tmp, path)
+
   def save(self, epoch):
-    """Writes a checkpoint after `epoch` epochs; returns its path."""
-    self.epoch.assign(int(epoch))
-    self._states.assign(json.dumps(self._collect_states()))
+    """Writes a checkpoint after `epoch` epochs; returns its prefix."""
+    os.makedirs(self._write_dir, exist_ok=True)
     for cb in self.tracked:
       # A new best (EarlyStopping replaces its list on improvement): the
       # current weights are it.
       best = getattr(cb, "best_weights", None)
       if best is not None and best is not self._saved_best:
         self._saved_best = best
-        self._manager("best").save(checkpoint_number=int(epoch))
-    path = self._manager().save(checkpoint_number=int(epoch))
+        self._save_weights(os.path.join(self._write_dir, _BEST))
+    name = f"ckpt-{int(epoch)}"
+    prefix = os.path.join(self._write_dir, name)
+    self._save_weights(prefix + ".weights.h5")
+    _write_json(prefix + ".json", {"epoch": int(epoch),
+                                   "callbacks": self._collect_states()})
+    state_file = os.path.join(self._write_dir, _STATE_FILE)
+    kept = []
+    if os.path.exists(state_file):
+      kept = [k for k in _read_json(state_file, "checkpoint state file").get(
+          "all", []) if k != name]
+    kept.append(name)
+    _write_json(state_file, {"latest": name, "all": kept[-self.max_to_keep:]})
+    for old in kept[:-self.max_to_keep]:
+      for suffix in (".weights.h5", ".json"):
+        path = os.path.join(self._write_dir, old + suffix)
+        if os.path.exists(path):
+          os.remove(path)
+    self.epoch = int(epoch)
     if not self._chief:
       shutil.rmtree(self._write_dir, ignore_errors=True)
-      self._managers = {}
-    return path
+    return prefix
 
   def delete(self):
     """Removes the checkpoint directory (the chief's; other workers no-op)."""
     shutil.rmtree(self.directory if self._chief else self._write_dir,
                   ignore_errors=True)
-    self._managers = {}
 
   # -- the Keras callback ----------------------------------------------------
 
@@ -282,19 +292,3 @@ class Checkpoint(keras.callbacks.Callback):
 
   def on_epoch_end(self, epoch, logs=None):
     self.save(epoch + 1)
-
-
-def _unreadable_file(prefix):
-  """The index or data file of `prefix` that cannot be read, or None."""
-  index = prefix + ".index"
-  try:
-    reader = tf.train.load_checkpoint(prefix)
-  except Exception:  # pylint: disable=broad-except
-    return index
-  data = sorted(glob.glob(prefix + ".data-*"))
-  try:
-    for name in reader.get_variable_to_shape_map():
-      reader.get_tensor(name)
-  except Exception:  # pylint: disable=broad-except
-    return ", ".join(data) or prefix + ".data-*"
-  return None

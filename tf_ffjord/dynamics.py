@@ -6,7 +6,7 @@ import tensorflow as tf
 __all__ = ["ConcatSquashDense", "ConcatDense", "IgnoreDense", "SquashDense",
            "BlendDense", "ODENet", "LAYER_TYPES", "ACTIVATIONS",
            "time_features", "batch_features", "apply_time_layers",
-           "TimeConditionedNet"]
+           "DynamicsNet", "TimeConditionedNet"]
 
 ACTIVATIONS = ("tanh", "softplus", "elu", "swish", "relu")
 
@@ -157,7 +157,22 @@ LAYER_TYPES = {
 }
 
 
-class TimeConditionedNet(keras.Model):
+class DynamicsNet(keras.Model):
+  """Base of the Keras dynamics nets, called as f(t, x[, context]).
+
+  Keras only takes tensors as positional inputs, and t is often a Python
+  float: the call converts t (and the context) to tensors of x's dtype.
+  """
+
+  def __call__(self, t, x, context=None, **kwargs):
+    x = tf.convert_to_tensor(x)
+    t = tf.convert_to_tensor(t, dtype=x.dtype)
+    if context is not None:
+      context = tf.convert_to_tensor(context, dtype=x.dtype)
+    return super().__call__(t, x, context=context, **kwargs)
+
+
+class TimeConditionedNet(DynamicsNet):
   """Base of the dynamics nets f(t, x[, context]) made of time layers.
 
   Checks the layer type and activation names, and runs `apply_time_layers`;
@@ -187,14 +202,6 @@ class TimeConditionedNet(keras.Model):
     self.activation_name = activation
     self.activation = keras.activations.get(activation)
     self.context_dim = int(context_dim)
-
-  def __call__(self, t, x, context=None, **kwargs):
-    # Keras only accepts tensors as positional inputs; t is often a float.
-    x = tf.convert_to_tensor(x)
-    t = tf.convert_to_tensor(t, dtype=x.dtype)
-    if context is not None:
-      context = tf.convert_to_tensor(context, dtype=x.dtype)
-    return super().__call__(t, x, context=context, **kwargs)
 
   def call(self, t, x, context=None):
     return apply_time_layers(self, t, x, context)

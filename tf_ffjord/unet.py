@@ -5,7 +5,7 @@ import math
 import keras
 import tensorflow as tf
 
-from tf_ffjord.dynamics import time_features
+from tf_ffjord.dynamics import DynamicsNet, time_features
 
 __all__ = ["SMOOTH_ACTIVATIONS", "UNetResBlock", "UNetODENet"]
 
@@ -62,7 +62,7 @@ class UNetResBlock(keras.layers.Layer):
 
 
 @keras.saving.register_keras_serializable("tf_ffjord")
-class UNetODENet(keras.Model):
+class UNetODENet(DynamicsNet):
   """A time-conditioned U-Net f(t, x[, context]) -> dx/dt for images.
 
   Level i works at resolution H / 2^i with `channels[i]` channels: a residual
@@ -140,14 +140,6 @@ class UNetODENet(keras.Model):
                                                      name="out_norm")
                      if self.groups else None)
     self.out_conv = None
-
-  def __call__(self, t, x, context=None, **kwargs):
-    # Keras only takes tensors positionally; t is often a Python float.
-    x = tf.convert_to_tensor(x)
-    t = tf.convert_to_tensor(t, dtype=x.dtype)
-    if context is not None:
-      context = tf.convert_to_tensor(context, dtype=x.dtype)
-    return super().__call__(t, x, context=context, **kwargs)
 
   def build(self, t_shape, x_shape, context_shape=None):
     if len(x_shape) != 4:

@@ -76,7 +76,7 @@ def fit(model, train_data, out, steps, steps_per_epoch, time_budget=0.0,
       initial_epoch=initial_epoch, steps_per_epoch=steps_per_epoch,
       validation_data=validation_data, validation_freq=validation_freq,
       callbacks=logs, verbose=verbose, shuffle=False)
-  done = int(ckpt.epoch.numpy())
+  done = ckpt.epoch
   if any(getattr(cb, "stopped_epoch", 0) for cb in callbacks):
     reason = "early stopping"
   elif budget.exhausted:
