@@ -142,7 +142,7 @@ def _parser(config_cls, defaults, description, presets):
 
 
 def parse(config_cls, description, argv=None, presets=None,
-          data_defaults=None):
+          data_defaults=None, check=None):
   """Parses argv into a config and applies `--strategy`.
 
   Every dataclass field is a `--flag` whose value is checked here: a bad
@@ -158,6 +158,8 @@ def parse(config_cls, description, argv=None, presets=None,
     argv: the arguments (default `sys.argv[1:]`).
     presets: dict name -> preset.
     data_defaults: dict data name -> dict of default overrides.
+    check: optional `fn(config) -> str or None`: a message refuses a
+      combination of flags (one-line usage error, exit 2).
 
   Returns:
     `(config, strategy)`.
@@ -170,11 +172,15 @@ def parse(config_cls, description, argv=None, presets=None,
   preset = getattr(known, "preset", None)
   if preset:
     defaults.update(presets[preset](config_cls(**defaults)))
-  args = vars(_parser(config_cls, defaults, description,
-                      presets).parse_args(argv))
+  parser = _parser(config_cls, defaults, description, presets)
+  args = vars(parser.parse_args(argv))
   args.pop("preset", None)
-  strategy = use_strategy(args.pop("strategy"))
-  return config_cls(**args), strategy
+  strategy_name = args.pop("strategy")
+  config = config_cls(**args)
+  problem = check(config) if check else None
+  if problem:
+    parser.error(problem)
+  return config, use_strategy(strategy_name)
 
 
 def use_strategy(name):
