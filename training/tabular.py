@@ -27,13 +27,16 @@ Writes `<out>/metrics.json` (test NLL and standard error, the paper's figure,
 a full-covariance Gaussian baseline, NFE, seconds, stop reason, ...) and,
 with `--export true`, the final (best) model as a SavedModel that serves
 without tf_ffjord in `<out>/saved_model`. Under `--strategy` Keras splits
-each global batch over the replicas; under `multiworker` only the chief
-writes files.
+each global batch over the replicas (--batch-size must be a multiple of
+them, and validation drops the last rows of the split, fewer than the
+replicas, so that every batch splits evenly); under `multiworker` only the
+chief writes files.
 """
 
 import dataclasses
 import math
 import os
+import sys
 
 import keras
 import numpy as np
@@ -121,8 +124,9 @@ class TabularConfig(cli.RunConfig):
                                 "(maximum likelihood only: flow matching "
                                 "keeps T fixed)")
   # training solves
-  solver: str = cli.option("dopri5", "ODE solver of training and sampling",
-                           choices=SOLVERS)
+  solver: str = cli.option("dopri5", "ODE solver of training (validation, "
+                           "test, sampling and the export use "
+                           "Dormand-Prince)", choices=SOLVERS)
   rtol: float = cli.option(1e-6, "relative tolerance of adaptive solvers in "
                            "training", positive=True)
   atol: float = cli.option(1e-8, "absolute tolerance of adaptive solvers in "
@@ -133,7 +137,8 @@ class TabularConfig(cli.RunConfig):
                                   "fails", positive=True)
   gradient: str = cli.option("auto", "gradient of training solves: adjoint "
                              "or backprop through the solver (auto: adjoint "
-                             "for adaptive solvers)", choices=GRADIENTS)
+                             "for adaptive solvers, backprop for fixed-grid "
+                             "ones)", choices=GRADIENTS)
   trace: str = cli.option("hutchinson", "trace estimator of training",
                           choices=divergence.TRACES)
   noise: str = cli.option("gaussian", "Hutchinson probe distribution",
@@ -239,8 +244,14 @@ def run(config, strategy=None):
         f"{strategy.num_replicas_in_sync} replica(s)", flush=True)
   with strategy.scope():
     model = build_model(config, dim)
+  # Keras builds a distributed model from the replicas' mean of the first
+  # batch, which fails on uneven shares: validate on batches that split
+  # evenly (dropping fewer rows than replicas), which also makes the
+  # validation NLL an exact mean.
+  k = strategy.num_replicas_in_sync
+  splits = splits._replace(val=splits.val[:len(splits.val) // k * k])
   val = tf.data.Dataset.from_tensor_slices(splits.val).batch(
-      config.eval_batch_size)
+      max(k, config.eval_batch_size // k * k))
   trained = run_lib.fit(
       model, lambda start: batches.epoch_batches(
           splits.train, config.batch_size, config.seed, start),
@@ -274,9 +285,12 @@ def run(config, strategy=None):
                             for v in model.trainable_variables)),
       "replicas": strategy.num_replicas_in_sync,
       "config": dataclasses.asdict(config)}
-  for key in ("nfe", "nfe_backward", "fm_loss"):
+  # The training logs of the last epoch (Keras' running means of nll and
+  # fm_loss, the last step's NFE).
+  for key, name in (("nll", "train_nll"), ("fm_loss", "fm_loss"),
+                    ("nfe", "nfe"), ("nfe_backward", "nfe_backward")):
     if curve and key in curve[-1]:
-      metrics[key] = curve[-1][key]  # of the last training step
+      metrics[name] = curve[-1][key]
   if config.export:  # every worker takes part (see on_every_worker)
     run_lib.on_every_worker(model.export,
                             os.path.join(config.out, "saved_model"), strategy)
@@ -288,6 +302,11 @@ def run(config, strategy=None):
 def main(argv=None):
   config, strategy = cli.parse(TabularConfig, __doc__, argv,
                                data_defaults=DATA_DEFAULTS, check=check)
+  replicas = strategy.num_replicas_in_sync
+  if config.batch_size % replicas:  # (see run: Keras needs even shares)
+    print(f"error: --batch-size {config.batch_size} must be a multiple of "
+          f"the {replicas} replicas", file=sys.stderr)
+    sys.exit(2)
   metrics = run(config, strategy)
   print(f"test NLL {metrics['test_nll']:.3f} ± "
         f"{metrics['test_nll_stderr']:.3f} nats (paper "
