@@ -44,12 +44,11 @@ import keras
 import numpy as np
 import tensorflow as tf
 
-from tf_ffjord.bijector import FFJORD
-from tf_ffjord.datasets import toy
-from tf_ffjord.dynamics import ODENet
-from tf_ffjord.model import FFJORDModel
+from tf_ffjord import FFJORDModel, ODENet
+from tf_ffjord.datasets import batches, toy
+from tf_ffjord.objectives import FlowMatching, MaximumLikelihood
 
-__all__ = ["Config", "METHODS", "run", "main"]
+__all__ = ["Config", "METHODS", "TestNLLEvery", "run", "main"]
 
 METHODS = ("ffjord", "rnode", "fm", "fm_ot")
 DATASETS = ("8gaussians", "checkerboard", "miniboone")
@@ -88,17 +87,17 @@ class Config:
   out: str = "benchmarks/results/training_time.json"
 
 
-def _method_kwargs(method):
-  """FFJORDModel kwargs and compile kwargs of a method."""
+def _method(method):
+  """(FFJORDModel solver kwargs, training objective) of a method."""
   if method == "ffjord":
-    return dict(solver="dopri5", rtol=1e-5, atol=1e-5), {}
+    return dict(solver="dopri5", rtol=1e-5, atol=1e-5), MaximumLikelihood()
   if method == "rnode":
-    return dict(solver="rk4", step_size=0.25,
-                regularization={"kinetic": 0.01, "jacobian": 0.01}), {}
+    return (dict(solver="rk4", step_size=0.25, gradient="backprop"),
+            MaximumLikelihood({"kinetic": 0.01, "jacobian": 0.01}))
   if method == "fm":
-    return {}, dict(objective="flow_matching")
+    return {}, FlowMatching()
   if method == "fm_ot":
-    return {}, dict(objective="flow_matching", ot=True)
+    return {}, FlowMatching(ot=True)
   raise ValueError(f"Unknown method {method!r}; expected one of {METHODS}.")
 
 
@@ -122,73 +121,105 @@ def load(name, n_test, seed):
   raise ValueError(f"Unknown dataset {name!r}.")
 
 
-def _evaluator(dynamics, dim):
-  bij = FFJORD(dynamics, solver="dopri5", rtol=1e-5, atol=1e-5,
-               trace="exact", max_num_steps=2000)
-  const = -0.5 * dim * np.log(2 * np.pi)
+class TestNLLEvery(keras.callbacks.Callback):
+  """Times the training steps of `fit` and tests the model every N seconds.
 
-  @tf.function
-  def nll(x):
-    sol = bij.solve(x)
-    logp = const - 0.5 * tf.reduce_sum(tf.square(sol.state), -1) + sol.log_det
-    return -tf.reduce_mean(logp), sol.nfe
-  return nll
+  Training time counts the steps only, as wall and process CPU time: the
+  first step, which traces the graph, is timed apart and not counted, and
+  the evaluations are excluded. Before the first step and every `every`
+  seconds of training, the test NLL is the exact likelihood by the model's
+  evaluation flow. Stops `fit` at the target, at the budget, or on a
+  non-finite NLL.
+
+  Args:
+    test: the test array.
+    target: the test NLL (nats) to reach.
+    every: training seconds between evaluations.
+    budget: training seconds in all.
+    label: prefix of the printed lines.
+  """
+
+  def __init__(self, test, target, every, budget, label=""):
+    super().__init__()
+    self.test, self.target = test, target
+    self.every, self.budget, self.label = every, budget, label
+    self.wall = self.cpu = 0.0
+    self.steps, self.next_eval, self.first_step = 0, 0.0, None
+    self.curve, self.reached = [], None
+    self._start = None
+
+  def _evaluate(self):
+    """Appends a test point to the curve; returns whether to stop."""
+    logp, nfe = self.model.log_prob(self.test, return_nfe=True)
+    nll = float(-tf.reduce_mean(logp))
+    row = dict(step=self.steps, wall=self.wall, cpu=self.cpu, nll=nll,
+               nfe=float(nfe))
+    self.curve.append(row)
+    print(f"  {self.label} step {self.steps:5d}  train {self.wall:6.1f}s "
+          f"(cpu {self.cpu:6.1f}s)  test nll {nll:7.3f}  eval nfe "
+          f"{float(nfe):4.0f}", flush=True)
+    if self.reached is None and nll <= self.target:
+      self.reached = row
+    return self.reached is not None or not np.isfinite(nll)
+
+  def on_train_begin(self, logs=None):
+    if self._evaluate():
+      self.model.stop_training = True
+    self.next_eval = self.every
+
+  def on_train_batch_begin(self, batch, logs=None):
+    self._start = time.perf_counter(), time.process_time()
+
+  def on_train_batch_end(self, batch, logs=None):
+    float(next(iter(logs.values())))  # wait for the step to finish
+    wall = time.perf_counter() - self._start[0]
+    cpu = time.process_time() - self._start[1]
+    self.steps += 1
+    if self.first_step is None:  # tracing: reported apart, not counted
+      self.first_step = wall
+      return
+    self.wall += wall
+    self.cpu += cpu
+    if self.wall >= self.next_eval or self.wall >= self.budget:
+      done = self._evaluate()
+      self.next_eval = self.wall + self.every
+      if done or self.wall >= self.budget:
+        self.model.stop_training = True
 
 
 def run_one(cfg, name, method, train, test, net_kwargs, target):
-  """Trains one method on one dataset; returns a result dict."""
+  """Trains one method on one dataset with Keras `fit`; returns a result dict."""
   keras.utils.set_random_seed(cfg.seed)
   dim = train.shape[1]
-  model_kwargs, compile_kwargs = _method_kwargs(method)
-  model = FFJORDModel((dim,), dynamics=ODENet(dim=dim, **net_kwargs),
-                      **model_kwargs)
-  model.compile(keras.optimizers.Adam(cfg.lr), jit_compile=False,
-                **compile_kwargs)
-  step = tf.function(model.train_step)
-  evaluate = _evaluator(model.dynamics, dim)
-  test_t = tf.constant(test)
-  rng = np.random.default_rng(cfg.seed)
-  wall = cpu = 0.0
-  steps, next_eval, first_step = 0, 0.0, None
-  curve, reached = [], None
-  while True:
-    if wall >= next_eval or wall >= cfg.budget:
-      nll, nfe = (float(v) for v in evaluate(test_t))
-      curve.append(dict(step=steps, wall=wall, cpu=cpu, nll=nll, nfe=nfe))
-      print(f"  {name:12s} {method:7s} step {steps:5d}  train {wall:6.1f}s "
-            f"(cpu {cpu:6.1f}s)  test nll {nll:7.3f}  eval nfe {nfe:4.0f}",
-            flush=True)
-      if reached is None and nll <= target:
-        reached = curve[-1]
-      if reached is not None or wall >= cfg.budget or not np.isfinite(nll):
-        break
-      next_eval = wall + cfg.eval_every
-    batch = tf.constant(train[rng.integers(0, len(train), cfg.batch_size)])
-    w0, c0 = time.perf_counter(), time.process_time()
-    try:
-      logs = step(batch)
-      float(next(iter(logs.values())))  # wait for the step to finish
-    except tf.errors.InvalidArgumentError as e:  # max_num_steps exceeded
-      print(f"  {name} {method}: solve failed ({e.message.splitlines()[0]})")
-      break
-    steps += 1
-    if first_step is None:  # tracing: reported apart, not counted
-      first_step = time.perf_counter() - w0
-      continue
-    wall += time.perf_counter() - w0
-    cpu += time.process_time() - c0
+  solve_kwargs, objective = _method(method)
+  # Every method is tested alike: Dormand-Prince at 1e-5, the exact trace.
+  model = FFJORDModel(
+      (dim,), dynamics=ODENet(dim=dim, **net_kwargs), max_num_steps=2000,
+      eval_options=dict(solver="dopri5", rtol=1e-5, atol=1e-5,
+                        trace="exact"), **solve_kwargs)
+  model.compile(keras.optimizers.Adam(cfg.lr), objective=objective,
+                jit_compile=False)
+  timer = TestNLLEvery(test, target, cfg.eval_every, cfg.budget,
+                       label=f"{name:12s} {method:7s}")
+  try:
+    # One endless epoch of shuffled batches; the callback ends it.
+    model.fit(batches.epoch_batches(train, cfg.batch_size, cfg.seed),
+              epochs=1, steps_per_epoch=2**31 - 1, callbacks=[timer],
+              verbose=0)
+  except tf.errors.InvalidArgumentError as e:  # max_num_steps exceeded
+    print(f"  {name} {method}: solve failed ({e.message.splitlines()[0]})")
+  curve, reached = timer.curve, timer.reached
   last = curve[-1]
-  best = min(c["nll"] for c in curve)
   return dict(dataset=name, method=method, target=target,
               reached=reached is not None,
               wall_to_target=reached["wall"] if reached else None,
               cpu_to_target=reached["cpu"] if reached else None,
               steps_to_target=reached["step"] if reached else None,
-              final_nll=last["nll"], best_nll=best, eval_nfe=last["nfe"],
-              steps=steps, train_wall=wall, train_cpu=cpu,
-              first_step_wall=first_step,
-              step_wall=wall / max(steps - 1, 1),
-              curve=curve)
+              final_nll=last["nll"], best_nll=min(c["nll"] for c in curve),
+              eval_nfe=last["nfe"], steps=timer.steps,
+              train_wall=timer.wall, train_cpu=timer.cpu,
+              first_step_wall=timer.first_step,
+              step_wall=timer.wall / max(timer.steps - 1, 1), curve=curve)
 
 
 def run(cfg):
@@ -245,7 +276,7 @@ def main(argv=None):
   args["datasets"] = tuple(s for s in args["datasets"].split(",") if s)
   args["methods"] = tuple(s for s in args["methods"].split(",") if s)
   for m in args["methods"]:
-    _method_kwargs(m)  # fail early on a typo
+    _method(m)  # fail early on a typo
   cfg = Config(**args)
   start = time.time()
   results = run(cfg)

@@ -1,448 +1,142 @@
-"""Tests of the MAF tabular loaders and the resumable tabular training CLI."""
+"""Tests of the tabular training CLI (`training.tabular`) on a small synthetic MINIBOONE: schedule, resume, flow matching, export, flags."""
 
+import dataclasses
 import json
-import os
 import pathlib
-import pickle
 import signal
 import subprocess
 import sys
 import time
-import types
 
-import h5py
 import numpy as np
 import pytest
 import tensorflow as tf
 
-from tf_ffjord.datasets import tabular
+from training import run as run_lib
+from training import tabular
 
 ROOT = pathlib.Path(__file__).resolve().parents[1]
-SHARED = ROOT.parent / "shared" / "data"
 
 
-# -- helpers that write files in the MAF layouts --------------------------------
+def _fake_miniboone(root, seed=5):
+  """A correlated 3-D stand-in for MINIBOONE's data.npy under `root`.
 
-
-def _split_sizes(n):
-  n_test = int(0.1 * n)
-  n_val = int(0.1 * (n - n_test))
-  return n - n_test - n_val, n_val, n_test
-
-
-def _write_maf_era_pandas_pickle(path, columns, values):
-  """Pickles a DataFrame with the object layout of pandas 0.20 (MAF's era).
-
-  The classes are stand-ins registered under pandas' module names while
-  pickling, so the file holds the same globals and states a real pandas
-  DataFrame pickle of that era holds (pandas 3 reads it back identically).
+  MAF's split of its 300 rows: 243 train, 27 validation, 30 test.
   """
-  names = ["pandas", "pandas.core", "pandas.core.frame",
-           "pandas.core.internals", "pandas.core.indexes",
-           "pandas.core.indexes.base", "pandas.core.indexes.range"]
-  mods = {n: types.ModuleType(n) for n in names}
-
-  def _new_Index(cls, d):  # pylint: disable=invalid-name
-    raise AssertionError("only pickled, never called")
-
-  class Index:
-    def __init__(self, data):
-      self.data = data
-
-    def __reduce__(self):
-      return (_new_Index, (Index, {"data": self.data, "name": None}))
-
-  class RangeIndex:
-    def __init__(self, n):
-      self.n = n
-
-    def __reduce__(self):
-      return (_new_Index, (RangeIndex, {"name": None, "start": 0,
-                                        "stop": self.n, "step": 1}))
-
-  class BlockManager:
-    def __init__(self, state):
-      self.state = state
-
-    def __getstate__(self):
-      return self.state
-
-  class DataFrame:
-    def __init__(self, state):
-      self.state = state
-
-    def __getstate__(self):
-      return self.state
-
-  for obj, mod in [(_new_Index, "pandas.core.indexes.base"),
-                   (Index, "pandas.core.indexes.base"),
-                   (RangeIndex, "pandas.core.indexes.range"),
-                   (BlockManager, "pandas.core.internals"),
-                   (DataFrame, "pandas.core.frame")]:
-    obj.__module__, obj.__qualname__ = mod, obj.__name__
-    setattr(mods[mod], obj.__name__, obj)
-  saved = {n: sys.modules.get(n) for n in names}
-  sys.modules.update(mods)
-  try:
-    n, k = values.shape
-    axes = [Index(np.array(columns, dtype=object)), RangeIndex(n)]
-    # Two blocks (even and odd columns) to exercise the block placement.
-    locs = [np.arange(0, k, 2), np.arange(1, k, 2)]
-    blocks = [{"values": np.ascontiguousarray(values[:, l].T), "mgr_locs": l}
-              for l in locs]
-    state = (axes, [b["values"] for b in blocks],
-             [Index(np.array(columns, dtype=object)[l]) for l in locs],
-             {"0.14.1": {"axes": axes, "blocks": blocks}})
-    frame = DataFrame({"_data": BlockManager(state), "_typ": "dataframe",
-                       "_metadata": []})
-    os.makedirs(os.path.dirname(path), exist_ok=True)
-    with open(path, "wb") as f:
-      pickle.dump(frame, f, protocol=2)
-  finally:
-    for name, mod in saved.items():
-      if mod is None:
-        sys.modules.pop(name, None)
-      else:
-        sys.modules[name] = mod
-
-
-def _write_csv(path, names, rows):
-  os.makedirs(os.path.dirname(path), exist_ok=True)
-  with open(path, "w", encoding="utf-8") as f:
-    f.write(",".join(names) + "\n")
-    for r in rows:
-      f.write(",".join(repr(float(v)) for v in r) + "\n")
-
-
-# -- POWER ----------------------------------------------------------------------
-
-
-def test_power_follows_maf_recipe(tmp_path):
-  n = 300
-  data = np.zeros((n, 8))
-  data[:, 1] = 1e6  # reactive power and intensity must be dropped
-  data[:, 3] = -1e6
-  data[:, 7] = np.arange(n)  # time of day: no noise, serves as a row id
-  os.makedirs(tmp_path / "power")
-  np.save(tmp_path / "power" / "data.npy", data)
-  s = tabular.power(str(tmp_path))
-  n_train, n_val, n_test = _split_sizes(n)
-  assert [a.shape for a in s[:3]] == [(n_train, 6), (n_val, 6), (n_test, 6)]
-  # The recipe, spelled out: shuffle by RandomState(42), then noise drawn in
-  # the order voltage, active power, sub-meterings.
-  rng = np.random.RandomState(42)
-  order = rng.permutation(n)
-  voltage = 0.01 * rng.rand(n, 1)
-  active = 0.001 * rng.rand(n, 1)
-  sub = rng.rand(n, 3)
-  raw = np.hstack([active, voltage, sub, order[:, None].astype(float)])
-  fit = raw[:n_train + n_val]
-  want = (raw - fit.mean(0)) / fit.std(0)
-  got = np.concatenate(s[:3])
-  np.testing.assert_allclose(got, want, atol=2e-6)
-  assert s.name == "power" and "power/data.npy" in s.source
-
-
-def test_power_rejects_wrong_width(tmp_path):
-  os.makedirs(tmp_path / "power")
-  np.save(tmp_path / "power" / "data.npy", np.zeros((50, 7)))
-  with pytest.raises(ValueError, match=r"\[N, 8\]"):
-    tabular.power(str(tmp_path))
-
-
-# -- GAS ------------------------------------------------------------------------
-
-
-def _gas_frame(n=400, seed=0):
-  rng = np.random.default_rng(seed)
-  base = rng.normal(size=(n, 6))
-  sensors = np.column_stack([
-      base[:, 0], base[:, 0] + 0.01 * rng.normal(size=n),  # S0 ~ S1
-      base[:, 1], base[:, 2],
-      2 * base[:, 1] + 0.001 * rng.normal(size=n),  # S4 ~ S2
-      base[:, 3], base[:, 4], -base[:, 5]])
-  columns = ["Time", "Meth", "Eth"] + [f"S{i}" for i in range(8)]
-  values = np.column_stack([np.arange(n), rng.random(n), rng.random(n),
-                            sensors])
-  return columns, values, sensors
-
-
-def test_gas_drops_correlated_columns(tmp_path):
-  columns, values, sensors = _gas_frame()
-  _write_maf_era_pandas_pickle(
-      str(tmp_path / "gas" / "ethylene_CO.pickle"), columns, values)
-  s = tabular.gas(str(tmp_path), use_pandas=False)
-  # S0 (first of the S0/S1 pair) goes, then S2 (first of S2/S4).
-  kept = sensors[:, [1, 3, 4, 5, 6, 7]]
-  want = (kept - kept.mean(0)) / kept.std(0, ddof=1)
-  n_train, n_val, _ = _split_sizes(len(kept))
-  np.testing.assert_allclose(s.train, want[:n_train], atol=1e-5)
-  np.testing.assert_allclose(s.val, want[n_train:n_train + n_val], atol=1e-5)
-  np.testing.assert_allclose(s.test, want[n_train + n_val:], atol=1e-5)
-
-
-def test_gas_pickle_reader_matches_pandas(tmp_path):
-  pd = pytest.importorskip("pandas")
-  columns, values, _ = _gas_frame(50)
-  path = str(tmp_path / "frame.pickle")
-  frame = pd.DataFrame(values, columns=columns)
-  frame["Int"] = np.arange(50)  # a second dtype block
-  frame.to_pickle(path)
-  names, got = tabular.read_pickled_frame(path, use_pandas=False)
-  assert names == list(frame.columns)
-  np.testing.assert_array_equal(got, frame.to_numpy(dtype=float))
-  old = str(tmp_path / "old.pickle")
-  _write_maf_era_pandas_pickle(old, columns, values)
-  np.testing.assert_array_equal(pd.read_pickle(old).to_numpy(), values)
-
-
-def test_gas_missing_column(tmp_path):
-  _write_maf_era_pandas_pickle(str(tmp_path / "gas" / "ethylene_CO.pickle"),
-                               ["Time", "A", "B"], np.zeros((20, 3)))
-  with pytest.raises(ValueError, match="'Meth'"):
-    tabular.gas(str(tmp_path), use_pandas=False)
-
-
-# -- HEPMASS --------------------------------------------------------------------
-
-
-@pytest.mark.parametrize("test_layout", ["extra_column", "extra_name"])
-def test_hepmass_follows_maf_recipe(tmp_path, test_layout):
-  rng = np.random.default_rng(1)
-
-  def rows(n):
-    label = rng.integers(0, 2, n)
-    f = rng.normal(size=(n, 5))
-    f[:, 1] = rng.integers(0, 3, n)  # discrete: smallest value repeats
-    f[:, 3] = np.maximum(f[:, 3], -0.5)  # clipped: smallest value repeats
-    f[:, 4] = np.where(f[:, 4] > 0, 0.25, f[:, 4])  # repeats, but not the min
-    return np.column_stack([label, f])
-
-  names = ["# label"] + [f"f{i}" for i in range(5)]
-  train, test = rows(400), rows(300)
-  _write_csv(str(tmp_path / "hepmass" / "1000_train.csv"), names, train)
-  if test_layout == "extra_column":
-    _write_csv(str(tmp_path / "hepmass" / "1000_test.csv"), names + ["mass"],
-               np.column_stack([test, np.full(300, 1000.0)]))
-  else:  # a header name without data: pandas reads a NaN column
-    _write_csv(str(tmp_path / "hepmass" / "1000_test.csv"), names + ["mass"],
-               test)
-  s = tabular.hepmass(str(tmp_path))
-  tr = train[train[:, 0] == 1, 1:]
-  te = test[test[:, 0] == 1, 1:]
-  mu, sd = tr.mean(0), tr.std(0, ddof=1)
-  keep = [0, 2, 4]
-  tr, te = ((tr - mu) / sd)[:, keep], ((te - mu) / sd)[:, keep]
-  n_val = int(0.1 * len(tr))
-  np.testing.assert_allclose(s.train, tr[:-n_val], atol=1e-5)
-  np.testing.assert_allclose(s.val, tr[-n_val:], atol=1e-5)
-  np.testing.assert_allclose(s.test, te, atol=1e-5)
-
-
-# -- MINIBOONE ------------------------------------------------------------------
-
-
-def test_miniboone_follows_maf_recipe(tmp_path):
-  data = np.random.default_rng(2).gamma(2.0, size=(100, 5))
-  os.makedirs(tmp_path / "miniboone")
-  np.save(tmp_path / "miniboone" / "data.npy", data)
-  s = tabular.load("miniboone", str(tmp_path))
-  fit = data[:81 + 9]
-  want = (data - fit.mean(0)) / fit.std(0)
-  np.testing.assert_allclose(s.train, want[:81], atol=1e-5)
-  np.testing.assert_allclose(s.val, want[81:90], atol=1e-5)
-  np.testing.assert_allclose(s.test, want[90:], atol=1e-5)
-  np.testing.assert_allclose(np.concatenate([s.train, s.val]).mean(0), 0,
-                             atol=1e-5)
-
-
-def test_miniboone_offline_layout(tmp_path):
-  rng = np.random.default_rng(3)
-  val, test = rng.normal(size=(50, 43)), rng.normal(size=(30, 43))
-  os.makedirs(tmp_path / "miniboone")
-  np.save(tmp_path / "miniboone" / "val.npy", val)
-  np.save(tmp_path / "miniboone" / "test.npy", test)
-  s = tabular.load("miniboone", str(tmp_path))
-  np.testing.assert_allclose(s.train, val[:45], rtol=1e-6)
-  np.testing.assert_allclose(s.val, val[45:], rtol=1e-6)
-  np.testing.assert_allclose(s.test, test, rtol=1e-6)
-  assert s.source.startswith("offline")
-
-
-@pytest.mark.skipif(not (SHARED / "miniboone" / "val.npy").exists(),
-                    reason="shared data not present")
-def test_miniboone_offline_real_files():
-  s = tabular.load("miniboone", str(SHARED))
-  assert s.train.shape == (2956, 43) and s.val.shape == (328, 43)
-  assert s.test.shape == (3648, 43)
-
-
-# -- BSDS300 --------------------------------------------------------------------
-
-
-def test_bsds300_hdf5(tmp_path):
-  rng = np.random.default_rng(4)
-  arrays = {k: rng.normal(size=(n, 63)).astype(np.float32)
-            for k, n in [("train", 40), ("validation", 10), ("test", 20)]}
-  os.makedirs(tmp_path / "BSDS300")
-  with h5py.File(tmp_path / "BSDS300" / "BSDS300.hdf5", "w") as f:
-    for k, a in arrays.items():
-      f.create_dataset(k, data=a)
-  np.savez(tmp_path / "bsds300_gray.npz", train_1=np.zeros((9, 9), np.uint8),
-           test_2=np.zeros((9, 9), np.uint8))
-  s = tabular.load("bsds300", str(tmp_path), n_train=5)  # hdf5 wins
-  for got, key in zip(s[:3], ("train", "validation", "test")):
-    np.testing.assert_array_equal(got, arrays[key])
-
-
-def _match_crop(image, patch63):
-  """Whether the 63-d patch is a dequantized, centred crop of the image."""
-  full = np.append(patch63, -patch63.sum())  # the dropped pixel
-  for r in range(image.shape[0] - 7):
-    for c in range(image.shape[1] - 7):
-      crop = image[r:r + 8, c:c + 8].astype(float).ravel() / 256
-      if np.all(np.abs(full - (crop - crop.mean())) < 1 / 256 + 1e-6):
-        return True
-  return False
-
-
-def test_bsds300_patches_recipe(tmp_path):
-  rows, cols = np.mgrid[0:12, 0:10]
-  images = {"train_1": (7 * cols).astype(np.uint8),
-            "train_2": (5 * cols + 3).astype(np.uint8),
-            "test_3": (9 * rows).astype(np.uint8)}
-  np.savez(tmp_path / "bsds300_gray.npz", **images)
-  s = tabular.load("bsds300", str(tmp_path), n_train=30, n_val=6, n_test=10,
-                   seed=1)
-  assert [a.shape for a in s[:3]] == [(30, 63), (6, 63), (10, 63)]
-  train_images = [images["train_1"], images["train_2"]]
-  for p in np.concatenate([s.train, s.val]):
-    assert any(_match_crop(im, p) for im in train_images)
-    assert not _match_crop(images["test_3"], p)
-  for p in s.test:
-    assert _match_crop(images["test_3"], p)
-  again = tabular.bsds300_patches(str(tmp_path), 30, 6, 10, seed=1)
-  np.testing.assert_array_equal(again.train, s.train)
-
-
-# -- absent files ------------------------------------------------------------------
-
-
-@pytest.mark.parametrize("name,missing", [
-    ("power", "power/data.npy"), ("gas", "gas/ethylene_CO.pickle"),
-    ("hepmass", "hepmass/1000_train.csv"),
-    ("miniboone", "miniboone/data.npy"), ("bsds300", "BSDS300/BSDS300.hdf5")])
-def test_absent_file_names_file_and_source(tmp_path, name, missing):
-  with pytest.raises(FileNotFoundError) as err:
-    tabular.load(name, str(tmp_path))
-  message = str(err.value)
-  assert os.path.join(str(tmp_path), missing) in message
-  assert "zenodo.org/record/1161203" in message
-
-
-def test_nonfinite_data_is_rejected(tmp_path):
-  data = np.random.default_rng(6).normal(size=(40, 3))
-  data[5, 1] = np.nan
-  os.makedirs(tmp_path / "miniboone")
-  np.save(tmp_path / "miniboone" / "data.npy", data)
-  with pytest.raises(ValueError, match="NaN or inf"):
-    tabular.miniboone(str(tmp_path))
-
-
-# -- the training CLI --------------------------------------------------------------
-
-
-def test_lr_schedule_matches_paper():
-  from training.tabular import _lr_stage  # pylint: disable=import-outside-toplevel
-  stages, stage = [], 0
-  for bad in range(32):
-    stage = _lr_stage(bad, 30, stage)
-    stages.append(stage)
-  assert stages.index(1) == 11 and stages.index(2) == 21
-  assert _lr_stage(0, 30, 2) == 2  # an improvement does not raise it again
-
-
-def _fake_miniboone(root, seed):
-  """A correlated 3-D stand-in for MINIBOONE's data.npy under `root`."""
   data = np.random.default_rng(seed).normal(size=(300, 3)) @ [[1, .5, 0],
                                                              [0, 1, .3],
                                                              [0, 0, 1]]
-  os.makedirs(root / "miniboone")
+  (root / "miniboone").mkdir(parents=True)
   np.save(root / "miniboone" / "data.npy", data)
+  return root
 
 
-def _cli(out, data_root, max_steps):
-  return [sys.executable, "-m", "training.tabular", "--data", "miniboone",
-          "--data-root", str(data_root), "--out", str(out),
-          "--hdim-factor", "2", "--nhidden", "1", "--solver", "rk4",
-          "--step-size", "0.5", "--batch-size", "40", "--test-batch-size",
-          "100", "--val-every", "2", "--checkpoint-secs", "0",
-          "--max-steps", str(max_steps)]
+def _args(root, out, *extra):
+  """A tiny, fast run: 6-wide nets, one Euler step, the exact trace (so no
+  noise: reruns and resumes are deterministic), a loose evaluation."""
+  return ["--data", "miniboone", "--data-root", str(root), "--out", str(out),
+          "--hdim-factor", "2", "--nhidden", "1", "--solver", "euler",
+          "--step-size", "1.0", "--trace", "exact", "--test-rtol", "1e-3",
+          "--test-atol", "1e-3", "--batch-size", "40", "--steps-per-epoch",
+          "2", *extra]
 
 
-def _state(out):
-  with np.load(os.path.join(out, "latest.npz")) as f:
-    return json.loads(str(f["state"]))
+def _tensors(directory):
+  """The numeric tensors of the latest checkpoint in `directory`."""
+  reader = tf.train.load_checkpoint(str(directory))
+  skip = ("_CHECKPOINTABLE_OBJECT_GRAPH", "save_counter", "callback_states")
+  return {k: reader.get_tensor(k) for k in reader.get_variable_to_shape_map()
+          if not k.startswith(skip)}
 
 
-def test_cli_resumes_after_kill_and_keeps_best(tmp_path, subprocess_env):
-  _fake_miniboone(tmp_path, seed=5)
-  out = tmp_path / "run"
-  env = subprocess_env
-  proc = subprocess.Popen(_cli(out, tmp_path, 100000), cwd=ROOT, env=env,
-                          stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+def test_early_stopping_restores_best_and_a_finished_run_does_not_retrain(
+    tmp_path, capsys):
+  root = _fake_miniboone(tmp_path)
+  # A large learning rate: the validation NLL soon stops improving.
+  argv = _args(root, tmp_path / "run",
+               "--steps-per-epoch", "1", "--steps", "40", "--patience", "3",
+               "--lr", "0.1", "--export", "false")
+  metrics = tabular.main(argv)
+  curve = run_lib.read_curve(str(tmp_path / "run"))
+  val = [row["val_nll"] for row in curve]
+  assert metrics["stop_reason"] == "early stopping"
+  assert len(curve) == metrics["epochs"] == metrics["steps"] < 40
+  assert min(val) < val[-1]  # the last model is not the best one...
+  # ...and the tested model is the best: its validation NLL is the curve's
+  # best, evaluated again.
+  assert metrics["best_val_nll"] == min(val)
+  assert metrics["val_nll"] == pytest.approx(min(val), rel=1e-6, abs=1e-6)
+  assert metrics["best_epoch"] == 1 + val.index(min(val))
+  # ReduceLROnPlateau (patience 3 // 3 = 1) divided the rate on the way.
+  assert curve[0]["learning_rate"] == pytest.approx(0.1)
+  assert min(row["learning_rate"] for row in curve) < 0.1 / 5
+  assert np.isfinite(metrics["test_nll"]) and metrics["test_nll_stderr"] > 0
+  assert np.isfinite(metrics["gaussian_test_nll"])
+  assert metrics["paper_nll"] == 10.43
+  assert (metrics["n_train"], metrics["n_val"], metrics["n_test"],
+          metrics["dim"]) == (243, 27, 30, 3)
+  assert metrics["nfe"] == 1 and metrics["nfe_backward"] == 0  # 1 Euler step
+  assert len(metrics["end_times"]) == 1 and metrics["end_times"] != [1.0]
+  saved = json.loads((tmp_path / "run" / "metrics.json").read_text())
+  assert saved["test_nll"] == metrics["test_nll"]
+
+  capsys.readouterr()
+  again = tabular.main(argv)
+  printed = capsys.readouterr().out
+  assert "Resumed from" in printed and "Epoch " not in printed
+  assert run_lib.read_curve(str(tmp_path / "run")) == curve
+  assert again["steps"] == metrics["steps"]
+  assert again["test_nll"] == pytest.approx(metrics["test_nll"], rel=1e-6)
+  assert again["val_nll"] == pytest.approx(min(val), rel=1e-6, abs=1e-6)
+
+
+def test_kill_9_then_rerun_resumes_with_the_same_state(tmp_path, capsys,
+                                                       subprocess_env):
+  root = _fake_miniboone(tmp_path)
+  killed, ref = tmp_path / "killed", tmp_path / "ref"
+  argv = lambda out: _args(root, out, "--steps", "12", "--export", "false")
+  proc = subprocess.Popen(
+      [sys.executable, "-m", "training.tabular", *argv(killed)], cwd=ROOT,
+      env=subprocess_env, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE)
+  state_file = killed / "checkpoints" / "checkpoint"
   try:
-    deadline = time.time() + 400
-    while time.time() < deadline:
-      time.sleep(1)
-      if (out / "best.npz").exists() and (out / "latest.npz").exists():
-        try:
-          if _state(str(out))["step"] >= 7:
-            break
-        except (OSError, ValueError, KeyError):
-          pass
-      assert proc.poll() is None, "the training process ended early"
-    else:
-      pytest.fail("no checkpoint within the deadline")
-    proc.send_signal(signal.SIGKILL)
-    proc.wait()
+    deadline = time.time() + 300
+    while time.time() < deadline and proc.poll() is None:
+      if state_file.exists():  # written last, once a save is whole
+        proc.send_signal(signal.SIGKILL)
+        break
+      time.sleep(0.02)
+    proc.wait(timeout=60)
   finally:
     if proc.poll() is None:
       proc.kill()
-  killed_at = _state(str(out))["step"]
-  with np.load(out / "best.npz") as f:
-    best_before = float(f["val_nll"]), int(f["step"])
-  rerun = subprocess.run(_cli(out, tmp_path, killed_at + 4), cwd=ROOT, env=env,
-                         capture_output=True, text=True, timeout=400,
-                         check=False)
-  assert rerun.returncode == 0, rerun.stderr[-2000:]
-  log = (out / "log.txt").read_text()
-  assert f"resumed at step {killed_at}" in log
-  metrics = json.loads((out / "metrics.json").read_text())
-  assert metrics["steps"] == killed_at + 4
-  assert metrics["best_val_nll"] <= best_before[0]
-  assert np.isfinite(metrics["test_nll"]) and metrics["test_nll_stderr"] > 0
-  assert metrics["nfe"] == 8  # rk4, 2 steps of 4 evaluations
-  # The kept best model really has the recorded validation NLL.
-  from training import tabular as cli  # pylint: disable=import-outside-toplevel
-  model, config, val_nll, step = cli.load_best(str(out))
-  assert step == metrics["best_step"] and val_nll == metrics["best_val_nll"]
-  splits = tabular.load("miniboone", str(tmp_path))
-  logp, _ = cli._evaluate(  # pylint: disable=protected-access
-      lambda x, s: model.log_prob(x, model.val_bijectors, s), splits.val,
-      config.test_batch_size, config.seed)
-  np.testing.assert_allclose(-logp.mean(), val_nll, rtol=1e-5)
+      proc.wait()
+  assert proc.returncode == -signal.SIGKILL, proc.stderr.read()[-3000:]
+  proc.stderr.close()
+  at_kill = _tensors(killed / "checkpoints")
+  epoch = int(at_kill["epoch/.ATTRIBUTES/VARIABLE_VALUE"])
+  assert 1 <= epoch < 6
+  assert at_kill["optimizer/_iterations/.ATTRIBUTES/VARIABLE_VALUE"] == \
+      2 * epoch
 
-
-def test_gaussian_baseline_matches_entropy():
-  from training.tabular import gaussian_nll  # pylint: disable=import-outside-toplevel
-  rng = np.random.default_rng(7)
-  scale = np.array([[2.0, 0, 0], [0.5, 1.0, 0], [0, -0.3, 0.1]])
-  x = rng.normal(size=(200000, 3)) @ scale.T
-  nll, se = gaussian_nll(x[:100000], x[100000:])
-  # Entropy of N(0, S S^T): D/2 log(2 pi e) + log|det S|.
-  want = 1.5 * np.log(2 * np.pi * np.e) + np.log(abs(np.linalg.det(scale)))
-  assert abs(nll - want) < 4 * se + 1e-3
+  capsys.readouterr()
+  resumed = tabular.main(argv(killed))
+  printed = capsys.readouterr().out
+  assert (f"Resumed from {killed}/checkpoints/ckpt-{epoch} at epoch {epoch} "
+          f"(step {2 * epoch}") in printed
+  assert f"Epoch {epoch + 1}/6" in printed
+  assert f"Epoch {epoch}/6" not in printed  # no saved epoch trained again
+  reference = tabular.main(argv(ref))  # the same run, never interrupted
+  assert resumed["steps"] == reference["steps"] == 12
+  # Weights, Adam moments, step count, learning rate and epoch all match the
+  # uninterrupted run: the resume restored the optimizer, not only weights.
+  want, got = _tensors(ref / "checkpoints"), _tensors(killed / "checkpoints")
+  assert sorted(got) == sorted(want) and len(want) > 10
+  for key, value in want.items():
+    np.testing.assert_allclose(got[key], value, rtol=1e-5, atol=1e-6,
+                               err_msg=key)
+  assert resumed["test_nll"] == pytest.approx(reference["test_nll"],
+                                              rel=1e-5)
 
 
 def _serve_without_tf_ffjord(*args):
@@ -455,51 +149,84 @@ def _serve_without_tf_ffjord(*args):
   return serve_without_tf_ffjord(*args)
 
 
-def test_cli_exports_best_model_servable_without_tf_ffjord(tmp_path):
-  from training import tabular as cli  # pylint: disable=import-outside-toplevel
-  _fake_miniboone(tmp_path, seed=8)
-  out = tmp_path / "run"
-  # Two blocks (the export chains them), trained with Hutchinson.
-  metrics = cli.main(["--data", "miniboone", "--data-root", str(tmp_path),
-                      "--out", str(out), "--hdim-factor", "2", "--nhidden",
-                      "1", "--num-blocks", "2", "--solver", "euler",
-                      "--step-size", "1.0", "--batch-size", "81",
-                      "--val-every", "2", "--max-steps", "3", "--lr", "0.05"])
-  model, _, _, step = cli.load_best(str(out))
-  assert step == metrics["best_step"] > 0
+def test_flow_matching_resumes_exports_and_reports_the_exact_nll(tmp_path,
+                                                                 capsys):
+  root = _fake_miniboone(tmp_path)
+  out = tmp_path / "fm"
+  argv = _args(root, out, "--objective", "flow_matching", "--ot", "true",
+               "--time-length", "0.8")
+  first = tabular.main([*argv, "--steps", "2", "--export", "false"])
+  assert first["steps"] == 2 and (out / "checkpoints" / "checkpoint").exists()
+  assert not (out / "saved_model").exists()
+  capsys.readouterr()
+  metrics = tabular.main([*argv, "--steps", "4"])  # a longer run: resumes
+  printed = capsys.readouterr().out
+  assert "at epoch 1 (step 2" in printed and "Epoch 2/2" in printed
+  assert "Epoch 1/2" not in printed
+  assert metrics["steps"] == 4 and metrics["objective"] == "flow_matching"
+  assert np.isfinite(metrics["fm_loss"]) and "nfe_backward" not in metrics
+  assert metrics["end_times"] == [pytest.approx(0.8)]  # T is not learned
+  assert metrics["config"]["train_time"]  # (the flag, ignored)
 
-  rng = np.random.default_rng(9)
-  x = rng.standard_normal([6, 3]).astype(np.float32)
-  z = rng.standard_normal([6, 3]).astype(np.float32)
-  served = _serve_without_tf_ffjord(out / "saved_model", x, z, tmp_path)
-
-  live, _ = model.log_prob(tf.constant(x), model.test_bijectors)
-  np.testing.assert_allclose(served["log_prob"], live, atol=1e-5)
-  np.testing.assert_allclose(served["serving_default"], live, atol=1e-5)
-  # inverse runs block 0 first, forward the blocks backwards.
-  state, log_det = tf.constant(x), 0.0
-  for b in model.test_bijectors:
-    sol = b.solve(state, "inverse")
-    state, log_det = sol.state, log_det + sol.log_det
-  np.testing.assert_allclose(served["z"], state, atol=1e-5)
-  np.testing.assert_allclose(served["inverse_log_det"], log_det, atol=1e-5)
-  state, log_det = tf.constant(z), 0.0
-  for b in reversed(model.test_bijectors):
-    sol = b.solve(state, "forward")
-    state, log_det = sol.state, log_det + sol.log_det
-  np.testing.assert_allclose(served["x"], state, atol=1e-5)
-  np.testing.assert_allclose(served["forward_log_det"], log_det, atol=1e-5)
+  # The export serves without tf_ffjord, and its exact log-density of the
+  # test split is the test NLL of metrics.json.
+  test = tabular.load_splits(tabular.TabularConfig(
+      data="miniboone", data_root=str(root))).test
+  z = np.random.default_rng(1).standard_normal([4, 3]).astype(np.float32)
+  served = _serve_without_tf_ffjord(out / "saved_model", test, z, tmp_path)
+  assert -served["log_prob"].mean() == pytest.approx(metrics["test_nll"],
+                                                     abs=1e-4)
+  np.testing.assert_allclose(served["serving_default"], served["log_prob"],
+                             atol=1e-6)
   assert served["sample"].shape == (5, 3)
-  assert np.all(np.isfinite(served["sample"]))
-  # Hutchinson: one probe per example, fixed by the seed.
-  a, b, c = (served[f"hutchinson_{k}"] for k in "abc")
-  np.testing.assert_array_equal(a, b)
-  assert not np.allclose(a, c)
-  assert abs(np.mean(np.concatenate([a, c])) - float(live[0])) < 1.0
-  assert str(served["bad_shape_error"])
   assert "NaN or inf" in str(served["nan_error"])
-  sigs = json.loads(str(served["signatures"]))
-  assert sigs["log_prob"] == {"inputs": {"x": ["float32", [None, 3]]},
-                              "outputs": {"log_prob": ["float32", [None]]}}
-  assert sigs["sample"]["inputs"] == {"n": ["int32", []],
-                                      "seed": ["int32", []]}
+
+
+@pytest.mark.parametrize("flags,message", [
+    (["--batch-size", "0"], "--batch-size: must be > 0, got 0"),
+    (["--steps", "-5"], "--steps: must be > 0, got -5"),
+    (["--export", "ture"], "expected true or false, got 'ture'"),
+    (["--max-val", "-1"], "must be >= 0"),
+    (["--data", "iris"], "invalid choice: 'iris'"),
+    (["--num-blocks", "2", "--objective", "flow_matching"],
+     "trains a single FFJORD block; pass --num-blocks 1 (got 2"),
+    (["--data", "power", "--objective", "flow_matching"],
+     "pass --num-blocks 1 (got 5, power's default"),
+    (["--ot", "true"], "--ot true applies to --objective flow_matching"),
+])
+def test_bad_flags_exit_2_with_one_line(flags, message, capsys):
+  with pytest.raises(SystemExit) as exit_info:
+    tabular.main(flags)
+  assert exit_info.value.code == 2
+  err = capsys.readouterr().err
+  last = err.strip().splitlines()[-1]
+  assert "Traceback" not in err and "error: " in last and message in last
+
+
+def test_data_defaults_are_the_papers_and_every_flag_is_explained():
+  from training import cli  # pylint: disable=g-import-not-at-top
+  config, _ = cli.parse(tabular.TabularConfig, "", ["--data", "power"],
+                        data_defaults=tabular.DATA_DEFAULTS,
+                        check=tabular.check)
+  assert (config.num_blocks, config.hdim_factor, config.nhidden,
+          config.activation, config.batch_size, config.out) == (
+              5, 10, 3, "tanh", 10000, "runs/power")
+  config, _ = cli.parse(tabular.TabularConfig, "",
+                        ["--data", "bsds300", "--batch-size", "7"],
+                        data_defaults=tabular.DATA_DEFAULTS)
+  assert (config.num_blocks, config.batch_size) == (2, 7)  # flags win
+  assert set(tabular.DATA_DEFAULTS) == set(tabular.PAPER_NLL)
+  for field in dataclasses.fields(tabular.TabularConfig):
+    text = field.metadata.get("help", "")
+    assert len(text.split()) >= 3 and not text.startswith("default"), \
+        field.name
+
+
+def test_gaussian_baseline_matches_entropy():
+  rng = np.random.default_rng(7)
+  scale = np.array([[2.0, 0, 0], [0.5, 1.0, 0], [0, -0.3, 0.1]])
+  x = rng.normal(size=(200000, 3)) @ scale.T
+  nll, se = tabular.gaussian_nll(x[:100000], x[100000:])
+  # Entropy of N(0, S S^T): D/2 log(2 pi e) + log|det S|.
+  want = 1.5 * np.log(2 * np.pi * np.e) + np.log(abs(np.linalg.det(scale)))
+  assert abs(nll - want) < 4 * se + 1e-3

@@ -166,6 +166,6 @@ def flow_matching_parts(bijector):
       f"Flow matching regresses one vector field over the whole event, so it "
       f"needs a single FFJORD block next to the base; this flow has "
       f"{len(blocks)} FFJORD block(s) in a {type(bijector).__name__}. Use a "
-      "one-block model (FFJORDModel, TabularFlow with num_blocks=1, or "
+      "one-block model (FFJORDModel with num_blocks=1, or "
       "ImageFlow with multiscale=False and num_blocks=1), or train this one "
       "by maximum likelihood.")
