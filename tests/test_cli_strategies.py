@@ -17,10 +17,12 @@ import pathlib
 import subprocess
 import sys
 
-import h5py
 import numpy as np
 import pytest
 import tensorflow as tf
+
+from tf_ffjord import checkpoints
+from training import run as run_lib
 
 ROOT = pathlib.Path(__file__).resolve().parents[1]
 RTOL, ATOL = 1e-5, 1e-6
@@ -29,14 +31,14 @@ RTOL, ATOL = 1e-5, 1e-6
 def _images_case(tmp_path):
   rng = np.random.default_rng(0)
   x = rng.integers(0, 256, (48, 4, 4), np.uint8)
-  np.savez(tmp_path / "digits.npz", x_train=x[:32], y_train=np.zeros(32),
+  np.savez(tmp_path / "mnist.npz", x_train=x[:32], y_train=np.zeros(32),
            x_test=x[32:], y_test=np.zeros(16))
-  # 2 steps of 16 images: 8 per replica.
-  return ["--data-path", str(tmp_path / "digits.npz"), "--batch-size", "16",
-          "--dims", "4", "--multiscale", "false", "--num-blocks", "1",
+  # 2 steps of 16 images: 8 per replica, dequantized before the split.
+  return ["--data", "mnist", "--data-root", str(tmp_path), "--batch-size",
+          "16", "--dims", "4", "--multiscale", "false", "--num-blocks", "1",
           "--solver", "euler", "--step-size", "1.0", "--trace", "exact",
-          "--log-every", "1", "--max-steps", "2", "--eval-size", "8",
-          "--eval-batch", "8"]
+          "--steps", "2", "--steps-per-epoch", "1", "--eval-size", "8",
+          "--eval-batch-size", "8"]
 
 
 def _vae_case(tmp_path):
@@ -72,38 +74,27 @@ def _tabular_case(tmp_path):
 CASES = {"images": _images_case, "vae": _vae_case, "tabular": _tabular_case}
 
 
-def _images_state(out):
-  """Model and optimizer variables of the final checkpoint, and the curve."""
-  reader = tf.train.load_checkpoint(str(out / "checkpoints"))
-  skip = ("_CHECKPOINTABLE_OBJECT_GRAPH", "save_counter", "elapsed")
-  state = {k: reader.get_tensor(k) for k in reader.get_variable_to_shape_map()
-           if not k.startswith(skip)}
-  curve = json.loads((out / "curve.json").read_text())
-  for key in ("nll", "bpd", "nfe"):
-    state[f"curve_{key}"] = np.array([c[key] for c in curve])
+def _state(out, keys):
+  """The final checkpoint (weights, optimizer, epoch) and the curve's logs."""
+  state = checkpoints.read_latest(out / "checkpoints")
+  curve = run_lib.read_curve(str(out))
+  for key in keys:
+    state[f"curve_{key}"] = np.array([row[key] for row in curve])
   return state
+
+
+def _images_state(out):
+  return _state(out, ("nll", "bpd", "nfe"))
 
 
 def _vae_state(out):
-  state = {}
-  with h5py.File(out / "vae.weights.h5") as f:
-    f.visititems(lambda name, obj: state.__setitem__(name, obj[()])
-                 if isinstance(obj, h5py.Dataset) else None)
-  metrics = json.loads((out / "metrics.json").read_text())
-  for key in ("train_neg_elbo_last_epoch", "kl_last_epoch",
-              "nfe_forward_train"):
-    state[key] = np.array(metrics[key])
-  return state
+  return _state(out, ("loss", "kl"))
 
 
 def _tabular_state(out):
-  """The final checkpoint (model, optimizer, epoch) and the test metrics."""
-  reader = tf.train.load_checkpoint(str(out / "checkpoints"))
-  skip = ("_CHECKPOINTABLE_OBJECT_GRAPH", "save_counter", "callback_states")
-  state = {k: reader.get_tensor(k) for k in reader.get_variable_to_shape_map()
-           if not k.startswith(skip)}
+  state = _state(out, ("nll",))
   metrics = json.loads((out / "metrics.json").read_text())
-  for key in ("test_nll", "val_nll", "train_nll"):
+  for key in ("test_nll", "val_nll"):
     state[key] = np.array(metrics[key])
   return state
 

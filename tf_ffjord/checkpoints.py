@@ -9,7 +9,7 @@ import keras
 import numpy as np
 import tensorflow as tf
 
-__all__ = ["CheckpointError", "Checkpoint", "is_chief"]
+__all__ = ["CheckpointError", "Checkpoint", "is_chief", "read_latest"]
 
 # Keras callbacks whose progress must survive a restart, and the attributes
 # that hold it (their on_train_begin resets them).
@@ -292,3 +292,33 @@ class Checkpoint(keras.callbacks.Callback):
 
   def on_epoch_end(self, epoch, logs=None):
     self.save(epoch + 1)
+
+
+def read_latest(directory):
+  """The arrays of the latest checkpoint in `directory`, by their keys.
+
+  Keras' weights-file keys (e.g. `layers/ode_net/.../vars/0`,
+  `optimizer/vars/0` for the optimizer's step count), plus `epoch`: for
+  inspecting a run without building its model.
+
+  Raises:
+    CheckpointError: no checkpoint, or an unreadable file.
+  """
+  state_file = os.path.join(os.fspath(directory), _STATE_FILE)
+  if not os.path.exists(state_file):
+    raise CheckpointError(f"No checkpoint in {directory} ({state_file} is "
+                          "missing).")
+  prefix = os.path.join(os.fspath(directory),
+                        _read_json(state_file, "checkpoint state file")[
+                            "latest"])
+  out = {"epoch": np.array(_read_json(prefix + ".json",
+                                      "checkpoint progress file")["epoch"])}
+  path = prefix + ".weights.h5"
+  if _unreadable(path):
+    raise CheckpointError(f"The weights file {path} is missing, corrupted or "
+                          "truncated.")
+  with h5py.File(path, "r") as f:
+    f.visititems(lambda name, obj: out.__setitem__(name, obj[()]) if
+                 isinstance(obj, h5py.Dataset) else None)
+  return out
+
