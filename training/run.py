@@ -71,8 +71,14 @@ def fit(model, train_data, out, steps, steps_per_epoch, time_budget=0.0,
   if is_chief():
     logs.append(keras.callbacks.CSVLogger(os.path.join(out, "curve.csv"),
                                           append=True))
+  options = tf.data.Options()
+  # The pipelines are in memory, with no files to shard: every worker makes
+  # the same global batches and keeps its own rows of each.
+  options.experimental_distribute.auto_shard_policy = (
+      tf.data.experimental.AutoShardPolicy.DATA)
   history = model.fit(
-      train_data(initial_epoch * steps_per_epoch), epochs=epochs,
+      train_data(initial_epoch * steps_per_epoch).with_options(options),
+      epochs=epochs,
       initial_epoch=initial_epoch, steps_per_epoch=steps_per_epoch,
       validation_data=validation_data, validation_freq=validation_freq,
       callbacks=logs, verbose=verbose)
