@@ -1,8 +1,9 @@
-"""Tests of tf_ffjord.vae: bounds vs quadrature, change of variables, adjoint."""
+"""Tests of the VAE: bounds vs quadrature, change of variables, adjoint; its CLI on synthetic MNIST files."""
 
 import json
 import math
 
+import h5py
 import keras
 import numpy as np
 import pytest
@@ -131,7 +132,8 @@ def test_ffjord_hutchinson_log_q_is_unbiased():
 
 
 def test_context_gradient_reaches_encoder_through_adjoint():
-  kwargs = dict(latent_dim=3, trace="exact", step_size=0.5)
+  # Hutchinson with one fixed probe: both differentiate the same solve.
+  kwargs = dict(latent_dim=3, trace="hutchinson", step_size=0.5)
   adjoint = _tiny_vae("ffjord", gradient="adjoint", **kwargs)
   backprop = _tiny_vae("ffjord", gradient="backprop", **kwargs)
   backprop.set_weights(adjoint.get_weights())
@@ -140,7 +142,8 @@ def test_context_gradient_reaches_encoder_through_adjoint():
   @tf.function
   def grads(vae):
     with tf.GradientTape() as tape:
-      loss = -tf.reduce_mean(vae.elbo(x, 2, exact=False, seed=[3, 3]))
+      a, b, c, _ = vae.log_weights(x, 2, seed=[3, 3], probe_seed=[5, 5])
+      loss = -tf.reduce_mean(a + b - c)
     return loss, tape.gradient(loss, vae.encoder_out.kernel)
 
   loss_a, g_a = grads(adjoint)
@@ -208,52 +211,6 @@ def test_bad_input():
     vae.elbo(tf.zeros([2, 4, 4], tf.int32))
 
 
-def _fake_mnist(path, n_train=200, n_test=20):
-  rng = np.random.default_rng(0)
-  np.savez(path, x_train=rng.integers(0, 256, (n_train, 28, 28), np.uint8),
-           x_test=rng.integers(0, 256, (n_test, 28, 28), np.uint8))
-  return str(path)
-
-
-def test_training_cli_writes_metrics_and_pictures(tmp_path):
-  from training import vae as cli
-  data = _fake_mnist(tmp_path / "mnist.npz")
-  out = tmp_path / "run"
-  cli.main(["--flow", "ffjord", "--data", data, "--out", str(out),
-            "--latent-dim", "2", "--context-dim", "2",
-            "--encoder-hidden", "8", "--decoder-hidden", "8",
-            "--cnf-hidden", "8", "--step-size", "0.5", "--epochs", "1",
-            "--gradient", "backprop",
-            "--batch-size", "50", "--iwae-samples", "8",
-            "--iwae-test-size", "5", "--iwae-chunk", "4", "--verbose", "0"])
-  metrics = json.loads((out / "metrics.json").read_text())
-  for key in ("test_neg_elbo", "iwae_neg_log_px", "nfe_forward_train",
-              "nfe_eval", "seconds", "train_seconds"):
-    assert np.isfinite(metrics[key]), key
-  assert metrics["train_steps"] == 4 and metrics["iwae_samples"] == 8
-  assert metrics["nfe_forward_train"] == 8  # rk4, two steps
-  # IWAE is at least the ELBO on average (same 5 images).
-  assert metrics["iwae_neg_log_px"] <= metrics["neg_elbo_on_iwae_images"] + 0.5
-  for name in ("reconstructions.png", "samples.png"):
-    png = tf.io.decode_png(tf.io.read_file(str(out / name)))
-    assert png.shape[0] > 28 and png.shape[-1] == 1
-
-
-def test_load_mnist_errors(tmp_path):
-  from training import vae as cli
-  with pytest.raises(FileNotFoundError, match="missing.npz"):
-    cli.load_mnist(str(tmp_path / "missing.npz"))
-  bad = tmp_path / "bad.npz"
-  np.savez(bad, x_train=np.zeros((3, 28, 27)), x_test=np.zeros((3, 28, 28)))
-  with pytest.raises(ValueError, match="x_train has shape"):
-    cli.load_mnist(str(bad))
-  nan = tmp_path / "nan.npz"
-  np.savez(nan, x_train=np.full((3, 28, 28), np.nan),
-           x_test=np.zeros((3, 28, 28)))
-  with pytest.raises(ValueError, match="NaN"):
-    cli.load_mnist(str(nan))
-  x_train, x_test = cli.load_mnist(_fake_mnist(tmp_path / "ok.npz"))
-  assert x_train.dtype == np.float32 and 0 <= x_train.min() <= x_train.max() <= 1
 
 
 @pytest.mark.parametrize("posterior", ["maf", "ffjord"])
@@ -270,29 +227,179 @@ def test_config_round_trip(posterior):
     assert clone.flow.solver.num_steps == vae.flow.solver.num_steps == 4
 
 
-def test_training_cli_resumes_from_the_last_finished_epoch(tmp_path,
-                                                           monkeypatch):
-  from training import vae as cli
-  data = _fake_mnist(tmp_path / "mnist.npz")
-  out = tmp_path / "run"
-  args = ["--flow", "none", "--data", data, "--out", str(out),
-          "--latent-dim", "2", "--encoder-hidden", "8", "--decoder-hidden",
-          "8", "--batch-size", "50", "--iwae-samples", "2",
-          "--iwae-test-size", "2", "--iwae-chunk", "2", "--verbose", "0"]
+# -- the CLI ---------------------------------------------------------------
 
-  def crash(*_):
+def _fake_mnist(root, n_train=200, n_test=20, name="mnist"):
+  """A synthetic file in keras' mnist.npz layout under `root`."""
+  rng = np.random.default_rng(0)
+  root.mkdir(parents=True, exist_ok=True)
+  np.savez(root / f"{name}.npz",
+           x_train=rng.integers(0, 256, (n_train, 28, 28), np.uint8),
+           y_train=np.zeros(n_train, np.uint8),
+           x_test=rng.integers(0, 256, (n_test, 28, 28), np.uint8),
+           y_test=np.zeros(n_test, np.uint8))
+  return str(root)
+
+
+def _args(root, out, *extra):
+  """A tiny run: 4 steps of 50 images per epoch."""
+  return ["--data", "mnist", "--data-root", root, "--out", str(out),
+          "--latent-dim", "2", "--context-dim", "2", "--encoder-hidden", "8",
+          "--decoder-hidden", "8", "--maf-hidden", "8", "--cnf-hidden", "8",
+          "--batch-size", "50", "--eval-batch-size", "8",
+          "--iwae-samples", "4", "--iwae-test-size", "4", "--iwae-chunk", "2",
+          "--verbose", "0", *extra]
+
+
+def _run(args, stub_evaluation=False, monkeypatch=None):
+  """`training.vae.run` of a command line (optionally without evaluation)."""
+  from training import vae as cli
+  if stub_evaluation:
+    monkeypatch.setattr(cli, "evaluate", lambda *_: {})
+    monkeypatch.setattr(cli, "write_pictures", lambda *_: None)
+  config, strategy = cli.cli.parse(cli.VAEConfig, "", args)
+  return cli.run(config, strategy)
+
+
+def _weights(out):
+  with h5py.File(out / "vae.weights.h5") as f:
+    found = {}
+    f.visititems(lambda name, obj: found.__setitem__(name, obj[()])
+                 if isinstance(obj, h5py.Dataset) else None)
+  return found
+
+
+def test_cli_writes_metrics_pictures_curve_and_weights(tmp_path):
+  from training import vae as cli
+  root = _fake_mnist(tmp_path / "data")
+  out = tmp_path / "run"
+  # (One Euler step per solve: an exact-trace solve is slow to trace.)
+  metrics = cli.main(_args(root, out, "--flow", "ffjord", "--epochs", "1",
+                           "--solver", "euler", "--step-size", "1",
+                           "--gradient", "adjoint",
+                           "--weight-decay", "0.01", "--eval-batch-size",
+                           "20", "--iwae-chunk", "4"))
+  assert metrics == {**json.loads((out / "metrics.json").read_text()),
+                     "config": metrics["config"]}
+  for key in ("test_neg_elbo", "iwae_neg_log_px", "train_neg_elbo",
+              "train_nfe", "train_nfe_backward", "eval_nfe", "seconds",
+              "seconds_elbo", "seconds_iwae"):
+    assert np.isfinite(metrics[key]), key
+  assert metrics["steps"] == metrics["optimizer_steps"] == 4
+  assert metrics["stop_reason"] == "steps" and metrics["replicas"] == 1
+  assert metrics["test_images"] == 20 and metrics["iwae_test_images"] == 4
+  # One Euler step in training and in the exact-trace evaluation, and one
+  # in the adjoint's backward solve.
+  assert metrics["train_nfe"] == metrics["eval_nfe"] == 1
+  assert metrics["train_nfe_backward"] == 1
+  # IWAE is at least the ELBO on average (the same 4 images).
+  assert metrics["iwae_neg_log_px"] <= metrics["neg_elbo_on_iwae_images"] + 0.5
+  for name in ("reconstructions.png", "samples.png"):
+    png = tf.io.decode_png(tf.io.read_file(str(out / name)))
+    assert png.shape[0] > 28 and png.shape[-1] == 1
+  assert (out / "curve.csv").read_text().startswith("epoch,")
+  assert _weights(out)
+
+
+def test_cli_missing_data_file_is_named(tmp_path, capsys):
+  from training import vae as cli
+  missing = tmp_path / "nowhere"
+  with pytest.raises(SystemExit) as e:
+    cli.main(_args(str(missing), tmp_path / "run", "--epochs", "1"))
+  assert e.value.code == 2
+  assert str(missing / "mnist.npz") in capsys.readouterr().err
+  # A file without the expected arrays is named too.
+  (tmp_path / "bad").mkdir()
+  np.savez(tmp_path / "bad" / "mnist.npz", x_train=np.zeros((3, 28, 28)))
+  with pytest.raises(ValueError, match=str(tmp_path / "bad" / "mnist.npz")):
+    cli.load_images("mnist", str(tmp_path / "bad"))
+
+
+@pytest.mark.parametrize("flag,value", [
+    ("--time-budget", "-1"), ("--batch-size", "0"), ("--flow", "realnvp"),
+    ("--ot", "true"), ("--objective", "flow_matching"), ("--export", "ture"),
+    ("--encoder-hidden", "8,x"), ("--iwae-samples", "0")])
+def test_cli_refuses_bad_values_at_parse_time(flag, value, capsys):
+  from training import vae as cli
+  with pytest.raises(SystemExit) as e:
+    cli.main([flag, value])
+  assert e.value.code == 2
+  err = capsys.readouterr().err
+  assert flag in err and "Traceback" not in err
+
+
+def test_cli_help_says_what_every_flag_does(capsys):
+  from training import vae as cli
+  with pytest.raises(SystemExit):
+    cli.main(["--help"])
+  text = " ".join(capsys.readouterr().out.split())
+  for phrase in ("--data-root", "--time-budget", "seconds",
+                 "--eval-batch-size", "decoupled weight decay",
+                 "--flow", "amortized CNF", "--iwae-samples"):
+    assert phrase in text, phrase
+
+
+def test_training_batches_are_a_function_of_the_step(tmp_path):
+  from training import vae as cli
+  root = _fake_mnist(tmp_path / "data")
+  config, _ = cli.cli.parse(cli.VAEConfig, "", _args(root, tmp_path / "r",
+                                                     "--flow", "none"))
+  x_train, _ = cli.load_images("mnist", root)
+  vae = cli.build_model(config)
+  data = cli.train_data(vae, x_train, config)
+  run = [(x.numpy(), n.numpy()) for x, n in data(0).take(6)]
+  for start in (1, 5):  # a resumed pipeline sees the same batches
+    x, noise = next(iter(data(start)))
+    np.testing.assert_array_equal(x, run[start][0])
+    np.testing.assert_array_equal(noise, run[start][1])
+  x = np.stack([b[0] for b in run])
+  assert set(np.unique(x)) == {0.0, 1.0}
+  # Dynamic binarization: pixel means follow the intensities (~0.5 here),
+  # and every step draws its own pixels and noise.
+  assert abs(x.mean() - x_train.mean() / 255) < 0.01
+  assert not np.array_equal(run[0][1], run[4][1])
+  assert not np.array_equal(run[0][0], run[4][0])
+
+
+def test_cli_resumes_to_the_uninterrupted_run(tmp_path, monkeypatch):
+  from training import run as run_lib
+  root = _fake_mnist(tmp_path / "data")
+  flags = ("--flow", "maf", "--maf-steps", "1", "--epochs")
+  fit = run_lib.fit
+
+  def crash(*args, **kwargs):
+    fit(*args, **kwargs)
     raise RuntimeError("killed after training")
 
-  # A crash after two epochs (4 steps each) leaves their checkpoints.
-  monkeypatch.setattr(cli, "evaluate", crash)
+  # A crash after two epochs (4 steps each) leaves their checkpoints; the
+  # rerun with --epochs 3 trains only the third, from the saved optimizer.
+  out = tmp_path / "resumed"
+  monkeypatch.setattr(run_lib, "fit", crash)
   with pytest.raises(RuntimeError, match="killed"):
-    cli.main(args + ["--epochs", "2"])
-  assert (out / "checkpoints" / "checkpoint").exists()
-  monkeypatch.undo()
-  metrics = cli.main(args + ["--epochs", "3"])
-  # The rerun starts at epoch 2 with the saved optimizer state and trains
-  # only the third epoch.
-  assert metrics["initial_epoch"] == 2
-  assert metrics["train_steps"] == 4 and metrics["train_epochs"] == 1
-  assert metrics["optimizer_steps"] == 12
-  assert not (out / "checkpoints").exists()  # a finished run clears them
+    _run(_args(root, out, *flags, "2"))
+  monkeypatch.setattr(run_lib, "fit", fit)
+  metrics = _run(_args(root, out, *flags, "3"), True, monkeypatch)
+  assert metrics["resumed_at"] == 8
+  assert metrics["steps"] == metrics["optimizer_steps"] == 12
+  # The same weights as a run that was never interrupted: the batches, their
+  # binarization and the posterior noise are functions of the step.
+  ref = tmp_path / "uninterrupted"
+  _run(_args(root, ref, *flags, "3"), True, monkeypatch)
+  got, want = _weights(out), _weights(ref)
+  assert sorted(got) == sorted(want) and len(want) > 5
+  for k in want:
+    np.testing.assert_allclose(got[k], want[k], rtol=1e-5, atol=1e-6,
+                               err_msg=k)
+  # A finished run does not train again on a rerun.
+  again = _run(_args(root, out, *flags, "3"), True, monkeypatch)
+  assert again["resumed_at"] == 12 and again["optimizer_steps"] == 12
+
+
+def test_cli_stops_at_the_time_budget(tmp_path, monkeypatch):
+  root = _fake_mnist(tmp_path / "data")
+  metrics = _run(_args(root, tmp_path / "run", "--flow", "none",
+                       "--epochs", "50", "--time-budget", "1e-6",
+                       "--export", "false"), True, monkeypatch)
+  assert metrics["stop_reason"] == "time budget"
+  assert metrics["optimizer_steps"] == 1  # the budget is checked per step
+  assert not (tmp_path / "run" / "vae.weights.h5").exists()
