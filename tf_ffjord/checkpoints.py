@@ -149,7 +149,10 @@ class Checkpoint(keras.callbacks.Callback):
     state_file = os.path.join(directory, "checkpoint")
     if not os.path.exists(state_file):
       return None
-    state = tf.train.get_checkpoint_state(directory)
+    try:
+      state = tf.train.get_checkpoint_state(directory)
+    except ValueError:  # e.g. an empty file: no model_checkpoint_path
+      state = None
     if state is None or not state.model_checkpoint_path:
       raise CheckpointError(
           f"The checkpoint state file {state_file} is corrupted or "
@@ -175,7 +178,7 @@ class Checkpoint(keras.callbacks.Callback):
           "is missing. Restore the file or delete the directory to start "
           "over.")
     try:
-      checkpoint.restore(prefix).assert_existing_objects_matched()
+      checkpoint.restore(prefix).assert_consumed()
     except (tf.errors.OpError, ValueError, AssertionError, IndexError,
             KeyError) as e:
       bad = _unreadable_file(prefix)
