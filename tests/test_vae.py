@@ -93,7 +93,7 @@ def test_elbo_below_iwae_and_log_px(posterior):
 
 @pytest.mark.parametrize("posterior", ["maf", "ffjord"])
 def test_log_q_matches_change_of_variables(posterior):
-  vae = _tiny_vae(posterior, latent_dim=3, step_size=0.25)
+  vae = _tiny_vae(posterior, latent_dim=3, step_size=0.5)
   x = _images(5, seed=3)
   d, eps = 3, 1e-2
 
@@ -186,17 +186,17 @@ def test_made_is_autoregressive():
 
 def test_fit_reduces_negative_elbo():
   keras.utils.set_random_seed(0)
-  vae = VAE((4, 4), latent_dim=2, posterior="ffjord", solver="rk4",
+  vae = VAE((4, 4), latent_dim=2, posterior="ffjord", solver="euler",
             step_size=0.5, **SMALL)
   vae.compile(keras.optimizers.Adam(1e-2))
   x = _images(256, seed=11)
   neg_elbo = tf.function(
-      lambda: -tf.reduce_mean(vae.elbo(x, 8, seed=[0, 0])))
+      lambda: -tf.reduce_mean(vae.elbo(x, 4, seed=[0, 0])))
   before = float(neg_elbo())
   hist = vae.fit(x, batch_size=64, epochs=6, verbose=0)
   after = float(neg_elbo())
   assert set(hist.history) >= {"neg_elbo", "kl", "nfe", "nfe_backward"}
-  assert hist.history["nfe"][-1] == 8  # rk4, 2 steps
+  assert hist.history["nfe"][-1] == 2  # 2 Euler steps
   assert after < before - 0.5, (before, after)
 
 
@@ -364,7 +364,7 @@ def test_training_batches_are_a_function_of_the_step(tmp_path):
 def test_cli_resumes_to_the_uninterrupted_run(tmp_path, monkeypatch):
   from training import run as run_lib
   root = _fake_mnist(tmp_path / "data")
-  flags = ("--flow", "maf", "--maf-steps", "1", "--epochs")
+  flags = ("--flow", "none", "--epochs")
   fit = run_lib.fit
 
   def crash(*args, **kwargs):
