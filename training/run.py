@@ -73,7 +73,8 @@ def fit(model, train_data, out, steps, steps_per_epoch, time_budget=0.0,
                                           append=True))
   options = tf.data.Options()
   # The pipelines are in memory, with no files to shard: every worker makes
-  # the same global batches and keeps its own rows of each.
+  # the same global batches and keeps its own rows of each. The pipeline
+  # orders the batches itself (shuffle=True would only make Keras warn).
   options.experimental_distribute.auto_shard_policy = (
       tf.data.experimental.AutoShardPolicy.DATA)
   history = model.fit(
@@ -81,7 +82,7 @@ def fit(model, train_data, out, steps, steps_per_epoch, time_budget=0.0,
       epochs=epochs,
       initial_epoch=initial_epoch, steps_per_epoch=steps_per_epoch,
       validation_data=validation_data, validation_freq=validation_freq,
-      callbacks=logs, verbose=verbose)
+      callbacks=logs, verbose=verbose, shuffle=False)
   done = int(ckpt.epoch.numpy())
   if any(getattr(cb, "stopped_epoch", 0) for cb in callbacks):
     reason = "early stopping"
