@@ -333,6 +333,12 @@ def test_cli_help_says_what_every_flag_does(capsys):
   with pytest.raises(SystemExit):
     cli.main(["--help"])
   text = " ".join(capsys.readouterr().out.split())
+  import dataclasses  # pylint: disable=g-import-not-at-top
+  for field in dataclasses.fields(cli.VAEConfig):
+    help_line = field.metadata["help"]
+    assert len(help_line) > 15 and not help_line.startswith("default"), field
+    # (argparse wraps lines, also at hyphens.)
+    assert "".join(help_line.split()) in text.replace(" ", ""), field.name
   for phrase in ("--data-root", "--time-budget", "seconds",
                  "--eval-batch-size", "decoupled weight decay",
                  "--flow", "amortized CNF", "--iwae-samples"):
