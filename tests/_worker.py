@@ -1,14 +1,11 @@
-"""Training processes for the tf.distribute and checkpoint tests.
+"""Training processes of the tf.distribute tests.
 
 Run as `python tests/_worker.py SPEC.json` (TF_CONFIG set by the caller for
 `multiworker`), or import `train(spec)` for the single-device reference. It
 trains a tiny exact-trace FFJORDModel from the weights in `spec["data"]` on the
 same global batches and writes the final weights, the history, per-replica
-Hutchinson log-densities and NFEs to `spec["out"]` (an .npz).
-
-`mode: "resume"` runs `train_resumable(spec)` instead: epochs of a fixed
-slice of the data each, checkpointed by `tf_ffjord.checkpoints`, resuming
-from the last finished epoch when rerun (the test kills it with SIGKILL).
+Hutchinson log-densities and NFEs to `spec["out"]` (an .npz); with
+`spec["checkpoints"]` it also saves and restores a `Checkpoint` there.
 """
 
 import json
@@ -37,6 +34,7 @@ def train(spec):
   import numpy as np  # pylint: disable=g-import-not-at-top
   import tensorflow as tf  # pylint: disable=g-import-not-at-top
   from tf_ffjord import FFJORDModel, ODENet  # pylint: disable=g-import-not-at-top
+  from tf_ffjord.divergence import replica_seed  # pylint: disable=g-import-not-at-top
 
   # The same global seed in every process: any per-replica difference must
   # come from the model, not from unseeded randomness.
@@ -66,24 +64,23 @@ def train(spec):
   if spec.get("checkpoints"):
     # Every worker saves (collective reads), only the chief's files stay;
     # after a barrier every worker restores the chief's checkpoint.
-    from tf_ffjord import checkpoints  # pylint: disable=g-import-not-at-top
-    checkpoints.Checkpointer(model, spec["checkpoints"]).save(1)
+    from tf_ffjord.checkpoints import Checkpoint  # pylint: disable=g-import-not-at-top
+    Checkpoint(model, spec["checkpoints"]).save(1)
     strategy.reduce("SUM", strategy.run(lambda: tf.constant(1.0)), axis=None)
-    fresh = checkpoints.Checkpointer(model, spec["checkpoints"])
-    out["checkpoint_epoch"] = fresh.restore()
+    out["checkpoint_epoch"] = Checkpoint(model, spec["checkpoints"]).restore()
     out["checkpoint_files"] = np.array(sorted(os.listdir(spec["checkpoints"])))
 
   # Hutchinson probes: every replica gets the same points; their estimates
   # must differ (a probe per replica), also across workers.
   with strategy.scope():
-    hutch = FFJORDModel((2,), dynamics=model.dynamics, solver="euler",
-                        step_size=0.5, trace="hutchinson")
+    hutch = FFJORDModel((2,), dynamics=model.blocks[0].dynamics,
+                        solver="euler", step_size=0.5, trace="hutchinson")
   x0 = tf.constant(x[:4])
 
   @tf.function
   def probe():
     return hutch._log_prob(x0, None, hutch.bijector,  # pylint: disable=protected-access
-                           seed=hutch._noise_seed())[0]  # pylint: disable=protected-access
+                           seed=replica_seed())[0]
 
   local = strategy.experimental_local_results(strategy.run(probe))
   out["hutchinson"] = np.stack([v.numpy() for v in local])
@@ -101,69 +98,20 @@ def train(spec):
                              for i in range(n)]).astype(np.float32)
     h = ada.fit(scaled, batch_size=8 * n, epochs=1, verbose=0, shuffle=False)
     out["adaptive_nfe"] = np.array([float(e) for e in h.history["nfe"]])
-    counts = strategy.run(tf.function(ada.bijector.nfe_counter.read_value))
-    out["adaptive_replica_nfe"] = np.array(
-        [int(v) for v in strategy.experimental_local_results(counts)])
+    # Each replica's own counts of its last solves, forward and backward.
+    counts = strategy.run(tf.function(
+        lambda: tf.stack([ada.bijector.nfe_counter.read_value(),
+                          ada.bijector.nfe_backward])))
+    out["adaptive_replica_nfe"] = np.stack(
+        [v.numpy() for v in strategy.experimental_local_results(counts)])
     out["adaptive_nll"] = np.array([float(e) for e in h.history["nll"]])
   return out
-
-
-def _optimizer_state(model, np):
-  del np
-  # By position: variable names carry per-process uniquifying suffixes.
-  return {f"opt{i}": v.numpy()
-          for i, v in enumerate(model.optimizer.variables)}
-
-
-def train_resumable(spec):
-  """Epoch e trains on batches [e * steps, (e + 1) * steps) of the data.
-
-  Prints `RESUMED <epoch> <iterations>` at the start and `SAVED <epoch>`
-  after each checkpoint; writes the optimizer state right after restore and
-  after each save (`<out>-restored.npz`, `<out>-epoch<e>.npz`).
-  """
-  import time  # pylint: disable=g-import-not-at-top
-  import keras  # pylint: disable=g-import-not-at-top
-  import numpy as np  # pylint: disable=g-import-not-at-top
-  from tf_ffjord import FFJORDModel, ODENet  # pylint: disable=g-import-not-at-top
-  from tf_ffjord import checkpoints  # pylint: disable=g-import-not-at-top
-
-  keras.utils.set_random_seed(0)
-  data = np.load(spec["data"])
-  x = data["x"]
-  model = FFJORDModel((2,), dynamics=ODENet(hidden=(8,)), solver="euler",
-                      step_size=0.5, trace="exact")
-  model.set_weights([data[f"w{i}"] for i in range(int(data["num_weights"]))])
-  model.compile(keras.optimizers.Adam(1e-2))
-  ckpt = checkpoints.Checkpointer(model, spec["checkpoints"])
-  start = ckpt.restore()
-  out = spec["out"].replace(".npz", "")
-  iterations = int(model.optimizer.iterations.numpy())
-  if start:
-    np.savez(f"{out}-restored.npz", **_optimizer_state(model, np))
-  print(f"RESUMED {start} {iterations}", flush=True)
-  batch, steps = int(spec["batch"]), int(spec["steps_per_epoch"])
-  sleep = float(spec.get("sleep", 0.0))
-
-  class Progress(keras.callbacks.Callback):
-    def on_train_batch_end(self, batch, logs=None):
-      time.sleep(sleep)  # room for the test to kill mid-epoch
-
-  for epoch in range(start, int(spec["epochs"])):
-    chunk = x[epoch * steps * batch:(epoch + 1) * steps * batch]
-    model.fit(chunk, batch_size=batch, epochs=epoch + 1, initial_epoch=epoch,
-              shuffle=False, verbose=0,
-              callbacks=[Progress(), checkpoints.CheckpointCallback(ckpt)])
-    np.savez(f"{out}-epoch{epoch + 1}.npz", **_optimizer_state(model, np))
-    print(f"SAVED {epoch + 1}", flush=True)
-  return {**{f"w{i}": w for i, w in enumerate(model.get_weights())},
-          **_optimizer_state(model, np)}
 
 
 def main():
   with open(sys.argv[1]) as f:
     spec = json.load(f)
-  out = (train_resumable if spec["mode"] == "resume" else train)(spec)
+  out = train(spec)
   import numpy as np  # pylint: disable=g-import-not-at-top
   task = json.loads(os.environ.get("TF_CONFIG", "{}")).get("task", {})
   path = spec["out"]

@@ -1,7 +1,7 @@
-"""Tests of tf_ffjord.checkpoints: resume after SIGKILL, clear errors on bad files."""
+"""Tests of tf_ffjord.checkpoints.Checkpoint: resume after kill -9, callback states, errors that name the bad file."""
 
+import glob
 import json
-import os
 import pathlib
 import signal
 import subprocess
@@ -11,170 +11,53 @@ import time
 import keras
 import numpy as np
 import pytest
+import tensorflow as tf
 
 from tf_ffjord import FFJORDModel, ODENet, datasets
-from tf_ffjord.checkpoints import CheckpointError, Checkpointer
+from tf_ffjord.callbacks import TimeBudget
+from tf_ffjord.checkpoints import Checkpoint, CheckpointError
 
 ROOT = pathlib.Path(__file__).resolve().parents[1]
-WORKER = ROOT / "tests" / "_worker.py"
 
 
-def _tiny(hidden=(8,)):
-  model = FFJORDModel((2,), dynamics=ODENet(hidden=hidden), solver="rk4",
-                      step_size=0.5, trace="exact")
+def _tiny(hidden=(8,), train_time=False):
+  model = FFJORDModel((2,), dynamics=ODENet(hidden=hidden), solver="euler",
+                      step_size=1.0, trace="exact", train_time=train_time)
   model.compile(keras.optimizers.Adam(1e-2))
   return model
 
 
-def test_kill_9_then_rerun_resumes_without_losing_an_epoch(tmp_path,
-                                                         subprocess_env):
-  model = _tiny()
-  w = model.get_weights()
-  batch, steps, epochs = 8, 2, 4
-  x = datasets.toy.sample("8gaussians", batch * steps * epochs, seed=0)
-  np.savez(tmp_path / "data.npz", x=x.astype(np.float32), num_weights=len(w),
-           **{f"w{i}": v for i, v in enumerate(w)})
-  spec = {"mode": "resume", "data": str(tmp_path / "data.npz"),
-          "batch": batch, "steps_per_epoch": steps, "epochs": epochs,
-          "checkpoints": str(tmp_path / "ckpt"), "sleep": 0.4}
-  (tmp_path / "run.json").write_text(json.dumps({**spec, "out": str(
-      tmp_path / "run.npz")}))
-  cmd = [sys.executable, str(WORKER), str(tmp_path / "run.json")]
-
-  # First run: kill -9 once epoch 2 is saved, while epoch 3 trains.
-  proc = subprocess.Popen(cmd, env=subprocess_env, stdout=subprocess.PIPE,
-                          stderr=subprocess.DEVNULL, text=True)
-  try:
-    lines = []
-    deadline = time.time() + 600
-    while time.time() < deadline:
-      line = proc.stdout.readline()
-      if not line:
-        break
-      lines.append(line.strip())
-      if line.strip() == "SAVED 2":
-        time.sleep(0.1)  # inside epoch 3 (each batch sleeps 0.4 s)
-        proc.send_signal(signal.SIGKILL)
-        break
-    proc.wait(timeout=60)
-  finally:
-    if proc.poll() is None:
-      proc.kill()
-      proc.wait()
-  assert lines[0] == "RESUMED 0 0", lines
-  assert "SAVED 2" in lines and "SAVED 3" not in lines, lines
-  assert proc.returncode == -signal.SIGKILL
-
-  # The same command again: resumes at epoch 2, step 4, same optimizer state.
-  rerun = subprocess.run(cmd, env=subprocess_env, capture_output=True,
-                         text=True, timeout=600)
-  assert rerun.returncode == 0, rerun.stderr[-3000:]
-  out_lines = rerun.stdout.split("\n")
-  assert out_lines[0] == f"RESUMED 2 {2 * steps}", out_lines
-  assert "SAVED 4" in out_lines
-  saved = np.load(tmp_path / "run-epoch2.npz")
-  restored = np.load(tmp_path / "run-restored.npz")
-  assert sorted(saved.files) == sorted(restored.files)
-  assert len(saved.files) > 2  # iterations, learning rate, Adam moments
-  for k in saved.files:
-    np.testing.assert_array_equal(restored[k], saved[k], err_msg=k)
-
-  # Same final state as a run that was never interrupted.
-  from _worker import train_resumable  # pylint: disable=g-import-not-at-top
-  ref = train_resumable({**spec, "sleep": 0.0,
-                         "checkpoints": str(tmp_path / "ref_ckpt"),
-                         "out": str(tmp_path / "ref.npz")})
-  final = np.load(tmp_path / "run.npz")
-  assert int(final["opt0"]) == steps * epochs  # the iteration counter
-  for k, v in ref.items():
-    np.testing.assert_allclose(final[k], v, rtol=1e-5, atol=1e-7, err_msg=k)
+def _variables(prefix):
+  """The values of a checkpoint, without its save counter and timings."""
+  reader = tf.train.load_checkpoint(str(prefix))
+  skip = ("_CHECKPOINTABLE_OBJECT_GRAPH", "save_counter", "callback_states")
+  return {k: reader.get_tensor(k) for k in reader.get_variable_to_shape_map()
+          if not k.startswith(skip)}
 
 
-@pytest.fixture
-def saved(tmp_path):
-  """A directory with checkpoints after epochs 1 and 2 of a tiny model."""
-  model = _tiny()
-  ckpt = Checkpointer(model, tmp_path / "ckpt")
-  ckpt._build_optimizer()  # pylint: disable=protected-access
-  ckpt.save(1)
-  for v in model.trainable_variables:
-    v.assign(v + 1.0)
-  model.optimizer.iterations.assign(7)
-  path = ckpt.save(2)
-  return tmp_path / "ckpt", path, model
+# -- kill -9 of a training CLI --------------------------------------------
+
+TOY = ["--steps", "40", "--steps-per-epoch", "2", "--batch-size", "16",
+       "--dims", "8", "--solver", "euler", "--step-size", "1", "--trace",
+       "exact", "--train-time", "false", "--test-size", "64", "--plot",
+       "false", "--export", "false"]
 
 
-def test_restore_round_trip(saved):
-  directory, _, model = saved
-  fresh = _tiny()
-  assert Checkpointer(fresh, directory).restore() == 2
-  assert int(fresh.optimizer.iterations.numpy()) == 7
-  for a, b in zip(model.weights, fresh.weights):
-    np.testing.assert_array_equal(a.numpy(), b.numpy())
-
-
-def test_fresh_directory_restores_nothing(tmp_path):
-  assert Checkpointer(_tiny(), tmp_path / "none").restore() == 0
-
-
-def _truncate(path):
-  raw = pathlib.Path(path).read_bytes()
-  pathlib.Path(path).write_bytes(raw[:len(raw) // 2])
-
-
-def test_truncated_data_file_is_named(saved):
-  directory, prefix, _ = saved
-  data = sorted(directory.glob(pathlib.Path(prefix).name + ".data-*"))[0]
-  _truncate(data)
-  with pytest.raises(CheckpointError, match="corrupted or truncated") as e:
-    Checkpointer(_tiny(), directory).restore()
-  assert str(data) in str(e.value)
-  assert "ckpt-1" in str(e.value)  # the earlier checkpoint to fall back to
-
-
-def test_truncated_index_file_is_named(saved):
-  directory, prefix, _ = saved
-  _truncate(prefix + ".index")
-  with pytest.raises(CheckpointError, match=prefix + ".index"):
-    Checkpointer(_tiny(), directory).restore()
-
-
-def test_corrupted_state_file_is_named(saved):
-  directory, _, _ = saved
-  (directory / "checkpoint").write_text("model_checkpoint_path: {{{")
-  with pytest.raises(CheckpointError, match=str(directory / "checkpoint")):
-    Checkpointer(_tiny(), directory).restore()
-
-
-def test_missing_index_is_named(saved):
-  directory, prefix, _ = saved
-  os.remove(prefix + ".index")
-  with pytest.raises(CheckpointError, match="missing"):
-    Checkpointer(_tiny(), directory).restore()
-
-
-def test_checkpoint_of_another_model_is_a_clear_error(saved):
-  directory, prefix, _ = saved
-  with pytest.raises(CheckpointError, match="does not fit this model"):
-    Checkpointer(_tiny(hidden=(16,)), directory).restore()
-
-
-def test_toy_cli_resumes_after_kill_9(tmp_path, subprocess_env):
-  out = tmp_path / "run"
-  cmd = [sys.executable, "-m", "training.toy", "--out", str(out),
-         "--iters", "12", "--steps-per-epoch", "2", "--batch-size", "16",
-         "--dims", "8", "--solver", "euler", "--trace", "exact",
-         "--train-time", "false", "--test-size", "64", "--plot", "false",
-         "--export", "false"]
+def test_toy_cli_resumes_after_kill_9_with_the_same_state(tmp_path, capsys,
+                                                          subprocess_env):
+  from training import toy  # pylint: disable=g-import-not-at-top
+  out = tmp_path / "killed"
   ckpt_dir = out / "checkpoints"
-  proc = subprocess.Popen(cmd, cwd=ROOT, env=subprocess_env,
+  args = [*TOY, "--out", str(out)]
+  proc = subprocess.Popen([sys.executable, "-m", "training.toy", *args],
+                          cwd=ROOT, env=subprocess_env,
                           stdout=subprocess.DEVNULL, stderr=subprocess.PIPE)
   try:
     deadline = time.time() + 600
     while time.time() < deadline and proc.poll() is None:
       # The state file is written (atomically) last, once a save is whole.
       if (ckpt_dir / "checkpoint").exists():
-        proc.send_signal(signal.SIGKILL)  # one epoch of six is saved
+        proc.send_signal(signal.SIGKILL)
         break
       time.sleep(0.02)
     proc.wait(timeout=60)
@@ -184,18 +67,175 @@ def test_toy_cli_resumes_after_kill_9(tmp_path, subprocess_env):
       proc.wait()
   assert proc.returncode == -signal.SIGKILL, proc.stderr.read()[-3000:]
   proc.stderr.close()
-  latest = Checkpointer(_tiny(), ckpt_dir).latest
-  assert latest is not None
+  latest = tf.train.latest_checkpoint(str(ckpt_dir))
   saved = int(pathlib.Path(latest).name.split("-")[1])
-  assert 1 <= saved < 6
+  assert 1 <= saved < 20  # killed mid-run
 
-  rerun = subprocess.run(cmd, cwd=ROOT, env=subprocess_env, capture_output=True,
-                         text=True, timeout=600)
-  assert rerun.returncode == 0, rerun.stderr[-3000:]
+  # The same command again (here, in this process: a fresh model that knows
+  # only the files).
+  capsys.readouterr()
+  toy.main(args)
+  stdout = capsys.readouterr().out
   assert (f"Resumed from {ckpt_dir}/ckpt-{saved} at epoch {saved} "
-          f"(step {2 * saved})") in rerun.stdout, rerun.stdout[-3000:]
-  assert f"Epoch {saved + 1}/6" in rerun.stdout
-  assert f"Epoch {saved}/6" not in rerun.stdout  # no finished epoch redone
+          f"(step {2 * saved}") in stdout, stdout[-3000:]
+  assert f"Epoch {saved + 1}/20" in stdout
+  assert f"Epoch {saved}/20" not in stdout  # no finished epoch redone
   metrics = json.loads((out / "metrics.json").read_text())
-  assert np.isfinite(metrics["test_nll"])
-  assert not ckpt_dir.exists()  # a finished run clears its checkpoints
+  assert metrics["steps"] == 40 and np.isfinite(metrics["test_nll"])
+
+  # The final state (weights, Adam moments, step counter) is that of a run
+  # never interrupted: the rerun restored the optimizer state, not only the
+  # weights, and trained on the batches the lost epochs would have seen.
+  config, _ = toy.cli.parse(toy.ToyConfig, "", [*TOY, "--out",
+                                                str(tmp_path / "ref")])
+  toy.run(config)
+  got = _variables(out / "checkpoints" / "ckpt-20")
+  want = _variables(tmp_path / "ref" / "checkpoints" / "ckpt-20")
+  assert sorted(got) == sorted(want)
+  assert sum("optimizer" in k for k in want) > 4  # iterations, moments
+  for k, v in want.items():
+    np.testing.assert_allclose(got[k], v, rtol=1e-5, atol=1e-7, err_msg=k)
+
+
+# -- files -----------------------------------------------------------------
+
+@pytest.fixture
+def saved(tmp_path):
+  """A directory with checkpoints after epochs 1 and 2 of a tiny model."""
+  model = _tiny()
+  model.optimizer.build(model.trainable_variables)
+  ckpt = Checkpoint(model, tmp_path / "ckpt")
+  ckpt.save(1)
+  for v in model.trainable_variables:
+    v.assign(v + 1.0)
+  model.optimizer.iterations.assign(7)
+  return tmp_path / "ckpt", ckpt.save(2), model
+
+
+def test_restore_round_trip(saved):
+  directory, _, model = saved
+  fresh = _tiny()
+  assert Checkpoint(fresh, directory).restore() == 2
+  assert int(fresh.optimizer.iterations.numpy()) == 7
+  assert len(fresh.optimizer.variables) == len(model.optimizer.variables)
+  for a, b in zip(model.weights + model.optimizer.variables,
+                  fresh.weights + fresh.optimizer.variables):
+    np.testing.assert_array_equal(a.numpy(), b.numpy())
+  assert Checkpoint(_tiny(), directory.parent / "none").restore() == 0
+
+
+def _damage(path, how):
+  raw = bytearray(pathlib.Path(path).read_bytes())
+  if how == "truncated":
+    raw = raw[:len(raw) // 2]
+  else:  # flipped bytes in the middle
+    for i in range(len(raw) // 3, len(raw) // 3 + 16):
+      raw[i] ^= 0xFF
+  pathlib.Path(path).write_bytes(bytes(raw))
+
+
+@pytest.mark.parametrize("how", ["truncated", "corrupted"])
+@pytest.mark.parametrize("which", ["index", "data"])
+def test_bad_index_or_data_file_is_named(saved, which, how):
+  directory, prefix, _ = saved
+  path = (prefix + ".index" if which == "index"
+          else glob.glob(prefix + ".data-*")[0])
+  _damage(path, how)
+  with pytest.raises(CheckpointError, match="corrupted or truncated") as e:
+    Checkpoint(_tiny(), directory).restore()
+  assert path in str(e.value)
+  assert "ckpt-1" in str(e.value)  # the earlier checkpoint to fall back to
+
+
+@pytest.mark.parametrize("how", ["truncated", "corrupted"])
+def test_bad_state_file_is_named(saved, how):
+  directory, _, _ = saved
+  if how == "truncated":
+    (directory / "checkpoint").write_text("")
+  else:
+    (directory / "checkpoint").write_text("model_checkpoint_path: {{{")
+  with pytest.raises(CheckpointError, match="state file") as e:
+    Checkpoint(_tiny(), directory).restore()
+  assert str(directory / "checkpoint") in str(e.value)
+
+
+def test_missing_index_is_named(saved):
+  directory, prefix, _ = saved
+  pathlib.Path(prefix + ".index").unlink()
+  with pytest.raises(CheckpointError, match="missing") as e:
+    Checkpoint(_tiny(), directory).restore()
+  assert prefix + ".index" in str(e.value)
+
+
+@pytest.mark.parametrize("other", [
+    dict(hidden=(16,)),  # a weight of another shape
+    dict(train_time=True),  # a variable the checkpoint lacks
+])
+def test_checkpoint_of_another_configuration_is_refused(saved, other):
+  directory, _, _ = saved
+  with pytest.raises(CheckpointError, match="does not fit this model"):
+    Checkpoint(_tiny(**other), directory).restore()
+
+
+def test_checkpoint_with_values_this_model_lacks_is_refused(tmp_path):
+  # A learned end time in the checkpoint, none in the model: restoring would
+  # silently drop it.
+  model = _tiny(train_time=True)
+  model.optimizer.build(model.trainable_variables)
+  Checkpoint(model, tmp_path / "ckpt").save(1)
+  with pytest.raises(CheckpointError, match="does not fit this model"):
+    Checkpoint(_tiny(), tmp_path / "ckpt").restore()
+
+
+def test_callbacks_without_state_are_refused(tmp_path):
+  with pytest.raises(ValueError, match="CSVLogger"):
+    Checkpoint(_tiny(), tmp_path, [keras.callbacks.CSVLogger("x.csv")])
+
+
+# -- callback states ----------------------------------------------------------
+
+def _callbacks():
+  # min_delta so large that no epoch after the first improves: the counters
+  # move every epoch.
+  stop = keras.callbacks.EarlyStopping("nll", patience=50, min_delta=1e3,
+                                       mode="min", restore_best_weights=True)
+  plateau = keras.callbacks.ReduceLROnPlateau("nll", factor=0.5, patience=2,
+                                              min_delta=1e3, cooldown=1,
+                                              mode="min")
+  return [stop, plateau, TimeBudget(1e6)]
+
+
+def test_callback_states_survive_a_restore(tmp_path):
+  x = datasets.toy.sample("8gaussians", 32, seed=0)
+  model, callbacks = _tiny(), _callbacks()
+  ckpt = Checkpoint(model, tmp_path / "ckpt", callbacks)
+  model.fit(x, batch_size=16, epochs=4, verbose=0, shuffle=False,
+            callbacks=[*callbacks, ckpt])
+  stop, plateau, budget = callbacks
+  # Epoch 2 reduced the learning rate; epoch 3 ended the cooldown.
+  assert stop.wait == 3 and plateau.wait == 1
+  assert float(model.optimizer.learning_rate) == pytest.approx(5e-3)
+
+  fresh, restored = _tiny(), _callbacks()
+  assert Checkpoint(fresh, tmp_path / "ckpt", restored).restore() == 4
+  r_stop, r_plateau, r_budget = restored
+  for name in ("wait", "best", "best_epoch"):
+    assert getattr(r_stop, name) == getattr(stop, name), name
+  for name in ("wait", "best", "cooldown_counter"):
+    assert getattr(r_plateau, name) == getattr(plateau, name), name
+  assert float(fresh.optimizer.learning_rate) == pytest.approx(5e-3)
+  assert r_budget.elapsed == pytest.approx(budget.elapsed) and budget.elapsed
+  # The best weights (epoch 1's) come back from the second checkpoint.
+  for a, b in zip(r_stop.best_weights, stop.best_weights):
+    np.testing.assert_array_equal(a, b)
+
+  # fit's on_train_begin resets the Keras callbacks; the Checkpoint after
+  # them puts their state back, so the counters go on.
+  ckpt = Checkpoint(fresh, tmp_path / "ckpt", restored)
+  ckpt.restore()
+  fresh.fit(x, batch_size=16, epochs=5, initial_epoch=4, verbose=0,
+            shuffle=False, callbacks=[*restored, ckpt])
+  assert r_stop.wait == 4 and r_stop.best == stop.best
+  assert r_plateau.cooldown_counter == 1  # a second plateau: reduced again
+  assert float(fresh.optimizer.learning_rate) == pytest.approx(2.5e-3)
+  assert r_budget.elapsed > budget.elapsed

@@ -45,16 +45,18 @@ def _vae_case(tmp_path):
   rng = np.random.default_rng(1)
   np.savez(tmp_path / "mnist.npz",
            x_train=rng.integers(0, 256, (100, 28, 28), np.uint8),
-           x_test=rng.integers(0, 256, (4, 28, 28), np.uint8))
+           y_train=np.zeros(100, np.uint8),
+           x_test=rng.integers(0, 256, (4, 28, 28), np.uint8),
+           y_test=np.zeros(4, np.uint8))
   # 2 steps of 50 images: dynamic binarization and the posterior's base
-  # noise are random, but drawn for the global batch.
-  return ["--flow", "ffjord", "--data", str(tmp_path / "mnist.npz"),
-          "--latent-dim", "2", "--context-dim", "2", "--encoder-hidden", "8",
-          "--decoder-hidden", "8", "--cnf-hidden", "8", "--solver", "euler",
-          "--step-size", "1.0", "--trace", "exact", "--gradient", "backprop",
-          "--epochs", "1", "--batch-size", "50", "--eval-batch-size", "4",
-          "--iwae-samples", "2", "--iwae-test-size", "2", "--iwae-chunk", "2",
-          "--verbose", "0"]
+  # noise are random, but drawn by the pipeline for the global batch.
+  return ["--flow", "ffjord", "--data", "mnist", "--data-root",
+          str(tmp_path), "--latent-dim", "2", "--context-dim", "2",
+          "--encoder-hidden", "8", "--decoder-hidden", "8", "--cnf-hidden",
+          "8", "--solver", "euler", "--step-size", "1.0", "--trace", "exact",
+          "--gradient", "backprop", "--epochs", "1", "--batch-size", "50",
+          "--eval-batch-size", "4", "--iwae-samples", "2",
+          "--iwae-test-size", "2", "--iwae-chunk", "2", "--verbose", "0"]
 
 
 def _tabular_case(tmp_path):
@@ -88,7 +90,11 @@ def _images_state(out):
 
 
 def _vae_state(out):
-  return _state(out, ("loss", "kl"))
+  state = checkpoints.read_latest(out / "checkpoints")
+  metrics = json.loads((out / "metrics.json").read_text())
+  for key in ("train_neg_elbo", "train_kl", "train_nfe", "test_neg_elbo"):
+    state[key] = np.array(metrics[key])
+  return state
 
 
 def _tabular_state(out):
@@ -102,7 +108,7 @@ def _tabular_state(out):
 STATES = {"images": _images_state, "vae": _vae_state,
           "tabular": _tabular_state}
 # The metric that counts the training steps, and its value.
-STEPS = {"images": ("steps", 2), "vae": ("train_steps", 2),
+STEPS = {"images": ("steps", 2), "vae": ("optimizer_steps", 2),
          "tabular": ("steps", 3)}
 
 

@@ -83,9 +83,11 @@ def test_mirrored_two_devices_matches_single_device(run_dir, subprocess_env):
   h = out["hutchinson"]
   assert h.shape == (2, 4) and not np.allclose(h[0], h[1])
   # dopri5 with differently scaled data on the replicas: the train step
-  # finished, with each replica's own step count in its NFE counter.
+  # finished, with each replica's own counts (all evaluations of its last
+  # step, and those of its adjoint's backward solve) in its NFE counters.
   nfe = out["adaptive_replica_nfe"]
-  assert nfe.shape == (2,) and nfe.min() > 0
+  assert nfe.shape == (2, 2) and nfe.min() > 0
+  assert np.all(nfe[:, 0] > nfe[:, 1])  # the total includes the forward
   assert np.isfinite(out["adaptive_nll"]).all()
 
 
@@ -138,57 +140,45 @@ def test_multiworker_two_processes_matches_single_device(run_dir,
   assert not np.allclose(h0, h1)
 
 
-def test_nfe_counter_is_per_replica():
-  var = FFJORDModel((2,), dynamics=ODENet(hidden=(4,)), solver="rk4",
-                    step_size=1.0).bijector.nfe_counter
-  assert var.synchronization == tf.VariableSynchronization.ON_READ
+def test_nfe_counters_are_per_replica():
+  flow = FFJORDModel((2,), dynamics=ODENet(hidden=(4,)), solver="rk4",
+                     step_size=1.0).bijector
+  # ON_READ: a replica reads its own count, not a sum or another's.
+  for var in (flow.nfe_counter, flow._nfe_forward):  # pylint: disable=protected-access
+    assert var.synchronization == tf.VariableSynchronization.ON_READ
+  assert flow.nfe_backward.dtype == tf.int32
 
 
 def test_cli_strategy_flag(monkeypatch):
   import dataclasses  # pylint: disable=g-import-not-at-top
-  from training import common  # pylint: disable=g-import-not-at-top
+  from training import cli  # pylint: disable=g-import-not-at-top
 
   @dataclasses.dataclass
   class Config:
-    iters: int = 3
+    steps: int = cli.option(3, "training steps", positive=True)
 
-  config = common.config_from_args(Config, "test",
-                                   ["--strategy", "default", "--iters", "5"])
-  assert config == Config(iters=5)
+  config, strategy = cli.parse(Config, "test", ["--strategy", "default",
+                                                "--steps", "5"])
+  assert config == Config(steps=5)
+  assert strategy is tf.distribute.get_strategy()
   with pytest.raises(SystemExit):  # argparse rejects unknown strategies
-    common.config_from_args(Config, "test", ["--strategy", "tpu"])
+    cli.parse(Config, "test", ["--strategy", "tpu"])
   with pytest.raises(ValueError, match="Unknown strategy"):
-    common.use_strategy("tpu")
+    cli.use_strategy("tpu")
   monkeypatch.delenv("TF_CONFIG", raising=False)
   with pytest.raises(ValueError, match="TF_CONFIG"):
-    common.use_strategy("multiworker")
-
-
-def test_cli_distribution_helpers_reject_bad_input(monkeypatch):
-  from training import common  # pylint: disable=g-import-not-at-top
-  monkeypatch.setenv(common.LOGICAL_CPUS_ENV, "two")
+    cli.use_strategy("multiworker")
+  monkeypatch.setenv(cli.LOGICAL_CPUS_ENV, "two")
   with pytest.raises(ValueError, match="positive integer"):
-    common.use_strategy("mirrored")
-  with pytest.raises(ValueError, match="unequal lengths"):
-    common.split_batch((np.zeros([4, 2]), np.zeros([3])))
-  with pytest.raises(ValueError, match="'MEAN' or 'SUM'"):
-    common.distributed_step(lambda: {}, {"loss": "MAX"})
-  with pytest.raises(ValueError, match="multiple of the 1 replicas"):
-    common.check_global_batch(0)
-  # The default strategy: one replica gets the whole batch, and flags are
-  # taken as they are.
-  share = common.split_batch(np.arange(6.0).reshape(3, 2))
-  np.testing.assert_array_equal(share, np.arange(6.0).reshape(3, 2))
-  step = common.distributed_step(
-      lambda x: {"sum": tf.reduce_sum(x), "rows": tf.shape(x)[0]},
-      {"sum": "SUM"})
-  out = step(share)
-  assert {k: float(v) for k, v in out.items()} == {"sum": 15.0, "rows": 3.0}
-  assert common.any_worker(True, 0) == (True, False)
+    cli.use_strategy("mirrored")
 
 
-def test_optimizer_steps_reads_a_distributed_counter():
-  from training import common  # pylint: disable=g-import-not-at-top
+def test_single_worker_helpers():
+  from tf_ffjord.callbacks import any_worker  # pylint: disable=g-import-not-at-top
+  from training import run as run_lib  # pylint: disable=g-import-not-at-top
+  # Without multiple workers the flags are taken as they are.
+  assert any_worker(True, 0) == (True, False)
+  assert run_lib.is_chief()
   strategy = tf.distribute.MirroredStrategy(["/cpu:0"])
   with strategy.scope():
     model = FFJORDModel((2,), dynamics=ODENet(hidden=(4,)), solver="euler",
@@ -196,4 +186,4 @@ def test_optimizer_steps_reads_a_distributed_counter():
     model.compile(keras.optimizers.Adam(1e-3))
     model.optimizer.build(model.trainable_variables)
   model.optimizer.iterations.assign(3)
-  assert common.optimizer_steps(model) == 3
+  assert run_lib.optimizer_steps(model) == 3  # a distributed counter

@@ -1,6 +1,5 @@
-"""Tests of tf_ffjord.vae: bounds vs quadrature, change of variables, adjoint."""
+"""Tests of tf_ffjord.vae: bounds vs quadrature, change of variables, adjoint, Hutchinson, MADE, fit."""
 
-import json
 import math
 
 import keras
@@ -92,7 +91,7 @@ def test_elbo_below_iwae_and_log_px(posterior):
 
 @pytest.mark.parametrize("posterior", ["maf", "ffjord"])
 def test_log_q_matches_change_of_variables(posterior):
-  vae = _tiny_vae(posterior, latent_dim=3, step_size=0.25)
+  vae = _tiny_vae(posterior, latent_dim=3, step_size=0.5)
   x = _images(5, seed=3)
   d, eps = 3, 1e-2
 
@@ -131,7 +130,8 @@ def test_ffjord_hutchinson_log_q_is_unbiased():
 
 
 def test_context_gradient_reaches_encoder_through_adjoint():
-  kwargs = dict(latent_dim=3, trace="exact", step_size=0.5)
+  # Hutchinson with one fixed probe: both differentiate the same solve.
+  kwargs = dict(latent_dim=3, trace="hutchinson", step_size=0.5)
   adjoint = _tiny_vae("ffjord", gradient="adjoint", **kwargs)
   backprop = _tiny_vae("ffjord", gradient="backprop", **kwargs)
   backprop.set_weights(adjoint.get_weights())
@@ -140,7 +140,8 @@ def test_context_gradient_reaches_encoder_through_adjoint():
   @tf.function
   def grads(vae):
     with tf.GradientTape() as tape:
-      loss = -tf.reduce_mean(vae.elbo(x, 2, exact=False, seed=[3, 3]))
+      a, b, c, _ = vae.log_weights(x, 2, seed=[3, 3], probe_seed=[5, 5])
+      loss = -tf.reduce_mean(a + b - c)
     return loss, tape.gradient(loss, vae.encoder_out.kernel)
 
   loss_a, g_a = grads(adjoint)
@@ -183,17 +184,17 @@ def test_made_is_autoregressive():
 
 def test_fit_reduces_negative_elbo():
   keras.utils.set_random_seed(0)
-  vae = VAE((4, 4), latent_dim=2, posterior="ffjord", solver="rk4",
+  vae = VAE((4, 4), latent_dim=2, posterior="ffjord", solver="euler",
             step_size=0.5, **SMALL)
   vae.compile(keras.optimizers.Adam(1e-2))
   x = _images(256, seed=11)
   neg_elbo = tf.function(
-      lambda: -tf.reduce_mean(vae.elbo(x, 8, seed=[0, 0])))
+      lambda: -tf.reduce_mean(vae.elbo(x, 4, seed=[0, 0])))
   before = float(neg_elbo())
   hist = vae.fit(x, batch_size=64, epochs=6, verbose=0)
   after = float(neg_elbo())
   assert set(hist.history) >= {"neg_elbo", "kl", "nfe", "nfe_backward"}
-  assert hist.history["nfe"][-1] == 8  # rk4, 2 steps
+  assert hist.history["nfe"][-1] == 2  # 2 Euler steps
   assert after < before - 0.5, (before, after)
 
 
@@ -208,52 +209,6 @@ def test_bad_input():
     vae.elbo(tf.zeros([2, 4, 4], tf.int32))
 
 
-def _fake_mnist(path, n_train=200, n_test=20):
-  rng = np.random.default_rng(0)
-  np.savez(path, x_train=rng.integers(0, 256, (n_train, 28, 28), np.uint8),
-           x_test=rng.integers(0, 256, (n_test, 28, 28), np.uint8))
-  return str(path)
-
-
-def test_training_cli_writes_metrics_and_pictures(tmp_path):
-  from training import vae as cli
-  data = _fake_mnist(tmp_path / "mnist.npz")
-  out = tmp_path / "run"
-  cli.main(["--flow", "ffjord", "--data", data, "--out", str(out),
-            "--latent-dim", "2", "--context-dim", "2",
-            "--encoder-hidden", "8", "--decoder-hidden", "8",
-            "--cnf-hidden", "8", "--step-size", "0.5", "--epochs", "1",
-            "--gradient", "backprop",
-            "--batch-size", "50", "--iwae-samples", "8",
-            "--iwae-test-size", "5", "--iwae-chunk", "4", "--verbose", "0"])
-  metrics = json.loads((out / "metrics.json").read_text())
-  for key in ("test_neg_elbo", "iwae_neg_log_px", "nfe_forward_train",
-              "nfe_eval", "seconds", "train_seconds"):
-    assert np.isfinite(metrics[key]), key
-  assert metrics["train_steps"] == 4 and metrics["iwae_samples"] == 8
-  assert metrics["nfe_forward_train"] == 8  # rk4, two steps
-  # IWAE is at least the ELBO on average (same 5 images).
-  assert metrics["iwae_neg_log_px"] <= metrics["neg_elbo_on_iwae_images"] + 0.5
-  for name in ("reconstructions.png", "samples.png"):
-    png = tf.io.decode_png(tf.io.read_file(str(out / name)))
-    assert png.shape[0] > 28 and png.shape[-1] == 1
-
-
-def test_load_mnist_errors(tmp_path):
-  from training import vae as cli
-  with pytest.raises(FileNotFoundError, match="missing.npz"):
-    cli.load_mnist(str(tmp_path / "missing.npz"))
-  bad = tmp_path / "bad.npz"
-  np.savez(bad, x_train=np.zeros((3, 28, 27)), x_test=np.zeros((3, 28, 28)))
-  with pytest.raises(ValueError, match="x_train has shape"):
-    cli.load_mnist(str(bad))
-  nan = tmp_path / "nan.npz"
-  np.savez(nan, x_train=np.full((3, 28, 28), np.nan),
-           x_test=np.zeros((3, 28, 28)))
-  with pytest.raises(ValueError, match="NaN"):
-    cli.load_mnist(str(nan))
-  x_train, x_test = cli.load_mnist(_fake_mnist(tmp_path / "ok.npz"))
-  assert x_train.dtype == np.float32 and 0 <= x_train.min() <= x_train.max() <= 1
 
 
 @pytest.mark.parametrize("posterior", ["maf", "ffjord"])
@@ -268,31 +223,3 @@ def test_config_round_trip(posterior):
                                vae.elbo(x, seed=[1, 2]).numpy(), rtol=1e-5)
   else:
     assert clone.flow.solver.num_steps == vae.flow.solver.num_steps == 4
-
-
-def test_training_cli_resumes_from_the_last_finished_epoch(tmp_path,
-                                                           monkeypatch):
-  from training import vae as cli
-  data = _fake_mnist(tmp_path / "mnist.npz")
-  out = tmp_path / "run"
-  args = ["--flow", "none", "--data", data, "--out", str(out),
-          "--latent-dim", "2", "--encoder-hidden", "8", "--decoder-hidden",
-          "8", "--batch-size", "50", "--iwae-samples", "2",
-          "--iwae-test-size", "2", "--iwae-chunk", "2", "--verbose", "0"]
-
-  def crash(*_):
-    raise RuntimeError("killed after training")
-
-  # A crash after two epochs (4 steps each) leaves their checkpoints.
-  monkeypatch.setattr(cli, "evaluate", crash)
-  with pytest.raises(RuntimeError, match="killed"):
-    cli.main(args + ["--epochs", "2"])
-  assert (out / "checkpoints" / "checkpoint").exists()
-  monkeypatch.undo()
-  metrics = cli.main(args + ["--epochs", "3"])
-  # The rerun starts at epoch 2 with the saved optimizer state and trains
-  # only the third epoch.
-  assert metrics["initial_epoch"] == 2
-  assert metrics["train_steps"] == 4 and metrics["train_epochs"] == 1
-  assert metrics["optimizer_steps"] == 12
-  assert not (out / "checkpoints").exists()  # a finished run clears them

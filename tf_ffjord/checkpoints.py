@@ -9,7 +9,8 @@ import keras
 import numpy as np
 import tensorflow as tf
 
-__all__ = ["CheckpointError", "Checkpoint", "is_chief", "read_latest"]
+__all__ = ["CheckpointError", "Checkpoint", "is_chief", "optimizer_steps",
+           "read_latest"]
 
 # Keras callbacks whose progress must survive a restart, and the attributes
 # that hold it (their on_train_begin resets them).
@@ -77,6 +78,15 @@ def _read_json(path, what):
                           f"unreadable ({type(e).__name__}: {e}).") from e
 
 
+def optimizer_steps(model):
+  """The optimizer's step count (0 without one), under any strategy."""
+  opt = getattr(model, "optimizer", None)
+  if opt is None:
+    return 0
+  # Under a strategy the counter is a distributed variable: read a tensor.
+  return int(tf.convert_to_tensor(opt.iterations.value))
+
+
 def _unreadable(path):
   """Whether a Keras weights file cannot be read to the end."""
   try:
@@ -116,6 +126,11 @@ class Checkpoint(keras.callbacks.Callback):
     callbacks: callbacks whose progress is saved and restored.
     max_to_keep: how many of the latest checkpoints to keep.
 
+  Attributes:
+    epoch: finished epochs, as of the last save or restore.
+    steps: the optimizer's steps then (fewer than epochs x steps per epoch
+      when a time budget ended an epoch early).
+
   Raises:
     ValueError: a callback whose state it cannot save.
 
@@ -142,6 +157,7 @@ class Checkpoint(keras.callbacks.Callback):
     if not self._chief:  # a private scratch copy, deleted after each save
       self._write_dir = os.path.join(self.directory, f".worker-{task_id}")
     self.epoch = 0
+    self.steps = 0
     self._pending = {}
     self._saved_best = None
 
@@ -215,6 +231,7 @@ class Checkpoint(keras.callbacks.Callback):
     self._pending = states
     self._apply_states()  # now, so that a caller can read them before fit
     self.epoch = int(progress["epoch"])
+    self.steps = optimizer_steps(model)
     return self.epoch
 
   def _apply_states(self):
@@ -276,6 +293,7 @@ class Checkpoint(keras.callbacks.Callback):
         if os.path.exists(path):
           os.remove(path)
     self.epoch = int(epoch)
+    self.steps = optimizer_steps(self._model_ref)
     if not self._chief:
       shutil.rmtree(self._write_dir, ignore_errors=True)
     return prefix

@@ -8,7 +8,8 @@ import tensorflow_probability as tfp
 from tf_ffjord import flows, objectives
 from tf_ffjord.images import bits_per_dim, dequantize
 
-__all__ = ["FlowModel", "LastValue", "check_batch", "minimize", "step_logs"]
+__all__ = ["FlowModel", "LastValue", "check_batch", "minimize",
+           "standard_normal", "step_logs"]
 
 tfd = tfp.distributions
 
@@ -38,6 +39,24 @@ def check_batch(x, event_shape, owner, what="examples", floating=True):
     raise ValueError(f"{owner} expects {what} of shape {tuple(event_shape)}, "
                      f"got data of shape {x.shape}.")
   return x
+
+
+def standard_normal(event_shape, dtype="float32"):
+  """The standard-normal distribution over events of `event_shape`.
+
+  The base of every flow and the VAE's prior: its `log_prob` sums over the
+  event dimensions.
+
+  Args:
+    event_shape: shape of one event, e.g. `(2,)` or `(28, 28, 1)`.
+    dtype: float dtype.
+
+  Returns:
+    A `tfd.Sample` of `tfd.Normal(0, 1)`.
+  """
+  dtype = tf.as_dtype(dtype)
+  return tfd.Sample(tfd.Normal(tf.zeros([], dtype), tf.ones([], dtype)),
+                    tuple(event_shape))
 
 
 def minimize(model, loss_fn):
@@ -155,9 +174,7 @@ class FlowModel(keras.Model):
     self.eval_bijector = flows.with_options(bijector, **self.eval_options)
     # Keras does not look inside tf.Modules: track the flows' layers here.
     self.flow_layers = flows.keras_layers(bijector, self.eval_bijector)
-    dtype = tf.as_dtype(self.compute_dtype)
-    self.base = tfd.Sample(tfd.Normal(tf.zeros([], dtype), tf.ones([], dtype)),
-                           self.event_shape)
+    self.base = standard_normal(self.event_shape, self.compute_dtype)
     self.objective = objectives.MaximumLikelihood()
     object.__setattr__(self, "trackers", {})
     # Compiled graphs of log_prob and sample, out of Keras' tracking.

@@ -1,7 +1,5 @@
 """`VAE`: a Bernoulli VAE with a Gaussian, IAF (MAF) or amortized FFJORD posterior."""
 
-import math
-
 import keras
 import numpy as np
 import tensorflow as tf
@@ -10,14 +8,15 @@ import tensorflow_probability as tfp
 from tf_ffjord.bijector import FFJORD
 from tf_ffjord.divergence import replica_seed
 from tf_ffjord.dynamics import ODENet
-from tf_ffjord.model import LastValue, check_batch, minimize, step_logs
+from tf_ffjord.made import MADE
+from tf_ffjord.model import (LastValue, check_batch, minimize, standard_normal,
+                             step_logs)
 
 __all__ = ["VAE", "MADE", "POSTERIORS", "binarize"]
 
 tfb = tfp.bijectors
 
 POSTERIORS = ("none", "maf", "ffjord")
-_LOG_2PI = math.log(2 * math.pi)
 
 
 def binarize(x, seed=None):
@@ -38,84 +37,6 @@ def binarize(x, seed=None):
   return tf.cast(u < x, x.dtype)
 
 
-def _std_normal_log_prob(z):
-  return -0.5 * tf.reduce_sum(tf.square(z), -1) - 0.5 * z.shape[-1] * _LOG_2PI
-
-
-@keras.saving.register_keras_serializable("tf_ffjord")
-class MADE(keras.layers.Layer):
-  """A conditional masked autoencoder (MADE) returning `(shift, log_scale)`.
-
-  A Keras 3 layer, because `tfb.AutoregressiveNetwork` is a tf-keras layer
-  whose weights a Keras 3 model cannot track. Output i depends on inputs
-  j < i only (natural order) and on the unmasked context. The output layer
-  starts at zero, so a flow built on it starts as the identity.
-
-  Args:
-    dim: number of autoregressive variables.
-    hidden: widths of the hidden layers.
-    context_dim: width of the conditioning vector (0 for none).
-    activation: Keras activation name of the hidden layers.
-    **kwargs: passed to `keras.layers.Layer`.
-
-  #### References
-
-  [1]: Mathieu Germain, Karol Gregor, Iain Murray, Hugo Larochelle. MADE:
-       Masked Autoencoder for Distribution Estimation. ICML 2015.
-  """
-
-  def __init__(self, dim, hidden=(256,), context_dim=0, activation="elu",
-               **kwargs):
-    super().__init__(**kwargs)
-    self.dim = int(dim)
-    self.hidden = tuple(int(h) for h in hidden)
-    self.context_dim = int(context_dim)
-    self.activation_name = activation
-    self.activation = keras.activations.get(activation)
-    # Degrees: inputs 1..D; hidden units cycle over 1..D-1; an output of
-    # degree d may see units of degree < d, a hidden unit those of <= its own.
-    degrees = [np.arange(1, self.dim + 1)]
-    for h in self.hidden:
-      degrees.append(np.arange(h) % max(1, self.dim - 1) + 1)
-    self._masks = []
-    for d_in, d_out in zip(degrees[:-1], degrees[1:]):
-      self._masks.append((d_out[None, :] >= d_in[:, None]).astype("float32"))
-    out_mask = (degrees[0][None, :] > degrees[-1][:, None]).astype("float32")
-    self._masks.append(np.concatenate([out_mask, out_mask], axis=1))
-    self.kernels, self.biases = [], []
-    for i, m in enumerate(self._masks):
-      last = i == len(self._masks) - 1
-      init = "zeros" if last else "glorot_uniform"
-      self.kernels.append(self.add_weight(shape=m.shape, initializer=init,
-                                          name=f"kernel_{i}"))
-      self.biases.append(self.add_weight(shape=(m.shape[1],),
-                                         initializer="zeros", name=f"bias_{i}"))
-    self.context_kernel = None
-    if self.context_dim and self.hidden:
-      self.context_kernel = self.add_weight(
-          shape=(self.context_dim, self.hidden[0]),
-          initializer="glorot_uniform", name="context_kernel")
-
-  def call(self, x, context=None):
-    if self.context_dim and context is None:
-      raise ValueError(f"This MADE has context_dim={self.context_dim}; pass "
-                       "a context.")
-    h = x
-    for i, (w, b, m) in enumerate(zip(self.kernels, self.biases, self._masks)):
-      h = tf.matmul(h, w * tf.constant(m, w.dtype)) + b
-      if i == 0 and self.context_kernel is not None:
-        h = h + tf.matmul(context, self.context_kernel)
-      if i < len(self._masks) - 1:
-        h = self.activation(h)
-    shift, log_scale = tf.split(h, 2, axis=-1)
-    return shift, log_scale
-
-  def get_config(self):
-    return {**super().get_config(), "dim": self.dim, "hidden": self.hidden,
-            "context_dim": self.context_dim,
-            "activation": self.activation_name}
-
-
 def _mlp(widths, activation, name):
   return keras.Sequential(
       [keras.layers.Dense(w, activation=activation, name=f"{name}_{i}")
@@ -131,31 +52,24 @@ class VAE(keras.Model):
   and the decoder outputs Bernoulli logits. `posterior` is one of:
 
   - `"none"`: the diagonal Gaussian alone.
-  - `"maf"`: `maf_steps` inverse autoregressive steps, each
-    `tfb.Invert(tfb.MaskedAutoregressiveFlow(...))` (MAF's inverse is its
-    one-pass direction, which is the one a posterior samples with) over a
-    conditional `MADE` that sees the encoder's context, with the order
-    reversed between steps.
+  - `"maf"`: `maf_steps` IAF steps, `tfb.Invert(tfb.MaskedAutoregressiveFlow)`
+    (sampling in MAF's one-pass direction) over a conditional `MADE` that
+    sees the encoder's context, the order reversed between steps.
   - `"ffjord"`: `FFJORD(ODENet(context_dim=k))`; the sample is integrated
     forward with `FFJORD.solve(z0, "forward", context=h)`.
 
-  Amortization (the paper lists rank-1 and bias-only updates of the dynamics'
-  weights, hypernetworks, and a context vector). This model uses the context
-  vector: the encoder emits k features h(x) that every `ConcatSquashDense`
-  layer of the dynamics sees next to t, so each layer computes
-  `(W z + b) * sigmoid(G [t, h] + g) + B [t, h]`. That is a per-example
-  rescaling and shift of every hidden unit, i.e. amortized diagonal and bias
-  updates of each weight matrix, learned through a shared k-dimensional
-  bottleneck. Why this one: (1) it needs no change to the bijector or the
-  dynamics, which already take a context; (2) the bijector passes h to the
-  solver as an ODE constant, so the adjoint returns dL/dh and the encoder is
-  trained through it like any other parameter, with no per-example weight
-  tensors inside the ODE state; (3) its cost is O(k * width) per layer and
-  evaluation stays a plain batched matmul, while a hypernetwork emits whole
-  weight matrices per example (batch x width^2 memory and batched matmuls at
-  every one of the solver's evaluations), and rank-1 updates add two
-  per-example vectors per layer for a similar expressiveness. Bias-only is
-  the special case with the gate ignored.
+  Amortization: the encoder emits k features h(x) that every
+  `ConcatSquashDense` layer of the dynamics sees next to t, so each layer
+  computes `(W z + b) * sigmoid(G [t, h] + g) + B [t, h]`: per-example
+  diagonal and bias updates of its weights through a shared k-dimensional
+  bottleneck (the paper also lists rank-1 updates and hypernetworks). h
+  enters the solve as an ODE constant, so the adjoint returns dL/dh and the
+  encoder trains through it, with no per-example weights in the ODE state and
+  O(k * width) cost per layer.
+
+  Training takes images, or `(images, noise)` pairs whose `noise [batch, d]`
+  is the posterior's base noise (see `training_batch`: a resumable or
+  distributed pipeline draws it per global batch).
 
   Args:
     input_shape: shape of one image, e.g. `(28, 28)` or `(784,)`.
@@ -190,12 +104,10 @@ class VAE(keras.Model):
 
   #### References
 
-  [1]: Will Grathwohl et al. FFJORD. ICLR 2019, Section 5.3 and Table 3.
-  [2]: Diederik P. Kingma, Max Welling. Auto-Encoding Variational Bayes.
-       ICLR 2014.
-  [3]: Yuri Burda, Roger Grosse, Ruslan Salakhutdinov. Importance Weighted
-       Autoencoders. ICLR 2016.
-  [4]: Diederik P. Kingma et al. Improved Variational Inference with Inverse
+  [1]: Grathwohl et al. FFJORD. ICLR 2019, Section 5.3 and Table 3.
+  [2]: Kingma, Welling. Auto-Encoding Variational Bayes. ICLR 2014.
+  [3]: Burda, Grosse, Salakhutdinov. Importance Weighted Autoencoders. 2016.
+  [4]: Kingma et al. Improved Variational Inference with Inverse
        Autoregressive Flow. NeurIPS 2016.
   """
 
@@ -234,9 +146,9 @@ class VAE(keras.Model):
     self.kl_warmup_steps = int(kl_warmup_steps)
     self.eval_trace = eval_trace
     self.ffjord_kwargs = dict(ffjord_kwargs)
-    # Base of the training noise's per-step seeds (see _training_noise);
-    # follows the global seed like the weights.
-    self._noise_seed = int(np.random.randint(0, 2**31 - 1))
+    self.prior = standard_normal([self.latent_dim], self.compute_dtype)
+    # Compiled IWAE log-weights, out of Keras' tracking.
+    object.__setattr__(self, "_compiled_fns", {})
 
     d, k = self.latent_dim, self.context_dim
     self.encoder = _mlp(self.encoder_hidden, activation, "encoder")
@@ -286,8 +198,7 @@ class VAE(keras.Model):
 
   # -- the pieces ----------------------------------------------------------
 
-  def _check(self, x):
-    # Images are floats in [0, 1].
+  def _check(self, x):  # float images in [0, 1]
     x = check_batch(x, self.image_shape, "VAE", what="images")
     return tf.cast(x, self.compute_dtype)
 
@@ -358,8 +269,8 @@ class VAE(keras.Model):
     else:
       eps = tf.random.stateless_normal(shape, seed, dtype=mu.dtype)
     z0 = mu + sigma * eps
-    log_q0 = (_std_normal_log_prob(eps)
-              - tf.reduce_sum(tf.math.log(sigma), -1))
+    # N(z0; mu, sigma) = N(eps; 0, I) / prod(sigma).
+    log_q0 = self.prior.log_prob(eps) - tf.reduce_sum(tf.math.log(sigma), -1)
     flat_z0 = tf.reshape(z0, [-1, self.latent_dim])
     flat_h = tf.reshape(tf.broadcast_to(
         h, tf.stack([n, batch, self.context_dim])), [-1, self.context_dim])
@@ -391,7 +302,7 @@ class VAE(keras.Model):
     """
     z, log_q, _, nfe = self.posterior_sample(x, n, exact=exact, seed=seed,
                                              **noise)
-    return self.log_likelihood(x, z), _std_normal_log_prob(z), log_q, nfe
+    return self.log_likelihood(x, z), self.prior.log_prob(z), log_q, nfe
 
   def elbo(self, x, n=1, exact=True, seed=None):
     """Monte Carlo ELBO per example (mean over n samples), in nats."""
@@ -413,20 +324,14 @@ class VAE(keras.Model):
     """
     x = self._check(x)
     chunk = int(min(k, chunk or k))
-    fns = self.__dict__.setdefault("_compiled", {})
     key = ("log_weights", chunk, bool(exact))
-    if key not in fns:
+    if key not in self._compiled_fns:
       def fn(x):
         a, b, c, _ = self.log_weights(x, chunk, exact)
         return a + b - c
-      fns[key] = tf.function(fn, reduce_retracing=True)
-    parts, done = [], 0
-    while done < k:
-      lw = fns[key](x)
-      take = min(chunk, k - done)
-      parts.append(lw[:take])
-      done += take
-    lw = tf.concat(parts, 0)
+      self._compiled_fns[key] = tf.function(fn, reduce_retracing=True)
+    lw = tf.concat([self._compiled_fns[key](x)
+                    for _ in range(-(-k // chunk))], 0)[:k]
     return tf.reduce_logsumexp(lw, 0) - tf.math.log(tf.cast(k, lw.dtype))
 
   def sample(self, n, seed=0):
@@ -441,30 +346,37 @@ class VAE(keras.Model):
     log_px_z, log_pz, log_q, _ = self.log_weights(x, 1, exact=not training)
     return (log_px_z + log_pz - log_q)[0]
 
-  def _training_noise(self, batch):
-    """Base noise `[1, batch, d]` of this replica's share of the batch.
+  def training_batch(self, images, seed):
+    """`(binary images, base noise)` of one training step, from its seed.
 
-    Drawn for the global batch from a seed of the step (the same on every
-    replica) and cut at this replica's rows, so that a batch split over
-    replicas sees the noise it would see on one device, and each replica
-    its own part of it. Assumes equal shares (`fit` with a global batch
-    divisible by the replicas).
+    The `transform` of a resumable pipeline (`epoch_batches`), applied to
+    the global batch before `fit` splits it over replicas: a resumed run,
+    and a run over any number of replicas, sees the binarization and base
+    noise of one uninterrupted single-device run.
+
+    Args:
+      images: `[batch, *input_shape]` intensities, uint8 or in [0, 1].
+      seed: the step's `[2]` int32 stateless seed.
+
+    Returns:
+      `(x, noise)`: binary float images and `[batch, latent_dim]` noise.
     """
-    ctx = tf.distribute.get_replica_context()
-    replica, replicas = 0, 1
-    if ctx is not None:
-      replica, replicas = ctx.replica_id_in_sync_group, ctx.num_replicas_in_sync
-    seed = tf.stack([tf.constant(self._noise_seed, tf.int32),
-                     tf.cast(self.optimizer.iterations, tf.int32)])
-    full = tf.random.stateless_normal(
-        tf.stack([1, replicas * batch, self.latent_dim]), seed,
+    x = tf.convert_to_tensor(images)
+    x = tf.cast(x, self.compute_dtype) / (255.0 if x.dtype == tf.uint8
+                                          else 1.0)
+    noise = tf.random.stateless_normal(
+        tf.stack([tf.shape(x)[0], self.latent_dim]),
+        tf.random.experimental.stateless_fold_in(seed, 1),
         dtype=self.compute_dtype)
-    return full[:, replica * batch:(replica + 1) * batch]
+    return binarize(x, seed), noise
 
   def train_step(self, data):
-    x, _, _ = keras.utils.unpack_x_y_sample_weight(data)
+    x, noise, _ = keras.utils.unpack_x_y_sample_weight(data)
     x = self._check(x)
-    noise = self._training_noise(tf.shape(x)[0])
+    if noise is None:  # plain images: a fresh draw (per replica)
+      noise = tf.random.normal(tf.stack([tf.shape(x)[0], self.latent_dim]),
+                               dtype=x.dtype)
+    noise = tf.cast(noise, x.dtype)[tf.newaxis]
 
     def loss_fn():
       log_px_z, log_pz, log_q, nfe = self.log_weights(
@@ -483,8 +395,7 @@ class VAE(keras.Model):
     self.kl_tracker.update_state(kl)
     self.nfe_tracker.update_state(nfe)
     if self.posterior == "ffjord":
-      self.nfe_backward_tracker.update_state(
-          self.flow.nfe_counter.read_value() - nfe)
+      self.nfe_backward_tracker.update_state(self.flow.nfe_backward)
     return step_logs({m.name: m.result() for m in self.metrics})
 
   def test_step(self, data):
@@ -494,7 +405,7 @@ class VAE(keras.Model):
         -tf.reduce_mean(log_px_z + log_pz - log_q))
     self.kl_tracker.update_state(tf.reduce_mean(log_q - log_pz))
     self.nfe_tracker.update_state(nfe)
-    return {m.name: m.result() for m in self.metrics[:3]}
+    return step_logs({m.name: m.result() for m in self.metrics[:3]})
 
   def get_config(self):
     return {**super().get_config(), **self.ffjord_kwargs,

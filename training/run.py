@@ -13,12 +13,12 @@ import numpy as np
 import tensorflow as tf
 
 from tf_ffjord.callbacks import TimeBudget
-from tf_ffjord.checkpoints import Checkpoint, is_chief
+from tf_ffjord.checkpoints import Checkpoint, is_chief, optimizer_steps
 from tf_ffjord.datasets.batches import step_seed
 from tf_ffjord.images import bits_per_dim, dequantize
 
 __all__ = ["fit", "evaluate", "read_curve", "write_json", "on_every_worker",
-           "is_chief"]
+           "is_chief", "optimizer_steps"]
 
 
 def fit(model, train_data, out, steps, steps_per_epoch, time_budget=0.0,
@@ -26,7 +26,7 @@ def fit(model, train_data, out, steps, steps_per_epoch, time_budget=0.0,
   """Trains a compiled model with `fit`, resuming from `<out>/checkpoints`.
 
   Training runs as epochs of `steps_per_epoch` steps (the last partial one is
-  rounded up). After every epoch a `Checkpoint` saves the model, the
+  rounded up); a time budget may end an epoch early. After every epoch a `Checkpoint` saves the model, the
   optimizer, the epoch and the state of `callbacks` and of the time budget;
   a rerun of the same command restores them and continues on the batches an
   uninterrupted run would have seen. A run that ended by early stopping or
@@ -59,11 +59,13 @@ def fit(model, train_data, out, steps, steps_per_epoch, time_budget=0.0,
   stateful = [*callbacks, budget]
   ckpt = Checkpoint(model, os.path.join(out, "checkpoints"), stateful)
   initial_epoch = ckpt.restore()
+  # The steps really done: a time budget may have ended the last epoch
+  # early, and the data go on from the next step.
+  start = ckpt.steps
   if initial_epoch:
     print(f"Resumed from {ckpt.latest} at epoch {initial_epoch} (step "
-          f"{initial_epoch * steps_per_epoch}, {budget.elapsed:.0f} s "
-          "trained).", flush=True)
-  epochs = max(1, math.ceil(steps / steps_per_epoch))
+          f"{start}, {budget.elapsed:.0f} s trained).", flush=True)
+  epochs = initial_epoch + max(0, math.ceil((steps - start) / steps_per_epoch))
   early_stopped = any(getattr(cb, "stopped_epoch", 0) for cb in callbacks)
   if budget.exhausted or early_stopped:
     epochs = initial_epoch  # a finished run: restore, don't train
@@ -71,22 +73,27 @@ def fit(model, train_data, out, steps, steps_per_epoch, time_budget=0.0,
   if is_chief():
     logs.append(keras.callbacks.CSVLogger(os.path.join(out, "curve.csv"),
                                           append=True))
+  options = tf.data.Options()
+  # The pipelines are in memory, with no files to shard: every worker makes
+  # the same global batches and keeps its own rows of each. The pipeline
+  # orders the batches itself (shuffle=True would only make Keras warn).
+  options.experimental_distribute.auto_shard_policy = (
+      tf.data.experimental.AutoShardPolicy.DATA)
   history = model.fit(
-      train_data(initial_epoch * steps_per_epoch), epochs=epochs,
+      train_data(start).with_options(options),
+      epochs=epochs,
       initial_epoch=initial_epoch, steps_per_epoch=steps_per_epoch,
       validation_data=validation_data, validation_freq=validation_freq,
       callbacks=logs, verbose=verbose, shuffle=False)
-  done = ckpt.epoch
   if any(getattr(cb, "stopped_epoch", 0) for cb in callbacks):
     reason = "early stopping"
   elif budget.exhausted:
     reason = "time budget"
   else:
     reason = "steps"
-  return {"epochs": done, "steps": done * steps_per_epoch,
+  return {"epochs": ckpt.epoch, "steps": ckpt.steps,
           "seconds": budget.elapsed, "stop_reason": reason,
-          "resumed_at": initial_epoch * steps_per_epoch,
-          "history": history.history}
+          "resumed_at": start, "history": history.history}
 
 
 def evaluate(model, x, batch_size, seed=0, context=None):
@@ -180,7 +187,3 @@ def on_every_worker(write, path, strategy=None):
   finally:
     shutil.rmtree(scratch, ignore_errors=True)
 
-
-def optimizer_steps(model):
-  """The optimizer's step count as an int, under any strategy."""
-  return int(tf.convert_to_tensor(model.optimizer.iterations.value))

@@ -1,113 +1,149 @@
-"""The paper's MNIST VAE: `python -m training.vae --flow ffjord --out DIR`."""
+"""The paper's MNIST VAE with a none / MAF / FFJORD posterior: `python -m training.vae --data mnist --flow ffjord`."""
 
 import dataclasses
 import math
 import os
+import sys
 import time
 
 import keras
 import numpy as np
 import tensorflow as tf
 
-from tf_ffjord import checkpoints
+from tf_ffjord import divergence, solvers
+from tf_ffjord.datasets import batches, images
+from tf_ffjord.dynamics import ACTIVATIONS
 from tf_ffjord.vae import POSTERIORS, VAE, binarize
-from training import common
+from training import cli, run as run_lib
 
-__all__ = ["VAEConfig", "load_mnist", "build_model", "evaluate", "run",
-           "main", "PAPER_NEG_ELBO"]
+__all__ = ["VAEConfig", "load_images", "build_model", "train_data",
+           "evaluate", "write_pictures", "run", "main", "PAPER_NEG_ELBO"]
 
 # Table 3 of the paper: negative ELBO (nats) of the FFJORD posterior on
 # statically binarized MNIST, with Berg et al.'s gated-conv VAE.
 PAPER_NEG_ELBO = 82.82
 
+SOLVERS = solvers.ADAPTIVE_SOLVERS + solvers.FIXED_SOLVERS
+
 
 @dataclasses.dataclass
-class VAEConfig:
-  """One VAE run. The architecture is a small MLP VAE sized for a CPU budget.
+class VAEConfig(cli.RunConfig):
+  """One VAE run: a small MLP VAE sized for a CPU budget.
 
   The paper follows Berg et al. (Sylvester flows): gated convolutional
-  encoder/decoder, 64 latent dimensions, static MNIST binarization and long
-  training; here the encoder and decoder are MLPs, z has `latent_dim`
-  dimensions and training binarizes dynamically.
+  encoder/decoder, 64 latent dimensions, static binarization and long
+  training. Here the encoder and decoder are MLPs, z has `latent_dim`
+  dimensions and training binarizes every batch afresh (dynamically); the
+  test set is binarized once, with a fixed seed.
   """
-  flow: str = "ffjord"
-  data: str = "../shared/data/mnist.npz"
-  out: str = "runs/vae"
-  latent_dim: int = 32
-  context_dim: int = 32
-  encoder_hidden: tuple = (512, 256)
-  decoder_hidden: tuple = (256, 512)
-  activation: str = "elu"
-  maf_steps: int = 4
-  maf_hidden: tuple = (256,)
-  cnf_hidden: tuple = (128, 128)
-  cnf_activation: str = "softplus"
-  time_length: float = 0.5
-  solver: str = "rk4"
-  step_size: float = 0.25
-  rtol: float = 1e-5
-  atol: float = 1e-5
-  trace: str = "hutchinson"
-  gradient: str = "adjoint"
-  batch_size: int = 100
-  lr: float = 1e-3
-  epochs: int = 100
-  kl_warmup_steps: int = 0
-  time_budget_minutes: float = 0.0
-  train_size: int = 0
-  test_size: int = 0
-  eval_batch_size: int = 500
-  iwae_samples: int = 100
-  iwae_test_size: int = 500
-  iwae_chunk: int = 100
-  seed: int = 0
-  verbose: int = 2
+  data: str = cli.option("mnist", "28x28 grayscale image set: "
+                         "<data-root>/<name>.npz (keras' mnist.npz layout) "
+                         "or IDX files in <data-root>/<name>/",
+                         choices=("mnist", "fashion-mnist"))
+  out: str = cli.option("runs/vae", "output directory: checkpoints, "
+                        "curve.csv, metrics.json, reconstructions.png, "
+                        "samples.png, vae.weights.h5; rerunning with the "
+                        "same --out resumes")
+  objective: str = cli.option("elbo", "training objective: the VAE "
+                              "maximizes its evidence lower bound (its only "
+                              "objective)", choices=("elbo",))
+  ot: bool = cli.option(False, "flow matching's OT pairing; the VAE has no "
+                        "flow matching, so only false", choices=(False,))
+  batch_size: int = cli.option(100, "images per training step (the global "
+                               "batch under --strategy)", positive=True)
+  eval_batch_size: int = cli.option(500, "test images per ELBO evaluation "
+                                    "batch", positive=True)
+  export: bool = cli.option(True, "write the trained weights to "
+                            "<out>/vae.weights.h5")
+  flow: str = cli.option("ffjord", "posterior flow on the encoder's "
+                         "Gaussian: none (the Gaussian alone), maf (IAF "
+                         "steps over conditional MADEs) or ffjord (an "
+                         "amortized CNF)", choices=POSTERIORS)
+  latent_dim: int = cli.option(32, "dimensions of the latent z",
+                               positive=True)
+  context_dim: int = cli.option(32, "width of the encoder features h(x) "
+                                "that condition the maf/ffjord posterior",
+                                positive=True)
+  encoder_hidden: tuple = cli.option((512, 256), "hidden widths of the "
+                                     "encoder MLP", positive=True)
+  decoder_hidden: tuple = cli.option((256, 512), "hidden widths of the "
+                                     "decoder MLP", positive=True)
+  activation: str = cli.option("elu", "activation of the encoder, decoder "
+                               "and MADEs", choices=ACTIVATIONS)
+  maf_steps: int = cli.option(4, "IAF steps of the maf posterior",
+                              positive=True)
+  maf_hidden: tuple = cli.option((256,), "hidden widths of each MADE",
+                                 positive=True)
+  cnf_hidden: tuple = cli.option((128, 128), "hidden widths of the ffjord "
+                                 "posterior's dynamics", positive=True)
+  cnf_activation: str = cli.option("softplus", "activation of the ffjord "
+                                   "posterior's dynamics",
+                                   choices=ACTIVATIONS)
+  time_length: float = cli.option(0.5, "integration time T of the ffjord "
+                                  "posterior", positive=True)
+  solver: str = cli.option("rk4", "ODE solver of the ffjord posterior",
+                           choices=SOLVERS)
+  step_size: float = cli.option(0.25, "step of fixed-grid solvers on the "
+                                "unit time interval", positive=True)
+  rtol: float = cli.option(1e-5, "relative tolerance of adaptive solvers",
+                           positive=True)
+  atol: float = cli.option(1e-5, "absolute tolerance of adaptive solvers",
+                           positive=True)
+  trace: str = cli.option("hutchinson", "trace estimator of training "
+                          "(evaluation uses the exact trace)",
+                          choices=divergence.TRACES)
+  gradient: str = cli.option("adjoint", "how training differentiates the "
+                             "CNF solve: the adjoint ODE (constant memory) "
+                             "or backprop through the solver's steps",
+                             choices=("adjoint", "backprop"))
+  epochs: int = cli.option(100, "passes over the training images; a "
+                           "checkpoint after each", positive=True)
+  kl_warmup_steps: int = cli.option(0, "scale the KL term of the training "
+                                    "loss by min(1, step / N) (0: none; "
+                                    "metrics use the full ELBO)", low=0)
+  train_size: int = cli.option(0, "train on the first N training images "
+                               "(0: all)", low=0)
+  test_size: int = cli.option(0, "evaluate on the first N test images "
+                              "(0: all)", low=0)
+  iwae_samples: int = cli.option(100, "importance samples of the IWAE "
+                                 "estimate of -log p(x)", positive=True)
+  iwae_test_size: int = cli.option(500, "test images of the IWAE estimate",
+                                   positive=True)
+  iwae_chunk: int = cli.option(100, "importance samples drawn per compiled "
+                               "call (bounds memory)", positive=True)
+  verbose: int = cli.option(2, "Keras output: 0 none, 1 a progress bar, 2 "
+                            "a line per epoch", choices=(0, 1, 2))
 
 
-def load_mnist(path):
-  """Loads MNIST intensities in [0, 1] from an `.npz` with x_train / x_test.
+def load_images(name, root):
+  """Train and test images of an MNIST-layout set under `root`.
 
   Args:
-    path: the file (the layout of `keras.datasets.mnist`'s `mnist.npz`).
+    name: `"mnist"` or `"fashion-mnist"`.
+    root: the directory holding `<name>.npz` or the IDX directory `<name>/`.
 
   Returns:
-    `(x_train, x_test)` float32 arrays `[N, 28, 28]`.
+    `(x_train, x_test)`: uint8 arrays `[N, H, W]`.
 
   Raises:
-    FileNotFoundError: the file does not exist (names it).
-    ValueError: a missing key, a wrong shape, or non-finite values.
+    FileNotFoundError: neither exists; the message names both.
+    ValueError: a malformed file (named by the loader), or color images.
   """
-  if not os.path.exists(path):
+  npz, idx = os.path.join(root, f"{name}.npz"), os.path.join(root, name)
+  if not os.path.exists(npz) and not os.path.isdir(idx):
     raise FileNotFoundError(
-        f"MNIST file not found: {path!r}. Point --data at an mnist.npz with "
-        "arrays x_train [N, 28, 28] and x_test [M, 28, 28].")
-  with np.load(path) as f:
-    missing = {"x_train", "x_test"} - set(f.files)
-    if missing:
-      raise ValueError(f"{path}: missing arrays {sorted(missing)}; found "
-                       f"{f.files}.")
-    out = []
-    for key in ("x_train", "x_test"):
-      x = np.asarray(f[key])
-      if x.ndim != 3 or x.shape[1:] != (28, 28):
-        raise ValueError(f"{path}: {key} has shape {x.shape}, expected "
-                         "[N, 28, 28].")
-      x = x.astype("float32")
-      if not np.all(np.isfinite(x)):
-        raise ValueError(f"{path}: {key} contains NaN or inf.")
-      if x.max() > 1.0:  # uint8 intensities
-        x = x / 255.0
-      if x.min() < 0.0 or x.max() > 1.0:
-        raise ValueError(f"{path}: {key} intensities outside [0, 255].")
-      out.append(x)
-  return tuple(out)
+        f"No {name} data: {npz} not found (nor an IDX directory {idx}). "
+        "Put the file there or pass --data-root DIR.")
+  (x_train, _), (x_test, _) = images.load(
+      name, npz if os.path.exists(npz) else idx)
+  if x_train.shape[-1] != 1:
+    raise ValueError(f"The VAE models grayscale images; {name} has "
+                     f"{x_train.shape[-1]} channels.")
+  return x_train[..., 0], x_test[..., 0]
 
 
-def build_model(config):
-  """The compiled `VAE` of a `VAEConfig`."""
-  if config.flow not in POSTERIORS:
-    raise ValueError(f"Unknown flow {config.flow!r}; expected one of "
-                     f"{POSTERIORS}.")
+def build_model(config, input_shape=(28, 28)):
+  """The compiled `VAE` of a `VAEConfig` (in the current strategy)."""
   keras.utils.set_random_seed(config.seed)
   kwargs = {}
   if config.flow == "ffjord":
@@ -115,7 +151,7 @@ def build_model(config):
                   step_size=config.step_size, rtol=config.rtol,
                   atol=config.atol, trace=config.trace,
                   gradient=config.gradient)
-  vae = VAE((28, 28), latent_dim=config.latent_dim, posterior=config.flow,
+  vae = VAE(input_shape, latent_dim=config.latent_dim, posterior=config.flow,
             encoder_hidden=config.encoder_hidden,
             decoder_hidden=config.decoder_hidden,
             context_dim=config.context_dim, activation=config.activation,
@@ -123,64 +159,52 @@ def build_model(config):
             cnf_hidden=config.cnf_hidden,
             cnf_activation=config.cnf_activation,
             kl_warmup_steps=config.kl_warmup_steps, **kwargs)
-  vae.compile(keras.optimizers.Adam(config.lr))
+  vae.compile(keras.optimizers.Adam(
+      config.lr, weight_decay=config.weight_decay or None))
   return vae
 
 
-class TimeBudget(keras.callbacks.Callback):
-  """Stops `fit` after a wall-clock budget, checked after every batch.
+def train_data(vae, x_train, config):
+  """`fn(start_step)` of the training pipeline for `run_lib.fit`.
 
-  Under `multiworker` the workers stop at the same step (the first one over
-  budget decides; see `training.common.any_worker`).
+  Batch k is a seeded shuffle of `x_train`, binarized and given its
+  posterior noise from step k's seed (`VAE.training_batch`), so it is the
+  same after a resume and under every strategy.
   """
-
-  def __init__(self, seconds):
-    super().__init__()
-    self.seconds = seconds
-    self.start = None
-    self.steps = 0
-    self.epoch_steps = 0
-
-  def on_train_begin(self, logs=None):
-    self.start = time.time()
-
-  def on_epoch_begin(self, epoch, logs=None):
-    self.epoch_steps = 0
-
-  def on_train_batch_end(self, batch, logs=None):
-    self.steps += 1
-    self.epoch_steps += 1
-    if self.seconds and common.any_worker(
-        time.time() - self.start > self.seconds)[0]:
-      self.model.stop_training = True
+  return lambda start: batches.epoch_batches(
+      x_train, config.batch_size, config.seed, start,
+      transform=vae.training_batch)
 
 
 def evaluate(vae, x_test, config):
   """Test negative ELBO (all of x_test) and IWAE -log p(x) (a subset).
 
-  Both use the exact trace for FFJORD. Returns a dict of floats.
+  Both use the exact trace for FFJORD and fixed seeds. Returns a dict.
   """
   t0 = time.time()
-  def elbo_and_nfe(x):
-    log_px_z, log_pz, log_q, nfe = vae.log_weights(x, 1, exact=True)
+
+  def elbo_and_nfe(x, seed):
+    log_px_z, log_pz, log_q, nfe = vae.log_weights(x, 1, exact=True,
+                                                   seed=seed)
     return (log_px_z + log_pz - log_q)[0], nfe
 
   elbo_fn = tf.function(elbo_and_nfe, reduce_retracing=True, autograph=False)
   elbos, nfe = [], 0
-  for i in range(0, len(x_test), config.eval_batch_size):
-    e, nfe = elbo_fn(tf.constant(x_test[i:i + config.eval_batch_size]))
+  for b, i in enumerate(range(0, len(x_test), config.eval_batch_size)):
+    e, nfe = elbo_fn(tf.constant(x_test[i:i + config.eval_batch_size]),
+                     tf.constant([config.seed, b]))
     elbos.append(e.numpy())
-  elbos = np.concatenate(elbos)
+  elbos = np.concatenate(elbos).astype(np.float64)
   t1 = time.time()
   n_iwae = min(config.iwae_test_size, len(x_test))
   iwae = []
-  # Fewer images per call as k grows keeps each call near k * 50 samples.
-  per_call = max(1, min(n_iwae, 5000 // max(1, config.iwae_chunk)))
+  # Fewer images per call as the chunk grows keeps each call near 5000
+  # samples.
+  per_call = max(1, min(n_iwae, 5000 // config.iwae_chunk))
   for i in range(0, n_iwae, per_call):
     iwae.append(vae.iwae(tf.constant(x_test[i:i + per_call]),
                          config.iwae_samples, chunk=config.iwae_chunk).numpy())
-  iwae = np.concatenate(iwae)
-  t2 = time.time()
+  iwae = np.concatenate(iwae).astype(np.float64)
   return {
       "test_neg_elbo": float(-elbos.mean()),
       "test_neg_elbo_stderr": float(elbos.std() / math.sqrt(len(elbos))),
@@ -189,19 +213,19 @@ def evaluate(vae, x_test, config):
       "iwae_samples": int(config.iwae_samples),
       "iwae_test_images": int(n_iwae),
       "neg_elbo_on_iwae_images": float(-elbos[:n_iwae].mean()),
-      "nfe_eval": int(nfe),
+      "eval_nfe": int(nfe),
       "seconds_elbo": t1 - t0,
-      "seconds_iwae": t2 - t1,
+      "seconds_iwae": time.time() - t1,
   }
 
 
-def _grid_png(path, images, rows):
-  """Writes `images` ([n, 28, 28] in [0, 1]) as a grid PNG with `rows` rows."""
-  images = np.asarray(images)
-  n, h, w = images.shape
+def _grid_png(path, pictures, rows):
+  """Writes `pictures` ([n, H, W] in [0, 1]) as a grid PNG of `rows` rows."""
+  pictures = np.asarray(pictures)
+  n, h, w = pictures.shape
   cols = -(-n // rows)
   grid = np.ones((rows * (h + 2), cols * (w + 2)), "float32")
-  for i, im in enumerate(images):
+  for i, im in enumerate(pictures):
     r, c = divmod(i, cols)
     grid[r * (h + 2) + 1:r * (h + 2) + 1 + h,
          c * (w + 2) + 1:c * (w + 2) + 1 + w] = im
@@ -222,118 +246,86 @@ def write_pictures(vae, x_test, out):
             rows=10)
 
 
-def _train_batches(x, batch_size, epochs, seed, first_epoch=0):
-  """Binarized training batches of epochs [first_epoch, epochs), one Dataset.
+def run(config, strategy=None):
+  """Trains (resuming from `config.out`), evaluates and writes the outputs.
 
-  Every epoch is a stateless permutation of `x` seeded by `(seed, epoch)`, so
-  the sequence of global batches is the same under every strategy and on
-  every worker (`Dataset.shuffle` is not, once `fit` distributes the
-  dataset); `fit` then splits each global batch over the replicas.
+  Under a multi-replica strategy `fit` splits every global batch over the
+  replicas after the pipeline has binarized it and drawn its posterior
+  noise, so training matches one device up to the Hutchinson probes (drawn
+  per replica). Under `multiworker` only the chief writes files.
+
+  Returns:
+    The metrics dict, also written to `<out>/metrics.json`.
+
+  Raises:
+    FileNotFoundError: the data set is missing (the message names it).
+    ValueError: a batch that does not split evenly over the replicas, or
+      more than the training images.
   """
-  n = len(x)
-
-  def epoch(e):
-    order = tf.argsort(tf.random.stateless_uniform(
-        [n], tf.stack([seed, tf.cast(e, tf.int32)])))
-    return (tf.data.Dataset.from_tensor_slices(order)
-            .batch(batch_size, drop_remainder=True))
-
-  images = tf.constant(x)
-  train = (tf.data.Dataset.range(first_epoch, epochs).flat_map(epoch)
-           .map(lambda i: binarize(tf.gather(images, i))).prefetch(2))
-  options = tf.data.Options()  # split every global batch, whatever its source
-  options.experimental_distribute.auto_shard_policy = (
-      tf.data.experimental.AutoShardPolicy.DATA)
-  return train.with_options(options)
-
-
-def run(config):
-  """Trains and evaluates one VAE; writes metrics.json and PNGs to `out`.
-
-  Under a multi-replica strategy `fit` splits every global batch of
-  `batch_size` over the replicas; the batches are binarized before the
-  split and the posterior's base noise is drawn for the global batch
-  (`VAE._training_noise`), so training matches one device up to the
-  Hutchinson probes (drawn per replica). Under `multiworker` only the chief
-  writes files.
-  """
-  strategy = tf.distribute.get_strategy()
-  common.check_global_batch(config.batch_size, strategy)
-  os.makedirs(config.out, exist_ok=True)
-  x_train, x_test = load_mnist(config.data)
-  if config.train_size:
-    x_train = x_train[:config.train_size]
-  if config.test_size:
-    x_test = x_test[:config.test_size]
-  # A fixed binarization of the test set; training binarizes every batch.
+  strategy = strategy or tf.distribute.get_strategy()
+  replicas = strategy.num_replicas_in_sync
+  if config.batch_size % replicas:
+    # minimize() weighs every replica's mean equally: equal shares only.
+    raise ValueError(f"--batch-size {config.batch_size} must be a multiple "
+                     f"of the {replicas} replicas.")
+  x_train, x_test = load_images(config.data, config.data_root)
+  x_train = x_train[:config.train_size or None]
+  x_test = x_test[:config.test_size or None].astype(np.float32) / 255.0
+  if config.batch_size > len(x_train):
+    raise ValueError(f"--batch-size {config.batch_size} exceeds the "
+                     f"{len(x_train)} training images.")
+  # One fixed binarization of the test set.
   x_test = binarize(x_test, seed=[config.seed, 2019]).numpy()
-  vae = build_model(config)
+  os.makedirs(config.out, exist_ok=True)
+  with strategy.scope():
+    vae = build_model(config, x_train.shape[1:])
   steps_per_epoch = len(x_train) // config.batch_size
-  if not steps_per_epoch:
-    raise ValueError(f"{len(x_train)} training images make no batch of "
-                     f"{config.batch_size}.")
-  # Every epoch end is checkpointed; a rerun of the same command after a
-  # kill resumes at the last finished epoch, on that epoch's batches.
-  ckpt = checkpoints.Checkpointer(vae, os.path.join(config.out,
-                                                    "checkpoints"))
-  initial_epoch = ckpt.restore()
-  if initial_epoch:
-    print(f"Resumed from {ckpt.latest} at epoch {initial_epoch} "
-          f"(step {common.optimizer_steps(vae)}).", flush=True)
-  train = _train_batches(x_train, config.batch_size, config.epochs,
-                         config.seed, first_epoch=initial_epoch)
-  budget = TimeBudget(config.time_budget_minutes * 60)
-  t0 = time.time()
-  # One dataset holds every epoch: fit keeps its iterator across epochs.
-  history = vae.fit(train, epochs=config.epochs, initial_epoch=initial_epoch,
-                    steps_per_epoch=steps_per_epoch, verbose=config.verbose,
-                    callbacks=[budget, checkpoints.CheckpointCallback(ckpt)],
-                    shuffle=False)
-  train_seconds = time.time() - t0
-  hist = history.history
-  last = -1
-  if (budget.epoch_steps < steps_per_epoch // 2
-      and len(hist.get("neg_elbo", [])) > 1):
-    last = -2
-  # A rerun after the last epoch was saved trains nothing: no train logs.
-  logged = lambda key, fn: fn(hist[key][last]) if hist.get(key) else None
+  trained = run_lib.fit(vae, train_data(vae, x_train, config), config.out,
+                        config.epochs * steps_per_epoch, steps_per_epoch,
+                        time_budget=config.time_budget,
+                        verbose=config.verbose)
+  curve = run_lib.read_curve(config.out)
+  last = curve[-1] if curve else {}
   metrics = {
-      "flow": config.flow,
+      "data": config.data, "flow": config.flow,
       "paper_neg_elbo_mnist": PAPER_NEG_ELBO,
-      "initial_epoch": initial_epoch,
-      "train_steps": budget.steps,
-      "optimizer_steps": common.optimizer_steps(vae),
-      "train_epochs": len(hist.get("neg_elbo", [])),
-      "train_seconds": train_seconds,
-      # Epoch means; a budget cut leaves a short last epoch, so report the
-      # last one with at least half an epoch of steps.
-      "train_neg_elbo_last_epoch": logged("neg_elbo", float),
-      "kl_last_epoch": logged("kl", float),
-      "nfe_forward_train": logged("nfe", int),
-      "nfe_backward_train": logged("nfe_backward", int),
+      "epochs": trained["epochs"], "steps": trained["steps"],
+      "optimizer_steps": run_lib.optimizer_steps(vae),
+      "resumed_at": trained["resumed_at"],
+      "stop_reason": trained["stop_reason"], "seconds": trained["seconds"],
+      # The last epoch's means.
+      "train_neg_elbo": last.get("neg_elbo"), "train_kl": last.get("kl"),
+      "train_nfe": last.get("nfe"),
+      "train_nfe_backward": last.get("nfe_backward"),
       "parameters": int(sum(np.prod(v.shape)
                             for v in vae.trainable_variables)),
-      "replicas": strategy.num_replicas_in_sync,
+      "replicas": replicas,
   }
   metrics.update(evaluate(vae, x_test, config))
-  metrics["seconds"] = time.time() - t0
   metrics["config"] = dataclasses.asdict(config)
-  # Saving runs collectives under multiworker: every worker takes part.
-  common.on_every_worker(vae.save_weights,
-                         os.path.join(config.out, "vae.weights.h5"), strategy)
-  if common.is_chief(strategy):
+  if config.export:  # saving runs collectives: every worker takes part
+    run_lib.on_every_worker(vae.save_weights,
+                            os.path.join(config.out, "vae.weights.h5"),
+                            strategy)
+  if run_lib.is_chief(strategy):
     write_pictures(vae, x_test, config.out)
-    common.write_json(os.path.join(config.out, "metrics.json"), metrics)
-  ckpt.delete()  # finished: a rerun starts over
+    run_lib.write_json(os.path.join(config.out, "metrics.json"), metrics)
   return metrics
 
 
 def main(argv=None):
-  config = common.config_from_args(
-      VAEConfig, "Train a VAE with a none / MAF / FFJORD posterior on "
-      "dynamically binarized MNIST.", argv)
-  metrics = run(config)
-  print({k: v for k, v in metrics.items() if k != "config"})
+  config, strategy = cli.parse(VAEConfig, __doc__, argv)
+  try:
+    metrics = run(config, strategy)
+  except FileNotFoundError as e:
+    print(f"training.vae: error: {e}", file=sys.stderr)
+    sys.exit(2)
+  print(f"test -ELBO {metrics['test_neg_elbo']:.2f} ± "
+        f"{metrics['test_neg_elbo_stderr']:.2f} nats, IWAE -log p(x) "
+        f"{metrics['iwae_neg_log_px']:.2f} ({metrics['iwae_samples']} "
+        f"samples, {metrics['iwae_test_images']} images), "
+        f"{metrics['steps']} steps, {metrics['seconds']:.0f} s of training "
+        f"-> {config.out}")
   return metrics
 
 
