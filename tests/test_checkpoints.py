@@ -1,6 +1,5 @@
 """Tests of tf_ffjord.checkpoints.Checkpoint: resume after kill -9, callback states, errors that name the bad file."""
 
-import glob
 import json
 import pathlib
 import signal
@@ -8,10 +7,10 @@ import subprocess
 import sys
 import time
 
+import h5py
 import keras
 import numpy as np
 import pytest
-import tensorflow as tf
 
 from tf_ffjord import FFJORDModel, ODENet, datasets
 from tf_ffjord.callbacks import TimeBudget
@@ -28,11 +27,12 @@ def _tiny(hidden=(8,), train_time=False):
 
 
 def _variables(prefix):
-  """The values of a checkpoint, without its save counter and timings."""
-  reader = tf.train.load_checkpoint(str(prefix))
-  skip = ("_CHECKPOINTABLE_OBJECT_GRAPH", "save_counter", "callback_states")
-  return {k: reader.get_tensor(k) for k in reader.get_variable_to_shape_map()
-          if not k.startswith(skip)}
+  """The arrays of a checkpoint's weights file (model and optimizer)."""
+  out = {}
+  with h5py.File(f"{prefix}.weights.h5", "r") as f:
+    f.visititems(lambda name, obj: out.__setitem__(name, obj[()])
+                 if isinstance(obj, h5py.Dataset) else None)
+  return out
 
 
 # -- kill -9 of a training CLI --------------------------------------------
@@ -56,7 +56,7 @@ def test_toy_cli_resumes_after_kill_9_with_the_same_state(tmp_path, capsys,
     deadline = time.time() + 600
     while time.time() < deadline and proc.poll() is None:
       # The state file is written (atomically) last, once a save is whole.
-      if (ckpt_dir / "checkpoint").exists():
+      if (ckpt_dir / "checkpoint.json").exists():
         proc.send_signal(signal.SIGKILL)
         break
       time.sleep(0.02)
@@ -67,8 +67,8 @@ def test_toy_cli_resumes_after_kill_9_with_the_same_state(tmp_path, capsys,
       proc.wait()
   assert proc.returncode == -signal.SIGKILL, proc.stderr.read()[-3000:]
   proc.stderr.close()
-  latest = tf.train.latest_checkpoint(str(ckpt_dir))
-  saved = int(pathlib.Path(latest).name.split("-")[1])
+  latest = json.loads((ckpt_dir / "checkpoint.json").read_text())["latest"]
+  saved = int(latest.split("-")[1])
   assert 1 <= saved < 20  # killed mid-run
 
   # The same command again (here, in this process: a fresh model that knows
@@ -135,11 +135,10 @@ def _damage(path, how):
 
 
 @pytest.mark.parametrize("how", ["truncated", "corrupted"])
-@pytest.mark.parametrize("which", ["index", "data"])
-def test_bad_index_or_data_file_is_named(saved, which, how):
+@pytest.mark.parametrize("which", ["weights", "progress"])
+def test_bad_weights_or_progress_file_is_named(saved, which, how):
   directory, prefix, _ = saved
-  path = (prefix + ".index" if which == "index"
-          else glob.glob(prefix + ".data-*")[0])
+  path = prefix + (".weights.h5" if which == "weights" else ".json")
   _damage(path, how)
   with pytest.raises(CheckpointError, match="corrupted or truncated") as e:
     Checkpoint(_tiny(), directory).restore()
@@ -151,20 +150,20 @@ def test_bad_index_or_data_file_is_named(saved, which, how):
 def test_bad_state_file_is_named(saved, how):
   directory, _, _ = saved
   if how == "truncated":
-    (directory / "checkpoint").write_text("")
+    (directory / "checkpoint.json").write_text("")
   else:
-    (directory / "checkpoint").write_text("model_checkpoint_path: {{{")
+    (directory / "checkpoint.json").write_text('{"latest": "ckpt-2", {{{')
   with pytest.raises(CheckpointError, match="state file") as e:
     Checkpoint(_tiny(), directory).restore()
-  assert str(directory / "checkpoint") in str(e.value)
+  assert str(directory / "checkpoint.json") in str(e.value)
 
 
-def test_missing_index_is_named(saved):
+def test_missing_weights_file_is_named(saved):
   directory, prefix, _ = saved
-  pathlib.Path(prefix + ".index").unlink()
+  pathlib.Path(prefix + ".weights.h5").unlink()
   with pytest.raises(CheckpointError, match="missing") as e:
     Checkpoint(_tiny(), directory).restore()
-  assert prefix + ".index" in str(e.value)
+  assert prefix + ".weights.h5" in str(e.value)
 
 
 @pytest.mark.parametrize("other", [

@@ -1,8 +1,10 @@
 """`Checkpoint`: the one resumable training state (model, optimizer, epoch, callback states), as a Keras callback."""
 
+import hashlib
 import json
 import os
 import shutil
+import tempfile
 
 import h5py
 import keras
@@ -87,15 +89,21 @@ def optimizer_steps(model):
   return int(tf.convert_to_tensor(opt.iterations.value))
 
 
-def _unreadable(path):
-  """Whether a Keras weights file cannot be read to the end."""
-  try:
-    with h5py.File(path, "r") as f:
-      f.visititems(lambda name, obj: obj[()] if isinstance(
-          obj, h5py.Dataset) else None)
-  except Exception:  # pylint: disable=broad-except
-    return True
-  return False
+def _layout(path):
+  """{key: shape} of every array in a Keras weights file (reads them all)."""
+  layout = {}
+  with h5py.File(path, "r") as f:
+    f.visititems(lambda name, obj: layout.__setitem__(
+        name, np.shape(obj[()])) if isinstance(obj, h5py.Dataset) else None)
+  return layout
+
+
+def _sha256(path):
+  digest = hashlib.sha256()
+  with open(path, "rb") as f:
+    for chunk in iter(lambda: f.read(1 << 20), b""):
+      digest.update(chunk)
+  return digest.hexdigest()
 
 
 class Checkpoint(keras.callbacks.Callback):
@@ -114,7 +122,10 @@ class Checkpoint(keras.callbacks.Callback):
   Every file is written to a temporary name and renamed, and
   `checkpoint.json` last, so a `kill -9` during a save leaves the previous
   checkpoint intact. `restore()` turns every unreadable file into a
-  `CheckpointError` that names it. Under `MultiWorkerMirroredStrategy`
+  `CheckpointError` that names it: the progress file records the weights
+  file's SHA-256, so flipped bytes are caught too, and a checkpoint whose
+  arrays differ from what this model writes (another configuration) is
+  refused. Under `MultiWorkerMirroredStrategy`
   every worker saves, but only the chief's files are kept.
 
   Put it after the callbacks it restores in `fit`'s list: their
@@ -181,21 +192,44 @@ class Checkpoint(keras.callbacks.Callback):
           f"'latest' entry). Fix or delete it, or delete {self.directory} "
           "to start over.") from e
 
-  def _load_weights(self, path, what):
+  def _expected_layout(self):
+    # What this model writes: a checkpoint must hold exactly that (Keras
+    # alone would skip a mismatched optimizer state with a mere warning).
+    with tempfile.TemporaryDirectory() as tmp:
+      path = os.path.join(tmp, "model.weights.h5")
+      self._model_ref.save_weights(path)
+      return _layout(path)
+
+  def _load_weights(self, path, what, sha256=None):
     if not os.path.exists(path):
       raise CheckpointError(
           f"The {what} weights file {path} is missing. Restore it, or delete "
           f"{self.directory} to start over.")
-    if _unreadable(path):
-      raise CheckpointError(
-          f"The {what} weights file {path} is corrupted or truncated. Delete "
-          f"it (and {self.state_file}) to start over, or restore it.")
+    bad = (f"The {what} weights file {path} is corrupted or truncated. "
+           f"Delete the files of that checkpoint to resume from an earlier "
+           f"one ({self._listed()}), or delete {self.directory} to start "
+           "over.")
+    if sha256 is not None and _sha256(path) != sha256:
+      raise CheckpointError(bad + " (Its checksum does not match.)")
     try:
-      self._model_ref.load_weights(path)
-    except (ValueError, KeyError, IndexError) as e:
+      layout = _layout(path)
+    except Exception as e:  # pylint: disable=broad-except
+      raise CheckpointError(f"{bad} ({type(e).__name__}: {e})") from e
+    expected = self._expected_layout()
+    if layout != expected:
+      diff = sorted(set(layout.items()) ^ set(expected.items()))[:4]
       raise CheckpointError(
           f"The {what} checkpoint {path} does not fit this model (another "
-          f"configuration?): {type(e).__name__}: {e}") from e
+          f"configuration?): its arrays differ from the model's, e.g. "
+          f"{diff}.")
+    self._model_ref.load_weights(path)
+
+  def _listed(self):
+    try:
+      return _read_json(self.state_file, "checkpoint state file").get(
+          "all", [])
+    except CheckpointError:
+      return []
 
   # -- restore and save ----------------------------------------------------
 
@@ -214,7 +248,13 @@ class Checkpoint(keras.callbacks.Callback):
     prefix = self.latest
     if prefix is None:
       return 0
-    progress = _read_json(prefix + ".json", "checkpoint progress file")
+    try:
+      progress = _read_json(prefix + ".json", "checkpoint progress file")
+    except CheckpointError as e:
+      raise CheckpointError(
+          f"{e} Delete the files of {prefix} to resume from an earlier "
+          f"checkpoint ({self._listed()}), or delete {self.directory} to "
+          "start over.") from e
     model = self._model_ref
     opt = getattr(model, "optimizer", None)
     if opt is not None and not opt.built:
@@ -227,7 +267,8 @@ class Checkpoint(keras.callbacks.Callback):
         getattr(cb, "restore_best_weights", False) for cb in self.tracked):
       self._load_weights(best, "best")
       states["best_weights"] = model.get_weights()
-    self._load_weights(prefix + ".weights.h5", "latest")
+    self._load_weights(prefix + ".weights.h5", "latest",
+                       progress.get("sha256"))
     self._pending = states
     self._apply_states()  # now, so that a caller can read them before fit
     self.epoch = int(progress["epoch"])
@@ -278,8 +319,9 @@ class Checkpoint(keras.callbacks.Callback):
     name = f"ckpt-{int(epoch)}"
     prefix = os.path.join(self._write_dir, name)
     self._save_weights(prefix + ".weights.h5")
-    _write_json(prefix + ".json", {"epoch": int(epoch),
-                                   "callbacks": self._collect_states()})
+    _write_json(prefix + ".json", {
+        "epoch": int(epoch), "callbacks": self._collect_states(),
+        "sha256": _sha256(prefix + ".weights.h5")})
     state_file = os.path.join(self._write_dir, _STATE_FILE)
     kept = []
     if os.path.exists(state_file):
@@ -332,10 +374,12 @@ def read_latest(directory):
   out = {"epoch": np.array(_read_json(prefix + ".json",
                                       "checkpoint progress file")["epoch"])}
   path = prefix + ".weights.h5"
-  if _unreadable(path):
+  try:
+    f = h5py.File(path, "r")
+  except OSError as e:
     raise CheckpointError(f"The weights file {path} is missing, corrupted or "
-                          "truncated.")
-  with h5py.File(path, "r") as f:
+                          "truncated.") from e
+  with f:
     f.visititems(lambda name, obj: out.__setitem__(name, obj[()]) if
                  isinstance(obj, h5py.Dataset) else None)
   return out
