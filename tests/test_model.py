@@ -75,7 +75,7 @@ def test_every_model(name, tmp_path):
   # The log-det against the autodiff Jacobian of x -> z, through a copy on
   # a fine grid (where the integrated trace matches the discrete map).
   grid = flows.with_options(model.bijector, trace="exact", solver="rk4",
-                            step_size=0.1, gradient="backprop")
+                            step_size=0.25, gradient="backprop")
 
   c2 = None if context is None else context[:2]
 
