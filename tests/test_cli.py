@@ -68,6 +68,13 @@ def test_presets_data_defaults_and_flags_stack_in_that_order():
                data_defaults=by_data).mode == "b"
 
 
+def test_presets_see_the_chosen_data():
+  presets = {"per-data": lambda c: {"steps": 5 if c.data == "moons" else 6}}
+  parse = lambda argv: cli.parse(Config, "test", argv, presets=presets)[0]
+  assert parse(["--data", "moons", "--preset", "per-data"]).steps == 5
+  assert parse(["--preset", "per-data"]).steps == 6
+
+
 def test_check_refuses_combinations(capsys):
   check = lambda c: "--ot needs flow matching" if c.ot and (
       c.objective != "flow_matching") else None

@@ -1,6 +1,7 @@
 """Constructors of `FlowModel`: FFJORD blocks on vectors (toys, tabular) and on images (multiscale or single-scale)."""
 
 import keras
+import numpy as np
 import tensorflow_probability as tfp
 
 from tf_ffjord import flows
@@ -40,6 +41,10 @@ class FFJORDModel(FlowModel):
     train_time: learn each block's end time T.
     time_length: T, or its initial value with `train_time`.
     eval_options: `FFJORD` options of evaluation (see `FlowModel`).
+    whitening: optional fixed affine data transform `(mean, scale_tril)`:
+      the blocks see y = scale_tril^-1 (x - mean) (e.g. the training data's
+      mean and the Cholesky factor of its covariance); its log-det is part
+      of the density, and flow matching regresses in y.
     name: model name.
     **ffjord_kwargs: passed to every `FFJORD` (trace, noise, solver, rtol,
       atol, step_size, max_num_steps, gradient, ...).
@@ -61,7 +66,7 @@ class FFJORDModel(FlowModel):
 
   def __init__(self, event_shape, dynamics=None, num_blocks=1, context_dim=0,
                train_time=False, time_length=1.0, eval_options=None,
-               name=None, **ffjord_kwargs):
+               whitening=None, name=None, **ffjord_kwargs):
     event_shape = tuple(int(d) for d in event_shape)
     if isinstance(dynamics, (list, tuple)):
       nets = list(dynamics)
@@ -82,8 +87,15 @@ class FFJORDModel(FlowModel):
                      train_time=bool(train_time),
                      event_ndims=len(event_shape), name=f"ffjord_{i}",
                      **ffjord_kwargs) for i, net in enumerate(nets)]
-    super().__init__(_chain(blocks), event_shape, eval_options=eval_options,
-                     context_dim=context_dim, name=name)
+    pre = []
+    if whitening is not None:
+      mean, scale_tril = (np.asarray(a, np.float32) for a in whitening)
+      pre = [tfb.Shift(mean), tfb.ScaleMatvecTriL(scale_tril)]
+    super().__init__(_chain(pre + blocks), event_shape,
+                     eval_options=eval_options, context_dim=context_dim,
+                     name=name)
+    self.whitening = None if whitening is None else tuple(
+        np.asarray(a, np.float32).tolist() for a in whitening)
     self.train_time = bool(train_time)
     self.time_length = float(time_length)
     self.ffjord_kwargs = dict(ffjord_kwargs)
@@ -104,7 +116,8 @@ class FFJORDModel(FlowModel):
                          for b in self.blocks],
             "context_dim": self.context_dim, "train_time": self.train_time,
             "time_length": self.time_length,
-            "eval_options": self.eval_options, **self.ffjord_kwargs}
+            "eval_options": self.eval_options, "whitening": self.whitening,
+            **self.ffjord_kwargs}
 
   @classmethod
   def from_config(cls, config):

@@ -168,7 +168,10 @@ def parse(config_cls, description, argv=None, presets=None,
   defaults = {f.name: f.default for f in dataclasses.fields(config_cls)}
   first = _parser(config_cls, defaults, description, presets)
   known, _ = first.parse_known_args(argv)
-  defaults.update((data_defaults or {}).get(getattr(known, "data", None), {}))
+  data = getattr(known, "data", None)
+  if data is not None:  # presets see the chosen data set
+    defaults["data"] = data
+  defaults.update((data_defaults or {}).get(data, {}))
   preset = getattr(known, "preset", None)
   if preset:
     defaults.update(presets[preset](config_cls(**defaults)))

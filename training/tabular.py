@@ -49,8 +49,9 @@ from tf_ffjord.dynamics import ACTIVATIONS, LAYER_TYPES
 from tf_ffjord.objectives import FlowMatching, MaximumLikelihood
 from training import cli, run as run_lib
 
-__all__ = ["TabularConfig", "DATA_DEFAULTS", "PAPER_NLL", "check",
-           "load_splits", "build_model", "gaussian_nll", "run", "main"]
+__all__ = ["TabularConfig", "DATA_DEFAULTS", "PAPER_NLL", "PRESETS", "check",
+           "load_splits", "whitening", "build_model", "gaussian_nll", "run",
+           "main"]
 
 SOLVERS = solvers.ADAPTIVE_SOLVERS + solvers.FIXED_SOLVERS
 
@@ -143,6 +144,13 @@ class TabularConfig(cli.RunConfig):
                           choices=divergence.TRACES)
   noise: str = cli.option("gaussian", "Hutchinson probe distribution",
                           choices=divergence.NOISES)
+  lr_schedule: str = cli.option("plateau", "learning rate over the run: the "
+                                "paper's /10 on validation plateaus, or a "
+                                "cosine decay over --steps",
+                                choices=("plateau", "cosine"))
+  whiten: bool = cli.option(False, "a fixed whitening of the data (training "
+                            "mean and covariance) before the blocks; its "
+                            "log-det is part of the density")
   # evaluation
   test_rtol: float = cli.option(1e-5, "relative tolerance of the "
                                 "exact-trace Dormand-Prince solves of "
@@ -157,6 +165,24 @@ class TabularConfig(cli.RunConfig):
                           "patches", positive=True)
   n_test: int = cli.option(250_000, "BSDS300 from images only: test patches",
                            positive=True)
+
+
+def fm(config):
+  """the CPU recipe measured for issue 14: flow matching of one block (MINIBOONE 256-256; BSDS300 whitened, 504-504), Adam 1e-3 with cosine decay, early stopping"""
+  recipe = dict(objective="flow_matching", num_blocks=1, nhidden=2,
+                train_time=False, activation="softplus", lr=1e-3,
+                lr_schedule="cosine", weight_decay=0.0, patience=5)
+  if config.data == "bsds300":
+    return {**recipe, "whiten": True, "hdim_factor": 8, "batch_size": 512,
+            "steps": 82_000, "steps_per_epoch": 4000, "time_budget": 1500,
+            "max_val": 2000, "max_test": 10_000, "n_val": 10_000,
+            "n_test": 10_000}
+  return {**recipe, "hdim_factor": max(1, round(256 / tabular.DIMS.get(
+      config.data, 43))), "batch_size": 256, "steps": 75_000,
+          "steps_per_epoch": 5000, "time_budget": 400}
+
+
+PRESETS = {"fm": fm}
 
 
 def check(config):
@@ -181,8 +207,18 @@ def load_splits(config):
                          test=splits.test[:config.max_test or None])
 
 
-def build_model(config, dim):
-  """The compiled `FFJORDModel` of a config on D = `dim` (in the strategy)."""
+def whitening(train_x):
+  """(mean, Cholesky factor of the covariance) of the training data."""
+  train_x = np.asarray(train_x, np.float64)
+  return (train_x.mean(0),
+          np.linalg.cholesky(np.cov(train_x, rowvar=False, bias=True)))
+
+
+def build_model(config, dim, whitening=None):
+  """The compiled `FFJORDModel` of a config on D = `dim` (in the strategy).
+
+  `whitening` is `(mean, scale_tril)` of the data when `config.whiten`.
+  """
   keras.utils.set_random_seed(config.seed)
   flow_matching = config.objective == "flow_matching"
   width = config.hdim_factor * dim
@@ -191,6 +227,7 @@ def build_model(config, dim):
           for i in range(config.num_blocks)]
   model = FFJORDModel(
       (dim,), dynamics=nets, time_length=config.time_length,
+      whitening=whitening,
       train_time=config.train_time and not flow_matching,
       eval_options=dict(trace="exact", solver="dopri5", rtol=config.test_rtol,
                         atol=config.test_atol),
@@ -199,7 +236,10 @@ def build_model(config, dim):
       max_num_steps=config.max_num_steps, gradient=config.gradient)
   objective = (FlowMatching(ot=config.ot) if flow_matching
                else MaximumLikelihood())
-  model.compile(keras.optimizers.Adam(config.lr, weight_decay=config.weight_decay
+  lr = config.lr
+  if config.lr_schedule == "cosine":
+    lr = keras.optimizers.schedules.CosineDecay(config.lr, config.steps)
+  model.compile(keras.optimizers.Adam(lr, weight_decay=config.weight_decay
                                       or None), objective=objective)
   return model
 
@@ -219,14 +259,16 @@ def gaussian_nll(train_x, test_x):
 
 
 def _schedule(config):
-  """The paper's schedule as Keras callbacks, on the validation NLL."""
-  return [
-      keras.callbacks.ReduceLROnPlateau(
-          monitor="val_nll", mode="min", factor=0.1,
-          patience=max(1, config.patience // 3), min_lr=config.lr / 100),
-      keras.callbacks.EarlyStopping(monitor="val_nll", mode="min",
-                                    patience=config.patience,
-                                    restore_best_weights=True)]
+  """The paper's schedule as Keras callbacks, on the validation NLL (with a
+  cosine decay, early stopping only)."""
+  stop = keras.callbacks.EarlyStopping(monitor="val_nll", mode="min",
+                                       patience=config.patience,
+                                       restore_best_weights=True)
+  if config.lr_schedule == "cosine":
+    return [stop]
+  return [keras.callbacks.ReduceLROnPlateau(
+      monitor="val_nll", mode="min", factor=0.1,
+      patience=max(1, config.patience // 3), min_lr=config.lr / 100), stop]
 
 
 def run(config, strategy=None):
@@ -243,7 +285,8 @@ def run(config, strategy=None):
         f"{len(splits.val)}/{len(splits.test)} ({splits.source}), "
         f"{strategy.num_replicas_in_sync} replica(s)", flush=True)
   with strategy.scope():
-    model = build_model(config, dim)
+    model = build_model(config, dim, whitening(splits.train)
+                        if config.whiten else None)
   # Keras builds a distributed model from the replicas' mean of the first
   # batch, which fails on uneven shares: validate on batches that split
   # evenly (dropping fewer rows than replicas), which also makes the
@@ -300,7 +343,7 @@ def run(config, strategy=None):
 
 
 def main(argv=None):
-  config, strategy = cli.parse(TabularConfig, __doc__, argv,
+  config, strategy = cli.parse(TabularConfig, __doc__, argv, PRESETS,
                                data_defaults=DATA_DEFAULTS, check=check)
   replicas = strategy.num_replicas_in_sync
   if config.batch_size % replicas:  # (see run: Keras needs even shares)
