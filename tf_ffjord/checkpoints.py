@@ -76,7 +76,7 @@ def _read_json(path, what):
     with open(path, encoding="utf-8") as f:
       return json.load(f)
   except (OSError, ValueError) as e:
-    raise CheckpointError(f"The {what} {path} is corrupted, truncated or "
+    raise CheckpointError(f"The {what} {path} is corrupted or truncated, or "
                           f"unreadable ({type(e).__name__}: {e}).") from e
 
 
