@@ -101,7 +101,7 @@ def train(spec):
                              for i in range(n)]).astype(np.float32)
     h = ada.fit(scaled, batch_size=8 * n, epochs=1, verbose=0, shuffle=False)
     out["adaptive_nfe"] = np.array([float(e) for e in h.history["nfe"]])
-    counts = strategy.run(tf.function(ada.bijector.nfe_counter.read_value))
+    counts = strategy.run(tf.function(ada.bijector.nfe_backward.read_value))
     out["adaptive_replica_nfe"] = np.array(
         [int(v) for v in strategy.experimental_local_results(counts)])
     out["adaptive_nll"] = np.array([float(e) for e in h.history["nll"]])

@@ -154,23 +154,22 @@ def test_chain_of_flows_adds_log_dets():
   np.testing.assert_allclose(logp, base + 0.5 * 0.2 + 2.0 * 0.2, atol=1e-4)
 
 
-def test_log_prob_costs_one_solve():
-  bij = FFJORD(linear(A), trace="exact", solver="dopri5")
+def test_log_prob_costs_one_solve_and_nfe_counts_every_evaluation():
+  calls = tf.Variable(0)
+
+  def f(t, x):
+    with tf.control_dependencies([calls.assign_add(1)]):
+      return tf.linalg.matvec(tf.constant(A), x)
+
+  bij = FFJORD(f, trace="exact", solver="dopri5")
   dist = tfd.TransformedDistribution(tfd.MultivariateNormalDiag(tf.zeros(2)),
                                      bij)
   x = tf.random.normal([4, 2])
-
-  @tf.function
-  def one_solve(x):
-    return bij.solve(x).nfe
-
-  @tf.function
-  def log_prob(x):
-    lp = dist.log_prob(x)
-    with tf.control_dependencies([lp]):
-      return bij.nfe_counter.read_value()
-
-  assert int(log_prob(x)) == int(one_solve(x))
+  nfe = int(tf.function(lambda x: bij.solve(x).nfe)(x))
+  assert int(calls.numpy()) == nfe > 2  # Solution.nfe is the real count
+  calls.assign(0)
+  tf.function(dist.log_prob)(x)
+  assert int(calls.numpy()) == nfe
 
 
 def test_density_integrates_to_one_on_a_grid():
@@ -206,11 +205,18 @@ def test_integer_input_is_rejected():
     (dict(trace="diag"), "trace"), (dict(noise="uniform"), "noise"),
     (dict(solver="rk45"), "solver"), (dict(time_length=-1.0), "time_length"),
     (dict(gradient="magic"), "gradient"), (dict(rtol=0.0), "rtol"),
-    (dict(regularizers=("entropy",)), "regularizer"),
+    (dict(jit_compile="sometimes"), "jit_compile"),
+    (dict(solver=tfp.math.ode.DormandPrince(), gradient="backprop"),
+     "backprop"),
 ])
 def test_bad_options_are_rejected(kwargs, error):
   with pytest.raises(ValueError, match=error):
     FFJORD(linear(A), **kwargs)
+
+
+def test_unknown_regularizer_is_rejected_at_solve():
+  with pytest.raises(ValueError, match="regularizer"):
+    FFJORD(linear(A)).solve(tf.zeros([2, 2]), regularizers=("entropy",))
 
 
 def _alarm(seconds):

@@ -83,7 +83,7 @@ def test_mirrored_two_devices_matches_single_device(run_dir, subprocess_env):
   h = out["hutchinson"]
   assert h.shape == (2, 4) and not np.allclose(h[0], h[1])
   # dopri5 with differently scaled data on the replicas: the train step
-  # finished, with each replica's own step count in its NFE counter.
+  # finished, with each replica's own backward step count in nfe_backward.
   nfe = out["adaptive_replica_nfe"]
   assert nfe.shape == (2,) and nfe.min() > 0
   assert np.isfinite(out["adaptive_nll"]).all()
@@ -138,9 +138,9 @@ def test_multiworker_two_processes_matches_single_device(run_dir,
   assert not np.allclose(h0, h1)
 
 
-def test_nfe_counter_is_per_replica():
+def test_nfe_backward_is_per_replica():
   var = FFJORDModel((2,), dynamics=ODENet(hidden=(4,)), solver="rk4",
-                    step_size=1.0).bijector.nfe_counter
+                    step_size=1.0).bijector.nfe_backward
   assert var.synchronization == tf.VariableSynchronization.ON_READ
 
 

@@ -51,14 +51,14 @@ class _Servable(tf.Module):
     # holds the variables below and the traced functions.
     self._bij = types.SimpleNamespace(
         exact=[b if b.trace == "exact"
-               else b.copy(trace="exact", regularizers=())
+               else b.copy(trace="exact")
                for b in bijectors],
-        hutchinson=[b.copy(trace="hutchinson", regularizers=())
+        hutchinson=[b.copy(trace="hutchinson")
                     for b in bijectors])
     # Every captured variable: Keras weights and the NFE counters of the
     # bijectors (which Keras does not track).
     self.model_variables = list(variables)
-    self.nfe_counters = [b.nfe_counter for b in
+    self.nfe_counters = [b.nfe_backward for b in
                          self._bij.exact + self._bij.hutchinson]
 
     x_spec = tf.TensorSpec([batch_size, *event_shape], dtype, name="x")
@@ -125,7 +125,7 @@ class _MultiscaleServable(tf.Module):
     super().__init__(name="ffjord_multiscale_servable")
     self._m = types.SimpleNamespace(model=model)  # untracked (see _Servable)
     self.model_variables = list(model.variables)
-    self.nfe_counters = [f.nfe_counter for flow in (model.flow,
+    self.nfe_counters = [f.nfe_backward for flow in (model.flow,
                                                      model.eval_flow)
                          for f in flow.all_flows]
     dtype = tf.float32

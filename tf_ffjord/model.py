@@ -176,8 +176,7 @@ class FFJORDModel(keras.Model):
           initializer=keras.initializers.Constant(
               np.log(np.expm1(t_init))))  # softplus^-1
       kwargs["time_length"] = lambda: tf.math.softplus(self.time_raw.value)
-    self.bijector = FFJORD(self.dynamics,
-                           regularizers=tuple(self.regularization), **kwargs)
+    self.bijector = FFJORD(self.dynamics, **kwargs)
     self.eval_bijector = FFJORD(self.dynamics, **{**kwargs,
                                                    "trace": eval_trace})
     self.nll_tracker = keras.metrics.Mean(name="nll")
@@ -272,8 +271,9 @@ class FFJORDModel(keras.Model):
     z = tf.reshape(z, [tf.shape(z)[0], -1])
     return -0.5 * tf.reduce_sum(tf.square(z), -1) - 0.5 * self.event_size * _LOG_2PI
 
-  def _log_prob(self, x, context, bijector, seed=None):
-    sol = bijector.solve(x, "inverse", context=context, seed=seed)
+  def _log_prob(self, x, context, bijector, seed=None, regularizers=()):
+    sol = bijector.solve(x, "inverse", context=context, seed=seed,
+                         regularizers=regularizers)
     return self.base_log_prob(sol.state) + sol.log_det, sol
 
   def _noise_seed(self):
@@ -346,7 +346,8 @@ class FFJORDModel(keras.Model):
 
     def loss_fn():
       logp, sol = self._log_prob(x, context, self.bijector,
-                                 seed=self._noise_seed())
+                                 seed=self._noise_seed(),
+                                 regularizers=tuple(self.regularization))
       nll = -tf.reduce_mean(logp)
       loss = nll
       for r, w in self.regularization.items():
@@ -354,10 +355,10 @@ class FFJORDModel(keras.Model):
       return loss, (nll, sol)
 
     nll, sol = minimize(self, loss_fn)
-    nfe_total = self.bijector.nfe_counter.read_value()
     self.nll_tracker.update_state(nll)
     self.nfe_tracker.update_state(sol.nfe)
-    self.nfe_backward_tracker.update_state(nfe_total - sol.nfe)
+    self.nfe_backward_tracker.update_state(
+        self.bijector.nfe_backward.read_value())
     for r, tracker in self.reg_trackers.items():
       tracker.update_state(tf.reduce_mean(sol.regularization[r]))
     return step_logs({m.name: m.result() for m in self.metrics})
