@@ -385,9 +385,9 @@ def train(config):
     # replica adds its share of it to the summed gradient.
     grads = [g + (wd / replicas) * v.value for g, v in zip(grads, variables)]
     optimizer.apply_gradients(zip(grads, variables))
-    total = tf.add_n([b.nfe_counter.read_value()
-                      for b in model.train_bijectors])
-    return {"loss": loss, "nfe": nfe, "nfe_backward": total - nfe}
+    nfe_backward = tf.add_n([b.nfe_backward.read_value()
+                             for b in model.train_bijectors])
+    return {"loss": loss, "nfe": nfe, "nfe_backward": nfe_backward}
 
   train_step = common.distributed_step(replica_step, {"loss": "SUM"},
                                        strategy)
