@@ -81,6 +81,11 @@ class BacksolveAdjoint:
   seminorm: bool = True
   on_backward_nfe: Optional[Callable] = None
 
+  def backward_weights(self, weights, num_params):
+    """Error weights of the backward state [y, a, parameter adjoints]."""
+    return (tuple(weights) * 2
+            + ((0.0,) if self.seminorm else (1.0,)) * num_params)
+
   def __call__(self, run, fn, t0, t1, ys, cs, controller):
     """Runs the forward solve under a custom gradient.
 
@@ -127,10 +132,8 @@ class BacksolveAdjoint:
                 + [tf.zeros(v.shape, v.dtype) for v in train])
         back = controller
         if not isinstance(controller, ConstantStepSize):
-          weights = controller.weights(n_y)
-          back = dataclasses.replace(
-              controller, error_weights=tuple(weights) * 2 + (
-                  (0.0,) if self.seminorm else (1.0,)) * n_p)
+          back = dataclasses.replace(controller, error_weights=(
+              self.backward_weights(controller.weights(n_y), n_p)))
         out, bnfe, bstatus, _ = run(aug_fn, t1, t0, aug0, cs, back,
                                     first_step=h_last)
         out = check_status(bstatus, out, "adjoint (backward)",
