@@ -12,17 +12,20 @@ softplus MLPs (`benchmarks/results/xla_crossover*.{log,json}`):
 | 128x128 | 0.24 / 0.60 | 0.52 / 0.49 | 0.56 / 0.57 | |
 | 256x256 | 0.47 / 0.58 | 0.53 / 0.69 | 0.66 / 0.64 | |
 | 512x512 | 0.63 / 0.64 | 0.90 / 0.63 | 0.76 / 0.82 | |
-| 1024x1024 | 0.68-0.72 (D 2) | | 1.11 (D 63, whole solves) | |
+| 1024x1024 | 0.72 / 1.25 | 0.57 / 0.84 | 0.69 / 0.60 | |
+| 860x860 | | | 0.98 (D 43, MINIBOONE's net) | |
 
 XLA wins by 2-4x for small nets, where the plain executor's per-op cost
 dominates, and its edge shrinks as the matrix products grow: the forward
 evaluation alone is no faster with XLA from 512x512 x batch 500 on (XLA's CPU
 matrix products are slower than oneDNN's), while the adjoint evaluation, a
 double backward pass with many elementwise ops, still gains. Whole training
-steps (`--solves`) agree: 0.30 (64x64, batch 100), 0.49-0.57 (64x64, batch
-500-1000), 0.87 (512x512, batch 500, D 16) and 1.11 (1024x1024, batch 1000,
-D 63). The crossover sits near weights x batch = 1e9; the rule switches XLA
-off above 4e8 (weights x batch), where the gain is small either way.
+steps (`--solves`) measured 0.30 (64x64, batch 100), 0.49-0.57 (64x64,
+batch 500-1000), 0.87 (512x512, batch 500, D 16) and 1.11 (1024x1024, batch
+1000, D 63, where the chains say 0.60: the whole solve also integrates a
+million parameter adjoints per stage). Around weights x batch = 1e8-1e9 the
+ratios scatter between 0.6 and 1.25 on this noisy core; the rule switches
+XLA off above 4e8 (weights x batch), where the gain is small or negative.
 Convolutions were measured slower with XLA on CPU (README Performance, and
 the conv rows of the JSON), so convolutional (image) dynamics run plain.
 On GPUs and TPUs XLA is on.
