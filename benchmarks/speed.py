@@ -6,7 +6,13 @@ at every repetition so that machine noise cancels, and prints a table:
 - (a) 8gaussians, batch 512, ODENet 64-64-64 concatsquash tanh;
 - (b) MINIBOONE-sized, 43 dims, batch 1000, 2 hidden layers of 860 (20 D),
       softplus (FFJORD's tabular setup), on the real MINIBOONE validation set;
-- (c) 28x28x1 MNIST images, batch 64, a 3-layer concatsquash conv net.
+- (c) 28x28x1 MNIST images, batch 64, a 3-layer concatsquash conv net;
+- `toy_run` and `miniboone_run` (`benchmarks/user_path.py`): whole training
+  runs as users call them, `TransformedDistribution.log_prob` in a plain
+  `tf.function`, each implementation in its own process pinned to its own
+  core (`--cores 0,1`), side by side: 8gaussians to KL 0.05 nats, and step
+  times on the 43-D MINIBOONE shape over a run long enough for the net to
+  move from its initialization.
 
 Every implementation uses the same network weights, Dormand-Prince at
 atol = rtol = 1e-5 and a Hutchinson trace; each is trained by Adam on the same
@@ -37,6 +43,8 @@ training steps; both implementations see the same weights and batches.
 python -m benchmarks.speed --quick                 # minutes, all cases
 python -m benchmarks.speed --cases a,b --out benchmarks/results/speed.json
 python -m benchmarks.speed --impls ours,ours_noxla,ours_backprop,tfp --cases a
+python -m benchmarks.speed --cases toy_run,miniboone_run --cores 0,1 \
+    --out benchmarks/results/speed_user_path.json   # two quiet cores
 ```
 """
 
@@ -63,6 +71,7 @@ from tf_ffjord import divergence
 from tf_ffjord.bijector import FFJORD
 from tf_ffjord.datasets import toy
 from tf_ffjord.dynamics import ODENet, time_features
+from benchmarks import user_path
 
 __all__ = ["Case", "CASES", "IMPLS", "run", "main"]
 
@@ -236,9 +245,10 @@ class Ours:
     self.net = net
     self.xla = xla
     nd = len(case.event_shape)
+    # The step itself is compiled (or not) here: the solve adds no XLA.
     self.bij = FFJORD(net, trace="hutchinson", solver="dopri5",
                       rtol=rtol or case.rtol, atol=atol or case.atol,
-                      gradient=gradient, event_ndims=nd)
+                      gradient=gradient, event_ndims=nd, jit_compile=False)
     self.opt = keras.optimizers.Adam(1e-3)
     self.opt.build(net.trainable_variables)
     bij, opt = self.bij, self.opt
@@ -250,7 +260,7 @@ class Ours:
       variables = net.trainable_variables
       grads = tape.gradient(loss, variables)
       opt.apply_gradients(zip(grads, variables))
-      return loss, sol.nfe, bij.nfe_counter.read_value()
+      return loss, sol.nfe, sol.nfe + bij.nfe_backward.read_value()
 
     def log_prob(x):
       sol = bij.solve(x, "inverse")
@@ -574,9 +584,19 @@ def run(cases="abc", impls=("ours", "tfp"), quick=False, memory=False,
 def main(argv=None):
   parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
   parser.add_argument("--cases", default="a,b,c",
-                      help="comma-separated subset of a,b,c")
+                      help="comma-separated subset of a,b,c (step times in "
+                      "one process) and toy_run,miniboone_run (training "
+                      "runs, one process per implementation)")
   parser.add_argument("--impls", default="ours,tfp",
-                      help=f"comma-separated subset of {sorted(IMPLS)}")
+                      help=f"comma-separated subset of {sorted(IMPLS)} "
+                      f"(training runs: {list(user_path.RUN_IMPLS)})")
+  parser.add_argument("--cores", default="0,1",
+                      help="training runs: one CPU core per implementation, "
+                      "run at the same time (or one core shared by all; "
+                      "then compare CPU times)")
+  parser.add_argument("--max-steps", type=int, default=None,
+                      help="training runs: override the step limit")
+  parser.add_argument("--worker", default=None, help=argparse.SUPPRESS)
   parser.add_argument("--quick", action="store_true",
                       help="fewer repetitions (for iterating)")
   parser.add_argument("--memory", action="store_true",
@@ -584,19 +604,39 @@ def main(argv=None):
   parser.add_argument("--out", default="benchmarks/results/speed.json",
                       help="JSON output path")
   args = parser.parse_args(argv)
+  log = lambda s: print(s, flush=True)
+  if args.max_steps:
+    for c in user_path.RUN_CASES.values():
+      c.max_steps = args.max_steps
+  if args.worker:  # one implementation of a training run, in this process
+    key, impl, path = args.worker.split(":", 2)
+    user_path.run_worker(key, impl, path, log=log)
+    return
   cases = [c.strip() for c in args.cases.split(",") if c.strip()]
   impls = [i.strip() for i in args.impls.split(",") if i.strip()]
+  runs = [c for c in cases if c in user_path.RUN_CASES]
+  cases = [c for c in cases if c not in user_path.RUN_CASES]
   for c in cases:
     if c not in CASES:
-      parser.error(f"unknown case {c!r}; expected a subset of {sorted(CASES)}")
+      parser.error(f"unknown case {c!r}; expected a subset of "
+                   f"{sorted(CASES) + sorted(user_path.RUN_CASES)}")
   for i in impls:
-    if i not in IMPLS:
-      parser.error(f"unknown impl {i!r}; expected a subset of {sorted(IMPLS)}")
-  log = lambda s: print(s, flush=True)
+    if i not in (user_path.RUN_IMPLS if runs and not cases else IMPLS):
+      parser.error(f"unknown impl {i!r}; expected a subset of {sorted(IMPLS)}"
+                   f" (training runs: {list(user_path.RUN_IMPLS)})")
+  cores = [int(c) for c in args.cores.split(",") if c.strip()]
   t = time.time()
   results, mem = run(cases, impls, quick=args.quick, memory=args.memory,
-                     log=log)
-  table = format_table(results)
+                     log=log) if cases else ({}, None)
+  run_results = {}
+  for key in runs:
+    log(f"case ({key}): {user_path.RUN_CASES[key].title}")
+    run_results[key] = user_path.run_side_by_side(
+        key, impls, cores, max_steps=args.max_steps, log=log)
+  table = format_table(results) if results else ""
+  for key, res in run_results.items():
+    table += (f"\n\n{key}: {user_path.RUN_CASES[key].title} (cores "
+              f"{args.cores})\n" + user_path.format_run_table(key, res))
   print("\n" + table)
   if mem:
     print("\n| gradient | XLA | tol | NFE fwd+bwd | step ms | peak step MB |")
@@ -615,7 +655,8 @@ def main(argv=None):
                                      + (argv if argv is not None
                                         else sys.argv[1:])),
                  "machine": info, "cases": {k: CASES[k].title for k in cases},
-                 "results": results, "memory": mem, "table": table}, f,
+                 "results": results, "memory": mem, "runs": run_results,
+                 "table": table}, f,
                 indent=1)
     print(f"wrote {args.out}")
 

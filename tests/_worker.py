@@ -98,12 +98,9 @@ def train(spec):
                              for i in range(n)]).astype(np.float32)
     h = ada.fit(scaled, batch_size=8 * n, epochs=1, verbose=0, shuffle=False)
     out["adaptive_nfe"] = np.array([float(e) for e in h.history["nfe"]])
-    # Each replica's own counts of its last solves, forward and backward.
-    counts = strategy.run(tf.function(
-        lambda: tf.stack([ada.bijector.nfe_counter.read_value(),
-                          ada.bijector.nfe_backward])))
-    out["adaptive_replica_nfe"] = np.stack(
-        [v.numpy() for v in strategy.experimental_local_results(counts)])
+    counts = strategy.run(tf.function(ada.bijector.nfe_backward.read_value))
+    out["adaptive_replica_nfe"] = np.array(
+        [int(v) for v in strategy.experimental_local_results(counts)])
     out["adaptive_nll"] = np.array([float(e) for e in h.history["nll"]])
   return out
 

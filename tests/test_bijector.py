@@ -154,23 +154,22 @@ def test_chain_of_flows_adds_log_dets():
   np.testing.assert_allclose(logp, base + 0.5 * 0.2 + 2.0 * 0.2, atol=1e-4)
 
 
-def test_log_prob_costs_one_solve():
-  bij = FFJORD(linear(A), trace="exact", solver="dopri5")
+def test_log_prob_costs_one_solve_and_nfe_counts_every_evaluation():
+  calls = tf.Variable(0)
+
+  def f(t, x):
+    with tf.control_dependencies([calls.assign_add(1)]):
+      return tf.linalg.matvec(tf.constant(A), x)
+
+  bij = FFJORD(f, trace="exact", solver="dopri5")
   dist = tfd.TransformedDistribution(tfd.MultivariateNormalDiag(tf.zeros(2)),
                                      bij)
   x = tf.random.normal([4, 2])
-
-  @tf.function
-  def one_solve(x):
-    return bij.solve(x).nfe
-
-  @tf.function
-  def log_prob(x):
-    lp = dist.log_prob(x)
-    with tf.control_dependencies([lp]):
-      return bij.nfe_counter.read_value()
-
-  assert int(log_prob(x)) == int(one_solve(x))
+  nfe = int(tf.function(lambda x: bij.solve(x).nfe)(x))
+  assert int(calls.numpy()) == nfe > 2  # Solution.nfe is the real count
+  calls.assign(0)
+  tf.function(dist.log_prob)(x)
+  assert int(calls.numpy()) == nfe
 
 
 def test_density_integrates_to_one_on_a_grid():
@@ -206,11 +205,18 @@ def test_integer_input_is_rejected():
     (dict(trace="diag"), "trace"), (dict(noise="uniform"), "noise"),
     (dict(solver="rk45"), "solver"), (dict(time_length=-1.0), "time_length"),
     (dict(gradient="magic"), "gradient"), (dict(rtol=0.0), "rtol"),
-    (dict(regularizers=("entropy",)), "regularizer"),
+    (dict(jit_compile="sometimes"), "jit_compile"),
+    (dict(solver=tfp.math.ode.DormandPrince(), gradient="backprop"),
+     "backprop"),
 ])
 def test_bad_options_are_rejected(kwargs, error):
   with pytest.raises(ValueError, match=error):
     FFJORD(linear(A), **kwargs)
+
+
+def test_unknown_regularizer_is_rejected_at_solve():
+  with pytest.raises(ValueError, match="regularizer"):
+    FFJORD(linear(A)).solve(tf.zeros([2, 2]), regularizers=("entropy",))
 
 
 def _alarm(seconds):
@@ -238,3 +244,55 @@ def test_step_limit_error_suggests_looser_tolerances():
   with pytest.raises(tf.errors.InvalidArgumentError,
                      match="max_num_steps.*tolerance|tolerance.*max_num_steps"):
     tf.function(lambda x: bij.solve(x).state)(tf.ones([2, 2]))
+
+
+def test_jit_compile_in_a_plain_tf_function_matches_and_trains_the_net():
+  # A TFP user's path: log_prob in a plain tf.function; the bijector
+  # compiles its own loops. The custom gradient must still find the Keras
+  # weights the compiled loop reads.
+  f = ODENet(hidden=(16, 16))
+  base = tfd.MultivariateNormalDiag(tf.zeros(2))
+  x = tf.random.normal([64, 2])
+  out = {}
+  for jit in (False, True):
+    dist = tfd.TransformedDistribution(
+        base, FFJORD(f, trace="hutchinson", jit_compile=jit))
+
+    @tf.function
+    def loss_and_grads(x):
+      with tf.GradientTape() as tape:
+        loss = -tf.reduce_mean(dist.log_prob(x, bijector_kwargs={
+            "seed": tf.constant([3, 4])}))
+      return loss, tape.gradient(loss, f.trainable_variables)
+
+    loss, grads = loss_and_grads(x)
+    out[jit] = [loss.numpy()] + [g.numpy() for g in grads]
+  assert len(out[True]) == 1 + len(f.trainable_variables)
+  for a, b in zip(out[False], out[True]):
+    assert np.all(np.isfinite(b)) and np.max(np.abs(b)) > 0
+    np.testing.assert_allclose(b, a, rtol=1e-4, atol=1e-5)
+
+
+def test_fit_with_outer_xla_and_inner_xla():
+  import keras  # pylint: disable=g-import-not-at-top
+  from tf_ffjord import FFJORDModel, datasets  # pylint: disable=g-import-not-at-top
+  model = FFJORDModel((2,), dynamics=ODENet(hidden=(8,)), jit_compile=True,
+                      rtol=1e-4, atol=1e-4)
+  model.compile(keras.optimizers.Adam(1e-3), jit_compile=True)
+  x = datasets.toy.sample("8gaussians", 64, seed=0).astype("f4")
+  before = [w.copy() for w in model.get_weights()]
+  hist = model.fit(x, batch_size=32, epochs=1, verbose=0).history
+  assert np.isfinite(hist["nll"][-1])
+  assert hist["nfe"][-1] > 2 and hist["nfe_backward"][-1] > 1
+  assert any(np.max(np.abs(a - b)) > 0
+             for a, b in zip(before, model.get_weights()))
+
+
+def test_auto_jit_compile_rule():
+  from tf_ffjord.solvers import use_xla  # pylint: disable=g-import-not-at-top
+  assert use_xla("auto", 5_000, 512, 1, "CPU")          # the toy MLP
+  assert not use_xla("auto", 1_200_000, 1000, 1, "CPU")  # big matmuls
+  assert not use_xla("auto", 20_000, 64, 3, "CPU")      # convolutions
+  assert use_xla("auto", 1_200_000, 1000, 3, "GPU")
+  assert use_xla(True, 1_200_000, 1000, 3, "CPU") is True
+  assert use_xla(False, 10, 1, 1, "GPU") is False

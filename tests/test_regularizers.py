@@ -10,7 +10,6 @@ from scipy.linalg import expm
 from tf_ffjord import (FFJORD, FFJORDModel, MaximumLikelihood, ODENet, datasets,
                        divergence)
 from tf_ffjord import regularizers as regs
-from tf_ffjord import solvers
 
 A = np.array([[-0.5, 1.0], [-0.3, 0.2]])
 X0 = np.array([[1.0, -2.0], [0.5, 0.3], [-1.2, 0.7]])
@@ -22,8 +21,9 @@ def _linear(t, x):
   return tf.linalg.matvec(tf.constant(A, x.dtype), x)
 
 
-def _solve(bij, x, direction="inverse", seed=(1, 2)):
-  fn = tf.function(lambda x: bij.solve(x, direction, seed=tf.constant(seed)))
+def _solve(bij, x, direction="inverse", seed=(1, 2), regularizers=()):
+  fn = tf.function(lambda x: bij.solve(x, direction, seed=tf.constant(seed),
+                                       regularizers=regularizers))
   return fn(tf.constant(x))
 
 
@@ -47,8 +47,8 @@ def test_linear_dynamics_match_closed_forms(direction, solver, rtol):
   t_len = 1.5
   # rk4 at 8 steps: few steps keep the unrolled graph small.
   bij = FFJORD(_linear, time_length=t_len, initial_time=0.3, solver=solver,
-               rtol=1e-9, atol=1e-9, step_size=0.125, regularizers=ALL)
-  sol = _solve(bij, X0, direction)
+               rtol=1e-9, atol=1e-9, step_size=0.125)
+  sol = _solve(bij, X0, direction, regularizers=ALL)
   sign = 1.0 if direction == "inverse" else -1.0
   np.testing.assert_allclose(sol.state.numpy(),
                              X0 @ expm(sign * t_len * A).T, rtol=rtol)
@@ -76,9 +76,8 @@ def test_time_dependent_dynamics_with_offset_time():
   t0, t_len = 1.0, 0.5
   a = tf.constant(A)
   bij = FFJORD(lambda t, x: t * tf.linalg.matvec(a, x), time_length=t_len,
-               initial_time=t0, solver="dopri5", rtol=1e-10, atol=1e-10,
-               regularizers=("kinetic",))
-  sol = _solve(bij, X0)
+               initial_time=t0, solver="dopri5", rtol=1e-10, atol=1e-10)
+  sol = _solve(bij, X0, regularizers=("kinetic",))
   for i, x in enumerate(X0):
     want = quad(lambda t: np.sum(
         (t * A @ expm((t * t - t0 * t0) / 2 * A) @ x) ** 2), t0, t0 + t_len,
@@ -91,9 +90,10 @@ def test_time_dependent_dynamics_with_offset_time():
 def test_jacobian_hutchinson_mean_is_frobenius_norm(noise):
   t_len, n = 2.0, 20000
   bij = FFJORD(_linear, time_length=t_len, solver="rk4", step_size=0.5,
-               noise=noise, regularizers=("jacobian",))
+               noise=noise)
   x = np.tile(X0[:1], (n, 1))
-  jac = _solve(bij, x, seed=(3, 4)).regularization["jacobian"].numpy()
+  jac = _solve(bij, x, seed=(3, 4),
+               regularizers=("jacobian",)).regularization["jacobian"].numpy()
   want = t_len * np.sum(A ** 2)
   # Standard error of the mean: std / sqrt(n) is about 1% of the mean here.
   assert abs(jac.mean() - want) < 4 * jac.std() / np.sqrt(n)
@@ -107,8 +107,8 @@ def test_regularizer_states_do_not_change_step_control():
   fn = lambda t, x: tf.linalg.matvec(a, x) * (1.0 + 3.0 * t)
   x = np.random.default_rng(0).normal(size=(64, 2)) * 5.0
   plain = _solve(FFJORD(fn, solver="dopri5", rtol=1e-5, atol=1e-5), x)
-  reg = _solve(FFJORD(fn, solver="dopri5", rtol=1e-5, atol=1e-5,
-                      regularizers=ALL), x)
+  reg = _solve(FFJORD(fn, solver="dopri5", rtol=1e-5, atol=1e-5), x,
+               regularizers=ALL)
   assert int(plain.nfe) == int(reg.nfe)
   np.testing.assert_allclose(plain.state.numpy(), reg.state.numpy(),
                              rtol=1e-10)
@@ -122,9 +122,9 @@ def test_bad_names_raise():
   with pytest.raises(ValueError, match="hutchinson"):
     regs.rate("jacobian", tf.zeros([1, 2]), None)
   with pytest.raises(ValueError, match="Unknown regularizer"):
-    FFJORD(_linear, regularizers=("kinetik",))
+    FFJORD(_linear).solve(X0, regularizers=("kinetik",))
   with pytest.raises(ValueError, match="hutchinson"):
-    FFJORD(_linear, trace="exact", regularizers=("jacobian",))
+    FFJORD(_linear, trace="exact").solve(X0, regularizers=("jacobian",))
 
 
 def _fit(regularization, steps=40, seed=0):
@@ -149,8 +149,8 @@ def test_model_logs_and_minimizes_regularizers():
   x = datasets.toy.sample("8gaussians", 512, seed=9).astype("f4")
 
   def kinetic(model):
-    bij = FFJORD(model.blocks[0].dynamics, solver="rk4", step_size=0.5,
-                 trace="exact", regularizers=("kinetic",))
-    return float(tf.reduce_mean(_solve(bij, x).regularization["kinetic"]))
+    bij = FFJORD(model.blocks[0].dynamics, solver="rk4", step_size=0.5, trace="exact")
+    return float(tf.reduce_mean(_solve(
+        bij, x, regularizers=("kinetic",)).regularization["kinetic"]))
 
   assert kinetic(reg_model) < 0.5 * kinetic(plain_model)

@@ -222,4 +222,5 @@ def test_config_round_trip(posterior):
     np.testing.assert_allclose(clone.elbo(x, seed=[1, 2]).numpy(),
                                vae.elbo(x, seed=[1, 2]).numpy(), rtol=1e-5)
   else:
-    assert clone.flow.solver.num_steps == vae.flow.solver.num_steps == 4
+    assert (clone.flow.solver.controller.num_steps
+            == vae.flow.solver.controller.num_steps == 4)

@@ -10,11 +10,12 @@ from tf_ffjord.model import FlowModel
 from tf_ffjord.models import FFJORDModel, ImageFlow
 from tf_ffjord.multiscale import ODENVP
 from tf_ffjord.objectives import FlowMatching, MaximumLikelihood
+from tf_ffjord.solvers import make_solver
 
 __all__ = [
     "FFJORD", "Solution", "EndTime", "ODENet", "ConvODENet", "FlowModel",
     "FFJORDModel", "ImageFlow", "MaximumLikelihood", "FlowMatching",
     "LogitTransform", "Squeeze", "ODENVP", "dequantize", "bits_per_dim",
-    "datasets",
+    "make_solver", "datasets",
 ]
 __version__ = "0.2.0"

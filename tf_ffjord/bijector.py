@@ -1,6 +1,7 @@
 """`FFJORD`: a continuous normalizing flow as a `tfp.bijectors.Bijector`."""
 
 import collections
+import dataclasses
 
 import keras
 import tensorflow as tf
@@ -60,16 +61,23 @@ class FFJORD(tfb.Bijector):
     trace: `"hutchinson"` or `"exact"`.
     noise: Hutchinson probe, `"rademacher"` or `"gaussian"`.
     solver: `"dopri5"`, `"bdf"`, `"rk4"`, `"midpoint"`, `"euler"`, or a
-      `tfp.math.ode.Solver`.
+      `tfp.math.ode.Solver` instance (solved through its public `solve`,
+      differentiated by TFP's adjoint).
     rtol: relative tolerance (adaptive solvers).
     atol: absolute tolerance (adaptive solvers).
     max_num_steps: step limit of adaptive solvers; exceeding it raises.
     step_size: step of the fixed-grid solvers on the unit interval.
-    gradient: `"adjoint"` (TFP's adjoint sensitivity: memory constant in the
+    gradient: `"adjoint"` (the seminorm adjoint: memory constant in the
       number of steps), `"backprop"` (through the solver's operations), or
       `"auto"`: backprop for fixed-grid solvers, adjoint for adaptive ones.
-    regularizers: names from `tf_ffjord.regularizers.REGULARIZERS` to
-      integrate along each solve (returned by `solve`).
+      A `tfp.math.ode.Solver` always uses TFP's adjoint.
+    jit_compile: `True`, `False` or `"auto"`: whether the forward integration
+      loop and the adjoint's backward loop each run as an XLA-compiled
+      function inside whatever graph calls the bijector (so a plain
+      `tf.function` around `log_prob` gets XLA). `"auto"` decides per solve
+      with `tf_ffjord.solvers.use_xla`: on for GPUs; on CPU on for dense
+      dynamics whose weights x batch is small, off for convolutional ones
+      (see its docstring for the measurements).
     event_ndims: number of event dimensions (1 for vectors, 3 for images).
     validate_args: passed to `tfb.Bijector`.
     name: name scope.
@@ -113,7 +121,7 @@ class FFJORD(tfb.Bijector):
   def __init__(self, dynamics, time_length=1.0, train_time=False,
                initial_time=0.0, trace="hutchinson", noise="rademacher",
                solver="dopri5", rtol=1e-5, atol=1e-5, max_num_steps=1000,
-               step_size=0.25, gradient="auto", regularizers=(),
+               step_size=0.25, gradient="auto", jit_compile="auto",
                event_ndims=1, validate_args=False, name="ffjord"):
     parameters = dict(locals())
     if not callable(dynamics):
@@ -127,13 +135,7 @@ class FFJORD(tfb.Bijector):
     if gradient not in GRADIENTS:
       raise ValueError(f"Unknown gradient {gradient!r}; expected one of "
                        f"{GRADIENTS}.")
-    for r in regularizers:
-      if r not in regs.REGULARIZERS:
-        raise ValueError(f"Unknown regularizer {r!r}; expected one of "
-                         f"{regs.REGULARIZERS}.")
-      if r == "jacobian" and trace != "hutchinson":
-        raise ValueError("The 'jacobian' regularizer needs trace="
-                         "'hutchinson'.")
+    solvers.use_xla(jit_compile, 0, 1)  # validates the option
     if isinstance(time_length, (int, float)) and not time_length > 0:
       raise ValueError(f"time_length must be positive, got {time_length}.")
     if train_time and not isinstance(time_length, (int, float, EndTime)):
@@ -152,33 +154,31 @@ class FFJORD(tfb.Bijector):
       self._initial_time = float(initial_time)
       self._trace = trace
       self._noise = noise
-      # Regularizer integrals need no step size control: weight 0.
       self._solver = solvers.make_solver(
           solver, rtol=rtol, atol=atol, max_num_steps=max_num_steps,
-          step_size=step_size,
-          error_weights=(1.0, 1.0) + (0.0,) * len(regularizers))
+          step_size=step_size)
+      ours = isinstance(self._solver, solvers.Solver)
       if gradient == "auto":
-        gradient = ("backprop" if isinstance(self._solver, solvers.FixedGrid)
-                    else "adjoint")
+        gradient = ("adjoint" if not ours or self._solver.adaptive
+                    else "backprop")
+      if gradient == "backprop" and not ours:
+        raise ValueError("gradient='backprop' needs one of tf_ffjord's "
+                         "solvers; a tfp.math.ode.Solver differentiates by "
+                         "its own adjoint (use gradient='adjoint').")
       self._gradient = gradient
-      self._max_num_steps = max_num_steps
-      self._regularizers = tuple(regularizers)
+      self._jit_compile = jit_compile
       self._event_ndims = int(event_ndims)
-      # Counts dynamics evaluations since the last solve began, forward and
-      # (after a gradient) backward. ON_READ so that a replica's own count is
-      # kept under tf.distribute.
+      # The backward NFE of the last gradient: the adjoint's custom gradient
+      # returns only gradients, so it reports through this variable. ON_READ
+      # so that each replica keeps its own count under tf.distribute.
       with tf.init_scope():
-        self._nfe_counter = tf.Variable(
-            0, dtype=tf.int32, trainable=False, name="nfe_counter",
+        self._nfe_backward = tf.Variable(
+            0, dtype=tf.int32, trainable=False, name="nfe_backward",
             synchronization=tf.VariableSynchronization.ON_READ,
             aggregation=tf.VariableAggregation.ONLY_FIRST_REPLICA)
-        self._nfe_forward = tf.Variable(
-            0, dtype=tf.int32, trainable=False, name="nfe_forward",
-            synchronization=tf.VariableSynchronization.ON_READ,
-            aggregation=tf.VariableAggregation.ONLY_FIRST_REPLICA)
-      self._solver_args = dict(solver=solver, rtol=rtol, atol=atol,
-                               max_num_steps=max_num_steps,
-                               step_size=step_size)
+      self._adjoint = (
+          solvers.BacksolveAdjoint(on_backward_nfe=self._nfe_backward.assign)
+          if gradient == "adjoint" else solvers.Backprop())
       super().__init__(forward_min_event_ndims=self._event_ndims,
                        is_constant_jacobian=False,
                        validate_args=validate_args, parameters=parameters,
@@ -258,13 +258,12 @@ class FFJORD(tfb.Bijector):
 
   @property
   def nfe_backward(self):
-    """Dynamics evaluations of the last gradient's backward solve."""
-    return self._nfe_counter.read_value() - self._nfe_forward.read_value()
+    """Dynamics evaluations of the last gradient's backward solve (a variable).
 
-  @property
-  def nfe_counter(self):
-    """Dynamics evaluations since the last solve began (forward+backward)."""
-    return self._nfe_counter
+    Set by the adjoint when a gradient is taken (0 under `"backprop"`, which
+    has no backward solve). The forward NFE is `Solution.nfe`.
+    """
+    return self._nfe_backward
 
   def _is_increasing(self):
     return False
@@ -282,7 +281,7 @@ class FFJORD(tfb.Bijector):
         x, "FFJORD input contains NaN or inf")
 
   def solve(self, x, direction="inverse", context=None, seed=None,
-            regularizers=None):
+            regularizers=()):
     """Integrates the flow once and returns a `Solution`.
 
     Args:
@@ -291,20 +290,32 @@ class FFJORD(tfb.Bijector):
       direction: `"inverse"` (data -> base, t: t0 -> t0 + T) or `"forward"`.
       context: optional conditioning tensor, passed to the dynamics.
       seed: optional stateless seed of the Hutchinson probe.
-      regularizers: names of RNODE regularizers to integrate along this
-        solve (default: the constructor's).
+      regularizers: names from `tf_ffjord.regularizers.REGULARIZERS` to
+        integrate along this solve (RNODE penalties, in
+        `Solution.regularization`). They are extra states with error weight
+        0: step sizes, NFE and the solution do not change.
 
     Returns:
-      A `Solution`; `log_det` is log|det d state/d x|.
+      A `Solution`; `log_det` is log|det d state/d x| and `nfe` the forward
+      solve's evaluations (the backward NFE of a gradient is `nfe_backward`).
 
     Raises:
-      ValueError: a non-float dtype or too few dimensions.
+      ValueError: a non-float dtype, too few dimensions, or an unknown
+        regularizer.
       InvalidArgumentError: non-finite input, a solve beyond `max_num_steps`,
-        or a non-finite result.
+        or NaN/inf met in the solve.
     """
     if direction not in ("inverse", "forward"):
       raise ValueError(f"direction must be 'inverse' or 'forward', got "
                        f"{direction!r}.")
+    regularizers = tuple(regularizers)
+    for r in regularizers:
+      if r not in regs.REGULARIZERS:
+        raise ValueError(f"Unknown regularizer {r!r}; expected one of "
+                         f"{regs.REGULARIZERS}.")
+      if r == "jacobian" and self._trace != "hutchinson":
+        raise ValueError("The 'jacobian' regularizer needs trace="
+                         "'hutchinson'.")
     x = self._check_input(x)
     dtype = x.dtype
     shape = tf.shape(x)
@@ -327,28 +338,11 @@ class FFJORD(tfb.Bijector):
     eps = None
     if self._trace == "hutchinson":
       eps = divergence.sample_noise(tf.shape(y0), dtype, self._noise, seed)
-    solver = self._solver
-    if regularizers is None:
-      regularizers = self._regularizers
-    elif tuple(regularizers) != self._regularizers:
-      regularizers = tuple(regularizers)
-      for r in regularizers:
-        if r not in regs.REGULARIZERS:
-          raise ValueError(f"Unknown regularizer {r!r}; expected one of "
-                           f"{regs.REGULARIZERS}.")
-      solver = solvers.make_solver(
-          **self._solver_args,
-          error_weights=(1.0, 1.0) + (0.0,) * len(regularizers))
     dynamics = self._dynamics
-    counter = self._nfe_counter
     event_ndims = self._event_ndims
     trace = self._trace
-    max_evals = None
-    # Our DormandPrince caps its steps in its loop condition (XLA-safe);
-    # other adaptive solvers get a counter assertion.
-    if self._max_num_steps is not None and not isinstance(
-        solver, (solvers.FixedGrid, solvers.DormandPrince)):
-      max_evals = int(self._max_num_steps) * 6
+    ours = isinstance(self._solver, solvers.Solver)
+    counter = None if ours else self._nfe_backward
 
     def ode_fn(s, state, time_length, context=None):
       y = state[0]
@@ -362,16 +356,12 @@ class FFJORD(tfb.Bijector):
         f, tr, vjp = divergence.hutchinson(fn, y, eps, event_ndims)
       else:
         f, tr, vjp = divergence.exact(fn, y, event_ndims)
-      deps = [counter.assign_add(1)]
-      if max_evals is not None:
-        deps.append(tf.debugging.assert_less_equal(
-            counter.read_value(), max_evals,
-            message=(f"FFJORD: the ODE solve exceeded max_num_steps="
-                     f"{self._max_num_steps}. The dynamics may be stiff or "
-                     "return NaN/inf; loosen rtol/atol, raise max_num_steps, "
-                     "or check the inputs and parameters.")))
-      with tf.control_dependencies(deps):
-        out = [tf.identity(f), tr]
+      if counter is not None:
+        # A tfp.math.ode.Solver's adjoint reports no NFE: count the backward
+        # evaluations (the counter is reset after the forward solve).
+        with tf.control_dependencies([counter.assign_add(1)]):
+          f = tf.identity(f)
+      out = [f, tr]
       if regularizers:
         # Regularizers are integrals over t, the solve runs over s = t / T.
         f_t = f / scale
@@ -384,31 +374,52 @@ class FFJORD(tfb.Bijector):
     constants = {"time_length": time_length}
     if context is not None:
       constants["context"] = context
-    with tf.control_dependencies([counter.assign(0)]):
-      s0 = tf.constant(0.0, dtype)
-    if self._gradient == "adjoint":
-      results = solver.solve(
-          ode_fn, s0, state0, solution_times=[1.0], constants=constants)
+    if ours:
+      method, controller = self._solver
+      if self._solver.adaptive:
+        # Regularizer integrals need no step size control: weight 0.
+        controller = dataclasses.replace(
+            controller, error_weights=(1.0, 1.0) + (0.0,) * len(regularizers))
+      result = solvers.solve(
+          ode_fn, state0, 0.0, 1.0, constants=constants, method=method,
+          controller=controller, adjoint=self._adjoint,
+          jit_compile=self._use_xla(y0, context))
     else:
-      # Solver._solve skips TFP's adjoint wrapper, so autodiff runs through
-      # the solver's own operations.
-      results = solver._solve(  # pylint: disable=protected-access
-          lambda s, y: ode_fn(s, y, **constants), s0, state0,
-          solution_times=tf.ones([1], dtype))
-    final = [st[-1] for st in results.states]
+      result = solvers.solve_tfp(self._solver, ode_fn, state0, 0.0, 1.0,
+                                 constants=constants)
+      with tf.control_dependencies(tf.nest.flatten(result.state)):
+        reset = counter.assign(0)
+      with tf.control_dependencies([reset]):
+        result = result._replace(state=[tf.identity(v) for v in result.state])
+    final = result.state
     y1 = tf.debugging.assert_all_finite(
         final[0], "FFJORD: the ODE solve produced NaN or inf")
-    with tf.control_dependencies([y1]):
-      nfe = counter.read_value()
-    with tf.control_dependencies([self._nfe_forward.assign(nfe)]):
-      nfe = tf.identity(nfe)
     self._expose_variables()  # the first call may have built the dynamics
     return Solution(
         state=tf.reshape(y1, shape),
         log_det=tf.reshape(final[1], batch_shape),
         regularization={r: tf.reshape(v, batch_shape)
                         for r, v in zip(regularizers, final[2:])},
-        nfe=nfe)
+        nfe=result.nfe)
+
+  def _use_xla(self, y0, context):
+    """Resolves `jit_compile` for this solve (see `solvers.use_xla`)."""
+    if self._jit_compile in (True, False):
+      return self._jit_compile
+    dynamics = self._dynamics
+    if getattr(dynamics, "built", True) is False and y0.shape[1:].is_fully_defined():
+      # Build the net eagerly, so its size is known and its weights are not
+      # created inside the compiled loop.
+      with tf.init_scope():
+        z = tf.zeros([1, *y0.shape[1:]], y0.dtype)
+        t = tf.zeros([], y0.dtype)
+        if context is None:
+          dynamics(t, z)
+        elif context.shape[1:].is_fully_defined():
+          dynamics(t, z, tf.zeros([1, *context.shape[1:]], y0.dtype))
+    return solvers.use_xla(
+        "auto", solvers.xla.num_weights(dynamics), y0.shape[0],
+        self._event_ndims, solvers.xla.device_type(y0))
 
   # -- the Bijector interface -------------------------------------------
 

@@ -352,7 +352,8 @@ class FlowModel(keras.Model):
     logs = minimize(self, lambda: self.objective.loss(self, x, context))
     if "nfe_backward" in self.trackers:
       logs["nfe_backward"] = tf.add_n(
-          [b.nfe_backward for b in flows.ffjord_blocks(self.bijector)])
+          [b.nfe_backward.read_value()
+           for b in flows.ffjord_blocks(self.bijector)])
     return self._report(logs)
 
   def test_step(self, data):

@@ -1,8 +1,9 @@
 """RNODE-style regularizers, integrated along the solve as extra ODE states.
 
-`FFJORD(regularizers=names)` appends one state per name, d r/dt = rate(f),
-to the augmented ODE, so the penalties cost no extra dynamics evaluations.
-They carry error weight 0 in the adaptive solver (`solvers.DormandPrince`
+`FFJORD.solve(x, regularizers=names)` appends one state per name,
+d r/dt = rate(f), to the augmented ODE, so the penalties cost no extra
+dynamics evaluations.
+They carry error weight 0 in the adaptive solver (`solvers.AdaptiveStepSize`
 `error_weights`): the step sizes, NFE and the solution are the same with or
 without them, and the integrals are accurate to the order of the method on
 the steps the state needs (`l1`, whose integrand has kinks, a bit less).

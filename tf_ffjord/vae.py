@@ -395,7 +395,8 @@ class VAE(keras.Model):
     self.kl_tracker.update_state(kl)
     self.nfe_tracker.update_state(nfe)
     if self.posterior == "ffjord":
-      self.nfe_backward_tracker.update_state(self.flow.nfe_backward)
+      self.nfe_backward_tracker.update_state(
+          self.flow.nfe_backward.read_value())
     return step_logs({m.name: m.result() for m in self.metrics})
 
   def test_step(self, data):

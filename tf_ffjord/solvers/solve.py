@@ -1,0 +1,159 @@
+"""The entry point: `solve(fn, y0, t0, t1, method=, controller=, adjoint=)` -> `Result`."""
+
+import tensorflow as tf
+import tensorflow_probability as tfp
+
+from tf_ffjord.solvers import tableaux
+from tf_ffjord.solvers.adjoint import Backprop, BacksolveAdjoint
+from tf_ffjord.solvers.adjoint import check_status
+from tf_ffjord.solvers.fixed_grid import ConstantStepSize, integrate_fixed
+from tf_ffjord.solvers.result import Result
+from tf_ffjord.solvers.step_size import AdaptiveStepSize, integrate_adaptive
+
+__all__ = ["solve", "solve_tfp"]
+
+
+def _integrator(method, jit_compile):
+  """`run(fn, t0, t1, ys, cs, controller, first_step=None)`: the loop.
+
+  With `jit_compile`, each call traces the loop into its own
+  `tf.function(jit_compile=True)`, inside whatever graph calls it, so an
+  outer plain `tf.function` gets an XLA-compiled loop; the variables the
+  dynamics reads are captured by that function (and seen by tapes and
+  custom gradients as read by the call).
+  """
+
+  def run(fn, t0, t1, ys, cs, controller, first_step=None):
+    def loop(t0, t1, ys, cs, first_step):
+      step_fn = lambda t, y: fn(t, y, cs)
+      if isinstance(controller, ConstantStepSize):
+        return integrate_fixed(step_fn, t0, t1, ys, method, controller)
+      return integrate_adaptive(step_fn, t0, t1, ys, method, controller,
+                                first_step=first_step)
+
+    if jit_compile:
+      loop = tf.function(loop, jit_compile=True)
+    y1, nfe, status, h = loop(t0, t1, list(ys), list(cs), first_step)
+    return list(y1), nfe, status, h
+
+  return run
+
+
+def solve(fn, y0, t0, t1, constants=None, method=tableaux.DOPRI5,
+          controller=None, adjoint=None, jit_compile=False, name="ode_solve"):
+  """Solves dy/dt = fn(t, y, **constants) from t0 to t1.
+
+  Args:
+    fn: the dynamics; `y` (and its result) have the structure of `y0`.
+    y0: initial state: a tensor or a nest of float tensors of one dtype.
+    t0: initial time (float or scalar tensor).
+    t1: final time; may be below `t0` (the solve then runs backwards).
+    constants: optional dict of tensors passed to `fn` as keyword arguments;
+      they receive gradients (like the variables `fn` reads).
+    method: a `tableaux.Tableau` or its name (`"dopri5"`, `"rk4"`,
+      `"midpoint"`, `"euler"`).
+    controller: `AdaptiveStepSize` (default for methods with an error
+      estimate) or `ConstantStepSize` (default for the others: 4 steps).
+    adjoint: `BacksolveAdjoint()` (default) or `Backprop()`.
+    jit_compile: run the integration loop (and the adjoint's backward loop)
+      as XLA-compiled functions (except `Backprop` through adaptive steps:
+      TF cannot differentiate a while loop across an XLA function's
+      boundary, so that loop stays uncompiled).
+    name: name scope.
+
+  Returns:
+    A `Result`: `state` (structured like `y0`), `nfe` of this solve,
+    `status` and `last_step`.
+
+  Raises:
+    InvalidArgumentError: outside XLA, when the solve exceeds the step limit
+      or meets NaN/inf; under XLA the states come back NaN instead and
+      `status` says why.
+    ValueError: adaptive steps with a method without an error estimate, or
+      `error_weights` of the wrong length.
+
+  #### Examples
+
+  >>> r = solve(lambda t, y: -y, tf.ones([2], tf.float64), 0.0, 1.0,
+  ...           controller=AdaptiveStepSize(rtol=1e-8, atol=1e-8))
+  >>> round(float(r.state[0]), 6), int(r.status)
+  (0.367879, 0)
+  >>> r = solve(lambda t, y, k: -k * y, tf.ones([2]), 0.0, 1.0,
+  ...           constants={"k": tf.constant(2.0)}, method="rk4",
+  ...           controller=ConstantStepSize(10))
+  >>> round(float(r.state[0]), 4), int(r.nfe)
+  (0.1353, 40)
+  """
+  if isinstance(method, str):
+    if method not in tableaux.METHODS:
+      raise ValueError(f"Unknown method {method!r}; expected one of "
+                       f"{sorted(tableaux.METHODS)}.")
+    method = tableaux.METHODS[method]
+  if controller is None:
+    controller = (AdaptiveStepSize() if method.b_error is not None
+                  else ConstantStepSize())
+  if adjoint is None:
+    adjoint = BacksolveAdjoint()
+  constants = {} if constants is None else dict(constants)
+  with tf.name_scope(name):
+    state = tf.nest.map_structure(tf.convert_to_tensor, y0)
+    consts = tf.nest.map_structure(tf.convert_to_tensor, constants)
+    flat_y, flat_c = tf.nest.flatten(state), tf.nest.flatten(consts)
+    dtype = flat_y[0].dtype
+    t0 = tf.cast(t0, dtype)
+    t1 = tf.cast(t1, dtype)
+
+    def flat_fn(t, ys, cs):
+      out = fn(t, tf.nest.pack_sequence_as(state, ys),
+               **tf.nest.pack_sequence_as(consts, cs))
+      return [tf.convert_to_tensor(o) for o in tf.nest.flatten(out)]
+
+    if (isinstance(adjoint, Backprop)
+        and not isinstance(controller, ConstantStepSize)):
+      # TF cannot differentiate a while loop across the boundary of an XLA
+      # function (its TensorList accumulators cannot cross it): backprop
+      # through the adaptive loop runs it uncompiled, unless the caller's
+      # whole graph is compiled.
+      jit_compile = False
+    run = _integrator(method, jit_compile)
+    integrate = lambda t0, t1, ys, cs: adjoint(run, flat_fn, t0, t1, ys, cs,
+                                               controller)
+    if jit_compile and tf.executing_eagerly():
+      # An eager tape would record the compiled loop with its while-loop
+      # gradient accumulators, which cannot leave XLA; inside a graph the
+      # loop's own gradient is never built (the adjoint replaces it).
+      integrate = tf.function(integrate)
+    y1, nfe, status, h = integrate(t0, t1, flat_y, flat_c)
+    y1 = check_status(status, y1, "forward",
+                      getattr(controller, "max_num_steps", None))
+    return Result(tf.nest.pack_sequence_as(state, y1), nfe, status, h)
+
+
+def solve_tfp(solver, fn, y0, t0, t1, constants=None):
+  """Solves with a `tfp.math.ode.Solver` through its public `solve`.
+
+  Gradients come from TFP's own adjoint (its backward solve uses the same
+  solver and controls the error of every adjoint, parameters included).
+
+  Args:
+    solver: a `tfp.math.ode.Solver` instance, e.g. `tfp.math.ode.BDF()`.
+    fn, y0, t0, t1, constants: as in `solve`.
+
+  Returns:
+    A `Result`; `nfe` is TFP's `num_ode_fn_evaluations`, `status` TFP's
+    status (0 on success) and `last_step` NaN (TFP does not report it).
+  """
+  if not isinstance(solver, tfp.math.ode.Solver):
+    raise TypeError(f"Expected a tfp.math.ode.Solver, got "
+                    f"{type(solver).__name__}.")
+  state = tf.nest.map_structure(tf.convert_to_tensor, y0)
+  dtype = tf.nest.flatten(state)[0].dtype
+  t1 = tf.cast(t1, dtype)
+  results = solver.solve(fn, tf.cast(t0, dtype), state,
+                         solution_times=tf.reshape(t1, [1]),
+                         constants=constants)
+  final = tf.nest.map_structure(lambda s: s[-1], results.states)
+  diag = results.diagnostics
+  return Result(final, tf.cast(diag.num_ode_fn_evaluations, tf.int32),
+                tf.cast(diag.status, tf.int32),
+                tf.constant(float("nan"), dtype))

@@ -1,0 +1,182 @@
+"""Adaptive step-size control (`AdaptiveStepSize`) and the adaptive integration loop."""
+
+import dataclasses
+from typing import Optional, Tuple
+
+import tensorflow as tf
+
+from tf_ffjord.solvers import tableaux
+from tf_ffjord.solvers.result import STATUS
+
+__all__ = ["AdaptiveStepSize", "integrate_adaptive", "error_norm"]
+
+
+@dataclasses.dataclass(frozen=True)
+class AdaptiveStepSize:
+  """Step-size controller from an embedded error estimate.
+
+  A step is accepted when the weighted RMS of error / (atol + rtol
+  max(|y|, |y_new|)) is at most 1; the next step is the current one times
+  `safety * ratio^(-1/5)`, clipped to `[min_factor, max_factor]` (and to at
+  most 1 after a rejection).
+
+  Args:
+    rtol: relative tolerance.
+    atol: absolute tolerance.
+    error_weights: `None` (every state component weighs 1) or one weight per
+      flattened state component; 0 leaves a component out of step control
+      (regularizer integrals, the parameter adjoints of a backward solve).
+    first_step: first trial step; `None` picks it from the dynamics
+      (Hairer, Norsett & Wanner, 1993, II.4; one extra evaluation).
+    safety: step size safety factor.
+    min_factor: smallest step size change per step.
+    max_factor: largest step size change per step.
+    max_num_steps: limit on attempted steps (accepted or rejected). It sits
+      in the loop condition, so dynamics that return NaN or need too many
+      steps end the loop even under XLA, where assertions are no-ops.
+
+  Raises:
+    ValueError: a non-positive tolerance, step or step limit.
+  """
+  rtol: float = 1e-5
+  atol: float = 1e-5
+  error_weights: Optional[Tuple[float, ...]] = None
+  first_step: Optional[float] = None
+  safety: float = 0.9
+  min_factor: float = 0.2
+  max_factor: float = 10.0
+  max_num_steps: int = 1000
+
+  def __post_init__(self):
+    if not (self.rtol > 0 and self.atol > 0):
+      raise ValueError(f"rtol and atol must be positive, got {self.rtol}, "
+                       f"{self.atol}.")
+    if self.max_num_steps is None or int(self.max_num_steps) < 1:
+      raise ValueError(f"max_num_steps must be >= 1, got "
+                       f"{self.max_num_steps}.")
+    if self.first_step is not None and not self.first_step > 0:
+      raise ValueError(f"first_step must be positive, got {self.first_step}.")
+    if not 0 < self.min_factor <= 1 <= self.max_factor:
+      raise ValueError("Need 0 < min_factor <= 1 <= max_factor, got "
+                       f"{self.min_factor}, {self.max_factor}.")
+    object.__setattr__(self, "max_num_steps", int(self.max_num_steps))
+    if self.error_weights is not None:
+      object.__setattr__(self, "error_weights",
+                         tuple(float(w) for w in self.error_weights))
+
+  def weights(self, n):
+    """The error weight of each of n state components."""
+    if self.error_weights is None:
+      return (1.0,) * n
+    if len(self.error_weights) != n:
+      raise ValueError(f"error_weights has {len(self.error_weights)} entries "
+                       f"for a state of {n} components.")
+    return self.error_weights
+
+
+def error_norm(values, y0, y1, weights, rtol, atol):
+  """Weighted RMS of values / (atol + rtol max(|y0|, |y1|)); 0-weights skipped."""
+  num, den = [], []
+  for v, a, b, w in zip(values, y0, y1, weights):
+    if not w:
+      continue
+    scale = atol + rtol * tf.maximum(tf.abs(a), tf.abs(b))
+    num.append(w * tf.reduce_sum(tf.square(v / scale)))
+    den.append(w * tf.cast(tf.size(v), v.dtype))
+  if not num:
+    return tf.zeros([], values[0].dtype)
+  return tf.sqrt(tf.add_n(num) / tf.add_n(den))
+
+
+def _first_step(fn, t0, y0, f0, direction, span, weights, c, order):
+  """Hairer's starting step (one extra evaluation)."""
+  norm = lambda v: error_norm(v, y0, y0, weights, c.rtol, c.atol)
+  d0, d1 = norm(y0), norm(f0)
+  small = (d0 < 1e-5) | (d1 < 1e-5)
+  h0 = tf.where(small, 1e-6 * tf.ones_like(d0),
+                0.01 * d0 / tf.where(small, tf.ones_like(d1), d1))
+  h0 = tf.minimum(h0, span)
+  f1 = fn(t0 + direction * h0,
+          [y + direction * h0 * f for y, f in zip(y0, f0)])
+  d2 = norm([a - b for a, b in zip(f1, f0)]) / h0
+  dmax = tf.maximum(d1, d2)
+  h1 = tf.where(dmax <= 1e-15, tf.maximum(1e-6 * tf.ones_like(h0), 1e-3 * h0),
+                tf.pow(0.01 / tf.maximum(dmax, 1e-15), 1.0 / (order + 1)))
+  return tf.minimum(100.0 * h0, h1)
+
+
+def integrate_adaptive(fn, t0, t1, y0, tableau, controller, first_step=None):
+  """Integrates dy/dt = fn(t, y) from t0 to t1 with adaptive steps.
+
+  Args:
+    fn: `fn(t, y) -> dy/dt` on lists of tensors.
+    t0: scalar tensor, the initial time.
+    t1: scalar tensor, the final time (may be below t0).
+    y0: list of state tensors.
+    tableau: a `tableaux.Tableau` with an error estimate and FSAL.
+    controller: an `AdaptiveStepSize`.
+    first_step: optional scalar tensor overriding the first trial step (the
+      adjoint passes the forward solve's last step); a zero or non-finite
+      value falls back to a small step.
+
+  Returns:
+    `(y1, nfe, status, h)`: the end state (NaN if the solve failed), the
+    number of evaluations, the `STATUS` code and the proposed next step.
+  """
+  if tableau.b_error is None or not tableau.fsal:
+    raise ValueError(f"Adaptive steps need a method with an error estimate "
+                     f"and FSAL (e.g. dopri5), got {tableau.name!r}.")
+  c = controller
+  weights = c.weights(len(y0))
+  dtype = y0[0].dtype
+  span = tf.abs(t1 - t0)
+  direction = tf.where(t1 >= t0, tf.ones([], dtype), -tf.ones([], dtype))
+  f0 = list(fn(t0, y0))
+  nfe = tf.constant(1, tf.int32)
+  if first_step is not None:
+    h = tf.cast(first_step, dtype)
+  elif c.first_step is not None:
+    h = tf.constant(c.first_step, dtype)
+  else:
+    h = _first_step(fn, t0, y0, f0, direction, span, weights, c,
+                    tableau.order)
+    nfe += 1
+  h = tf.where(tf.math.is_finite(h) & (h > 0), h, 1e-3 * span)
+  stage_evals = len(tableau.c) - 1  # the first stage comes from FSAL
+  exponent = -1.0 / tableau.order
+
+  def cond(tau, h, y, k1, steps, nfe, status):
+    del h, y, k1, nfe
+    return (tau < span) & tf.equal(status, 0) & (steps < c.max_num_steps)
+
+  def body(tau, h, y, k1, steps, nfe, status):
+    last = h >= span - tau
+    h_step = tf.minimum(h, span - tau)
+    dt = direction * h_step
+    y_new, ks, _ = tableaux.rk_step(fn, tableau, t0 + direction * tau, y, dt,
+                                    k1=k1)
+    err = tableaux.combine(None, dt, tableau.b_error, ks)
+    ratio = error_norm(err, y, y_new, weights, c.rtol, c.atol)
+    finite = tf.math.is_finite(ratio)
+    accept = finite & (ratio <= 1.0)
+    factor = c.safety * tf.pow(tf.maximum(ratio, 1e-10), exponent)
+    factor = tf.clip_by_value(factor, c.min_factor, c.max_factor)
+    factor = tf.where(accept, factor, tf.minimum(factor, 1.0))
+    h_next = tf.where(finite, h_step * factor, h_step)
+    # A last step clipped to the end keeps the unclipped proposal.
+    h_next = tf.where(accept & last, tf.maximum(h_next, h), h_next)
+    tau = tf.where(accept, tf.where(last, span, tau + h_step), tau)
+    y = [tf.where(accept, a, b) for a, b in zip(y_new, y)]
+    k1 = [tf.where(accept, a, b) for a, b in zip(ks[-1], k1)]
+    status = tf.where(finite, status, STATUS["non_finite"])
+    return tau, h_next, y, k1, steps + 1, nfe + stage_evals, status
+
+  loop_vars = (tf.zeros([], dtype), h, list(y0), f0,
+               tf.constant(0, tf.int32), nfe, tf.constant(0, tf.int32))
+  tau, h, y, _, _, nfe, status = tf.while_loop(
+      cond, body, loop_vars, maximum_iterations=c.max_num_steps)
+  status = tf.where(tf.equal(status, 0) & (tau < span),
+                    STATUS["max_num_steps"], status)
+  ok = tf.equal(status, STATUS["success"])
+  nan = tf.constant(float("nan"), dtype)
+  return [tf.where(ok, v, nan) for v in y], nfe, status, h
