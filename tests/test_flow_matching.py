@@ -128,3 +128,27 @@ def test_flow_matching_lowers_test_nll_on_8gaussians():
   # Samples land on the ring of modes (radius 4 / 1.414 = 2.83).
   radius = np.linalg.norm(samples, axis=-1)
   assert abs(np.median(radius) - 2.83) < 0.4
+
+
+def test_flow_matching_fit_compiles_dense_fields_with_xla_and_trains():
+  # Keras' jit_compile="auto" is off on CPU, and a flow-matching step has no
+  # solve of its own to compile: compile decides by the solvers' XLA rule.
+  from tf_ffjord import ImageFlow  # pylint: disable=g-import-not-at-top
+  from tf_ffjord.solvers import xla  # pylint: disable=g-import-not-at-top
+  on_cpu = xla.device_type(tf.zeros([])) == "CPU"
+  model = FFJORDModel((2,), dynamics=ODENet(hidden=(16,)))
+  model.compile(keras.optimizers.Adam(1e-2), objective="flow_matching")
+  assert model.jit_compile is True
+  x = datasets.toy.sample("8gaussians", 64 * 40, seed=0).astype("f4")
+  hist = model.fit(x, batch_size=64, epochs=2, verbose=0).history["fm_loss"]
+  assert np.all(np.isfinite(hist)) and hist[-1] < hist[0]
+  # The user's choice and OT (scipy in the step) win over the rule.
+  model.compile(keras.optimizers.Adam(), objective="flow_matching",
+                jit_compile=False)
+  assert model.jit_compile is False
+  model.compile(keras.optimizers.Adam(), objective=FlowMatching(ot=True))
+  assert model.jit_compile is False
+  image = ImageFlow((4, 4, 1), dims=(4,), multiscale=False, num_blocks=1,
+                    train_time=False)
+  image.compile(keras.optimizers.Adam(), objective="flow_matching")
+  assert image.jit_compile is (not on_cpu)  # convolutions run plain on CPU

@@ -5,7 +5,7 @@ import numpy as np
 import tensorflow as tf
 import tensorflow_probability as tfp
 
-from tf_ffjord import flows, objectives
+from tf_ffjord import flows, objectives, solvers
 from tf_ffjord.images import bits_per_dim, dequantize
 
 __all__ = ["FlowModel", "LastValue", "check_batch", "minimize",
@@ -221,6 +221,15 @@ class FlowModel(keras.Model):
         raise ValueError("ot=True runs scipy in the train step and cannot "
                          "be XLA-compiled; use jit_compile=False.")
       kwargs["jit_compile"] = False
+    elif (isinstance(objective, objectives.FlowMatching)
+          and kwargs.get("jit_compile", "auto") == "auto"):
+      # Keras' "auto" leaves XLA off on CPU, and a flow-matching step has no
+      # solve whose own jit_compile would apply: decide by the solvers' rule
+      # (on for dense dynamics on CPU, off for convolutions; on for GPUs).
+      _, block = flows.flow_matching_parts(self.bijector)
+      kwargs["jit_compile"] = solvers.use_xla(
+          "auto", solvers.xla.num_weights(block.dynamics), None,
+          len(self.event_shape), solvers.xla.device_type(tf.zeros([])))
     self.objective = objective
     # The objective's metrics, then evaluate's: nll, nfe (and bpd). Made at
     # compile, after the model is built (and so locked to Keras tracking):
