@@ -59,335 +59,20 @@ os.environ.setdefault("TF_CPU_ALLOCATOR_USE_BFC", "true")
 import platform
 import statistics
 import sys
-import threading
 import time
 
 import keras
-import numpy as np
 import tensorflow as tf
 import tensorflow_probability as tfp
 
-from tf_ffjord import divergence
-from tf_ffjord.bijector import FFJORD
-from tf_ffjord.datasets import toy
-from tf_ffjord.dynamics import ODENet, time_features
 from benchmarks import user_path
+# xla_crossover.py imports ConvDynamics, eval_chains and machine from here.
+from benchmarks.speed_cases import (  # pylint: disable=unused-import
+    CASES, Case, ConvDynamics, make_batches, make_net)
+from benchmarks.speed_impls import IMPLS, Ours
+from benchmarks.speed_measure import PeakRSS, eval_chains, sync
 
 __all__ = ["Case", "CASES", "IMPLS", "run", "main"]
-
-tfb = tfp.bijectors
-tfd = tfp.distributions
-
-DATA_DIR = os.environ.get("TF_FFJORD_DATA",
-                          os.path.join(os.path.dirname(__file__), "..", "..",
-                                       "shared", "data"))
-
-
-# -- cases -------------------------------------------------------------------
-
-@dataclasses.dataclass
-class Case:
-  """One benchmark setting."""
-  key: str
-  title: str
-  event_shape: tuple
-  batch: int
-  warmup: int = 3
-  reps: int = 10
-  logprob_reps: int = 5
-  rtol: float = 1e-5
-  atol: float = 1e-5
-  eval_chain: int = 20
-  xla: bool = True  # whether "ours" compiles with XLA (chosen by measurement)
-
-
-CASES = {
-    "a": Case("a", "8gaussians 2-D, MLP 64x3, batch 512", (2,), 512,
-              warmup=3, reps=10, logprob_reps=5),
-    "b": Case("b", "MINIBOONE 43-D, MLP 860x2, batch 1000", (43,), 1000,
-              warmup=1, reps=3, logprob_reps=2, eval_chain=5, xla=False),
-    "c": Case("c", "MNIST 28x28x1, conv 32x2, batch 64", (28, 28, 1), 64,
-              warmup=1, reps=3, logprob_reps=2, eval_chain=5, xla=False),
-}
-
-
-@keras.saving.register_keras_serializable("tf_ffjord_bench")
-class ConvDynamics(keras.Model):
-  """f(t, x) for images: concatsquash 3x3 convolutions, tanh between layers."""
-
-  def __init__(self, channels=(32, 32), out_channels=1, **kwargs):
-    super().__init__(**kwargs)
-    self.channels = tuple(channels)
-    widths = self.channels + (out_channels,)
-    self.convs = [keras.layers.Conv2D(c, 3, padding="same") for c in widths]
-    self.gates = [keras.layers.Dense(c) for c in widths]
-    self.biases = [keras.layers.Dense(c, use_bias=False) for c in widths]
-
-  def __call__(self, t, x, **kwargs):
-    x = tf.convert_to_tensor(x)
-    return super().__call__(tf.convert_to_tensor(t, x.dtype), x, **kwargs)
-
-  def call(self, t, x):
-    tc = time_features(t, x)[:, tf.newaxis, tf.newaxis, :]
-    h = x
-    for i, (conv, gate, bias) in enumerate(
-        zip(self.convs, self.gates, self.biases)):
-      h = conv(h) * tf.sigmoid(gate(tc)) + bias(tc)
-      if i < len(self.convs) - 1:
-        h = tf.tanh(h)
-    return h
-
-
-def make_net(case):
-  if case.key == "a":
-    return ODENet(hidden=(64, 64, 64), layer="concatsquash",
-                  activation="tanh", dim=2)
-  if case.key == "b":
-    return ODENet(hidden=(860, 860), layer="concatsquash",
-                  activation="softplus", dim=43)
-  return ConvDynamics(channels=(32, 32))
-
-
-def make_batches(case, n, seed=0):
-  """n batches of float32 data for the case."""
-  rng = np.random.default_rng(seed)
-  if case.key == "a":
-    return [toy.sample("8gaussians", case.batch, seed=seed + i).astype(
-        np.float32) for i in range(n)]
-  if case.key == "b":
-    path = os.path.join(DATA_DIR, "miniboone", "val.npy")
-    if not os.path.exists(path):
-      raise FileNotFoundError(f"MINIBOONE file not found: {path} (set "
-                              "TF_FFJORD_DATA to the data folder).")
-    data = np.load(path).astype(np.float32)
-    return [data[rng.choice(len(data), case.batch, replace=False)]
-            for _ in range(n)]
-  path = os.path.join(DATA_DIR, "mnist.npz")
-  if not os.path.exists(path):
-    raise FileNotFoundError(f"MNIST file not found: {path} (set "
-                            "TF_FFJORD_DATA to the data folder).")
-  with np.load(path) as f:
-    images = f["x_train"][:4096]
-  out = []
-  for _ in range(n):
-    x = images[rng.choice(len(images), case.batch, replace=False)]
-    x = (x.astype(np.float32) + rng.uniform(size=x.shape)) / 256.0 - 0.5
-    out.append(x[..., np.newaxis].astype(np.float32))
-  return out
-
-
-# -- memory --------------------------------------------------------------------
-
-def _rss_bytes():
-  with open("/proc/self/statm") as f:
-    return int(f.read().split()[1]) * os.sysconf("SC_PAGE_SIZE")
-
-
-def _tf_memory():
-  try:
-    return tf.config.experimental.get_memory_info("CPU:0")
-  except ValueError:  # allocator without statistics
-    return None
-
-
-class PeakRSS:
-  """Peak memory of a block: `.peak` is the allocator's peak above the bytes
-  in use at entry (TF's BFC statistics), or else the sampled peak RSS above
-  the RSS at entry."""
-
-  def __init__(self, interval=1e-3):
-    self.interval = interval
-    self.peak = 0
-
-  def __enter__(self):
-    self._tf = _tf_memory()
-    if self._tf is not None:
-      tf.config.experimental.reset_memory_stats("CPU:0")
-      self._tf = _tf_memory()
-      return self
-    self.start = _rss_bytes()
-    self._max = self.start
-    self._stop = threading.Event()
-    self._thread = threading.Thread(target=self._run, daemon=True)
-    self._thread.start()
-    return self
-
-  def _run(self):
-    while not self._stop.is_set():
-      self._max = max(self._max, _rss_bytes())
-      time.sleep(self.interval)
-
-  def __exit__(self, *exc):
-    if self._tf is not None:
-      self.peak = _tf_memory()["peak"] - self._tf["current"]
-      return False
-    self._stop.set()
-    self._thread.join()
-    self._max = max(self._max, _rss_bytes())
-    self.peak = self._max - self.start
-    return False
-
-
-# -- implementations -----------------------------------------------------------
-
-def _base_log_prob(z, event_ndims):
-  axes = list(range(1, 1 + event_ndims))
-  d = float(np.prod(z.shape[1:]))
-  return (-0.5 * tf.reduce_sum(tf.square(z), axes)
-          - 0.5 * d * np.log(2 * np.pi))
-
-
-class Ours:
-  """tf_ffjord.FFJORD with its Dormand-Prince and adjoint (or backprop)."""
-
-  def __init__(self, net, case, xla=True, gradient="adjoint", rtol=None,
-               atol=None):
-    self.net = net
-    self.xla = xla
-    nd = len(case.event_shape)
-    # The step itself is compiled (or not) here: the solve adds no XLA.
-    self.bij = FFJORD(net, trace="hutchinson", solver="dopri5",
-                      rtol=rtol or case.rtol, atol=atol or case.atol,
-                      gradient=gradient, event_ndims=nd, jit_compile=False)
-    self.opt = keras.optimizers.Adam(1e-3)
-    self.opt.build(net.trainable_variables)
-    bij, opt = self.bij, self.opt
-
-    def step(x):
-      with tf.GradientTape() as tape:
-        sol = bij.solve(x, "inverse")
-        loss = -tf.reduce_mean(_base_log_prob(sol.state, nd) + sol.log_det)
-      variables = net.trainable_variables
-      grads = tape.gradient(loss, variables)
-      opt.apply_gradients(zip(grads, variables))
-      return loss, sol.nfe, sol.nfe + bij.nfe_backward.read_value()
-
-    def log_prob(x):
-      sol = bij.solve(x, "inverse")
-      return _base_log_prob(sol.state, nd) + sol.log_det, sol.nfe
-
-    self.step = tf.function(step, jit_compile=xla)
-    self.log_prob = tf.function(log_prob, jit_compile=xla)
-
-
-class TFP:
-  """tfp.bijectors.FFJORD with tfp.math.ode.DormandPrince (its adjoint)."""
-
-  def __init__(self, net, case, rtol=None, atol=None):
-    self.net = net
-    self.xla = False  # its vectorized_map trace recompiles under XLA
-    nd = len(case.event_shape)
-    counter = tf.Variable(0, trainable=False, dtype=tf.int32)
-    self.counter = counter
-
-    def f(t, x):
-      with tf.control_dependencies([counter.assign_add(1)]):
-        return net(t, x)
-
-    solver = tfp.math.ode.DormandPrince(rtol=rtol or case.rtol,
-                                        atol=atol or case.atol,
-                                        max_num_steps=1000)
-    bij = tfb.FFJORD(state_time_derivative_fn=f, ode_solve_fn=solver.solve,
-                     trace_augmentation_fn=tfb.ffjord.trace_jacobian_hutchinson)
-    base = tfd.Independent(tfd.Normal(tf.zeros(case.event_shape), 1.0),
-                           reinterpreted_batch_ndims=nd)
-    dist = tfd.TransformedDistribution(base, bij)
-    self.opt = keras.optimizers.Adam(1e-3)
-    self.opt.build(net.trainable_variables)
-    opt = self.opt
-
-    def step(x):
-      counter.assign(0)
-      with tf.GradientTape() as tape:
-        loss = -tf.reduce_mean(dist.log_prob(x))
-      with tf.control_dependencies([loss]):
-        nfe_fwd = counter.read_value()
-      variables = net.trainable_variables
-      grads = tape.gradient(loss, variables)
-      opt.apply_gradients(zip(grads, variables))
-      with tf.control_dependencies(grads):
-        total = counter.read_value()
-      return loss, nfe_fwd, total
-
-    def log_prob(x):
-      counter.assign(0)
-      lp = dist.log_prob(x)
-      with tf.control_dependencies([lp]):
-        return lp, counter.read_value()
-
-    self.step = tf.function(step)
-    self.log_prob = tf.function(log_prob)
-
-
-IMPLS = {
-    "ours": lambda net, case, **kw: Ours(net, case, xla=case.xla, **kw),
-    "ours_xla": lambda net, case, **kw: Ours(net, case, xla=True, **kw),
-    "ours_noxla": lambda net, case, **kw: Ours(net, case, xla=False, **kw),
-    "ours_backprop": lambda net, case, **kw: Ours(
-        net, case, xla=False, gradient="backprop", **kw),
-    "tfp": lambda net, case, **kw: TFP(net, case, **kw),
-}
-
-
-def eval_chains(net, x, event_ndims, xla, chain=20):
-  """Compiled chains of evaluations: (dynamics + probe VJP, adjoint step).
-
-  Each runs `chain` dependent evaluations inside one compiled
-  `tf.while_loop` (dispatch amortized, as inside a solver); its time over
-  `chain` is the cost of one evaluation. The adjoint step is what the
-  backward solve evaluates: the dynamics, its probe VJP, and the VJP of both
-  with respect to the state and the weights.
-  """
-  eps = divergence.sample_noise(tf.shape(x), x.dtype)
-  variables = [getattr(v, "value", v) for v in net.trainable_variables]
-
-  def fv(i, z):
-    # The time varies as in a solve (a constant would let XLA fold the time
-    # layers away and make the evaluation look cheaper than it is).
-    t = 0.5 + 1e-3 * tf.cast(i, x.dtype)
-    return divergence.hutchinson(lambda z: net(t, z), z, eps,
-                                 event_ndims)[:2]
-
-  def forward_chain(x):
-    def body(i, z, acc):
-      f, tr = fv(i, z)
-      return i + 1, z + 1e-3 * f, acc + tr
-    return tf.while_loop(lambda i, *_: i < chain, body,
-                         (0, x, tf.zeros([tf.shape(x)[0]], x.dtype)))[1:]
-
-  def adjoint_chain(x):
-    def body(i, z, a, g):
-      with tf.GradientTape(watch_accessed_variables=False) as tape:
-        tape.watch(z)
-        tape.watch(variables)
-        f, tr = fv(i, z)
-      grads = tape.gradient([f, tr], [z] + variables,
-                            output_gradients=[a, tf.ones_like(tr)])
-      g = [gi + 1e-3 * d for gi, d in zip(g, grads[1:])]
-      return i + 1, z - 1e-3 * f, a - 1e-3 * grads[0], g
-    g0 = [tf.zeros(v.shape, v.dtype) for v in variables]
-    return tf.while_loop(lambda i, *_: i < chain, body, (0, x, x, g0))[1:3]
-
-  fns = []
-  for fn in (forward_chain, adjoint_chain):
-    fn = tf.function(fn, jit_compile=xla)
-    for _ in range(2):
-      _sync(fn(x))
-    fns.append(fn)
-
-  def timed(x):
-    """Seconds per evaluation now: (forward + VJP, adjoint step)."""
-    out = []
-    for fn in fns:
-      t = time.perf_counter()
-      _sync(fn(x))
-      out.append((time.perf_counter() - t) / chain)
-    return tuple(out)
-  return timed
-
-
-def _sync(out):
-  return tf.nest.map_structure(lambda t: t.numpy(), out)
 
 
 def _clone(net, case, x):
@@ -416,10 +101,10 @@ def run_case(case, impl_names, log=print):
          for name in impls}
   for name, impl in impls.items():
     t = time.perf_counter()
-    _sync(impl.step(tf.constant(batches[0])))
+    sync(impl.step(tf.constant(batches[0])))
     res[name]["first_step_s"] = time.perf_counter() - t
     for w in range(1, case.warmup):
-      _sync(impl.step(tf.constant(batches[w])))
+      sync(impl.step(tf.constant(batches[w])))
     log(f"  [{case.key}] {name}: first step (trace/compile) "
         f"{res[name]['first_step_s']:.1f} s")
   # The evaluation costs are timed inside the repetitions, next to the
@@ -436,7 +121,7 @@ def run_case(case, impl_names, log=print):
     for name in order:
       with PeakRSS() as mem:
         t = time.perf_counter()
-        loss, nfe_f, total = _sync(impls[name].step(x))
+        loss, nfe_f, total = sync(impls[name].step(x))
         dt = time.perf_counter() - t
       out = res[name]
       out["step_s"].append(dt)
@@ -450,13 +135,13 @@ def run_case(case, impl_names, log=print):
         f"{n} {res[n]['step_s'][-1] * 1e3:.0f} ms nfe "
         f"{res[n]['nfe_fwd'][-1]}+{res[n]['nfe_bwd'][-1]}" for n in names))
   for name, impl in impls.items():  # warm up log_prob
-    _sync(impl.log_prob(tf.constant(batches[0])))
+    sync(impl.log_prob(tf.constant(batches[0])))
   for r in range(case.logprob_reps):
     x = tf.constant(batches[case.warmup + case.reps + r])
     order = names if r % 2 == 0 else names[::-1]
     for name in order:
       t = time.perf_counter()
-      _, nfe = _sync(impls[name].log_prob(x))
+      _, nfe = sync(impls[name].log_prob(x))
       res[name]["logprob_s"].append(time.perf_counter() - t)
       res[name]["logprob_nfe"].append(int(nfe))
   summary = {}
@@ -514,12 +199,12 @@ def run_memory(tols=(1e-3, 1e-7), reps=3, log=print):
     for tol in tols:
       net = _clone(net0, case, batches[0])
       impl = Ours(net, case, xla=xla, gradient=gradient, rtol=tol, atol=tol)
-      _sync(impl.step(tf.constant(batches[0])))
+      sync(impl.step(tf.constant(batches[0])))
       mems, nfes, steps = [], [], []
       for r in range(reps):
         with PeakRSS() as mem:
           t = time.perf_counter()
-          _, nfe_f, total = _sync(impl.step(tf.constant(batches[1 + r])))
+          _, nfe_f, total = sync(impl.step(tf.constant(batches[1 + r])))
           steps.append(time.perf_counter() - t)
         mems.append(mem.peak)
         nfes.append((int(nfe_f), int(total - nfe_f)))
