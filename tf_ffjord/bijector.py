@@ -72,9 +72,9 @@ class FFJORD(tfb.Bijector):
       `"auto"`: backprop for fixed-grid solvers, adjoint for adaptive ones.
       A `tfp.math.ode.Solver` always uses TFP's adjoint.
     jit_compile: `True`, `False` or `"auto"`: whether the forward integration
-      loop and the adjoint's backward loop each run as an XLA-compiled
-      function inside whatever graph calls the bijector (so a plain
-      `tf.function` around `log_prob` gets XLA). `"auto"` decides per solve
+      loop runs as an XLA-compiled function inside whatever graph calls the
+      bijector (so a plain `tf.function` around `log_prob` gets XLA; the
+      adjoint's backward loop runs plain). `"auto"` decides per solve
       with `tf_ffjord.solvers.use_xla`: on for GPUs; on CPU on for dense
       dynamics whose weights x batch is small, off for convolutional ones
       (see its docstring for the measurements).

@@ -134,8 +134,9 @@ class BacksolveAdjoint:
         if not isinstance(controller, ConstantStepSize):
           back = dataclasses.replace(controller, error_weights=(
               self.backward_weights(controller.weights(n_y), n_p)))
-        out, bnfe, bstatus, _ = run(aug_fn, t1, t0, aug0, cs, back,
-                                    first_step=h_last)
+        backward = getattr(run, "backward", run)  # see solve._integrator
+        out, bnfe, bstatus, _ = backward(aug_fn, t1, t0, aug0, cs, back,
+                                         first_step=h_last)
         out = check_status(bstatus, out, "adjoint (backward)",
                            getattr(back, "max_num_steps", None))
         if self.on_backward_nfe is not None:
