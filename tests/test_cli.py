@@ -103,3 +103,17 @@ def test_every_flag_says_what_it_does(module, config_cls, capsys):
                "--ot", "--strategy"):
     assert flag in text, flag
   assert "seconds" in " ".join(text.split())
+
+
+def test_curve_logger_keeps_metrics_that_first_appear_later(tmp_path):
+  # A validation every N epochs adds keys after the first row, which
+  # keras.callbacks.CSVLogger would drop.
+  from training import run  # pylint: disable=g-import-not-at-top
+  logger = run.CurveLogger(str(tmp_path / "curve.csv"))
+  logger.on_epoch_end(0, {"loss": 2.0, "seconds": 10.0})
+  logger.on_epoch_end(1, {"loss": 1.5, "seconds": 20.0, "val_bpd": 1.2})
+  logger.on_epoch_end(2, {"loss": 1.4, "seconds": 30.0})
+  rows = run.read_curve(str(tmp_path))
+  assert [r["epoch"] for r in rows] == [0, 1, 2]
+  assert "val_bpd" not in rows[0] and rows[1]["val_bpd"] == 1.2
+  assert rows[2]["loss"] == 1.4 and "val_bpd" not in rows[2]

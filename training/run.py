@@ -17,8 +17,41 @@ from tf_ffjord.checkpoints import Checkpoint, is_chief, optimizer_steps
 from tf_ffjord.datasets.batches import step_seed
 from tf_ffjord.images import bits_per_dim, dequantize
 
-__all__ = ["fit", "evaluate", "read_curve", "write_json", "on_every_worker",
-           "is_chief", "optimizer_steps"]
+__all__ = ["CurveLogger", "fit", "evaluate", "read_curve", "write_json",
+           "on_every_worker", "is_chief", "optimizer_steps"]
+
+
+class CurveLogger(keras.callbacks.Callback):
+  """Appends every epoch's logs to a CSV file, keeping every key.
+
+  Unlike `keras.callbacks.CSVLogger`, which fixes its columns at the first
+  epoch and so drops metrics that first appear later (a validation every N
+  epochs), a new key widens the header: the file is rewritten once, with
+  the earlier rows' new cells empty.
+  """
+
+  def __init__(self, path):
+    super().__init__()
+    self.path = path
+
+  def on_epoch_end(self, epoch, logs=None):
+    row = {"epoch": epoch, **{k: float(v) for k, v in (logs or {}).items()}}
+    rows, keys = [], ["epoch"]
+    if os.path.exists(self.path):
+      with open(self.path, newline="", encoding="utf-8") as f:
+        reader = csv.DictReader(f)
+        rows, keys = list(reader), list(reader.fieldnames or keys)
+    new = [k for k in row if k not in keys]
+    if not new:
+      with open(self.path, "a", newline="", encoding="utf-8") as f:
+        csv.DictWriter(f, keys, restval="").writerow(row)
+      return
+    tmp = f"{self.path}.tmp"
+    with open(tmp, "w", newline="", encoding="utf-8") as f:
+      writer = csv.DictWriter(f, keys + new, restval="")
+      writer.writeheader()
+      writer.writerows(rows + [row])
+    os.replace(tmp, self.path)
 
 
 def fit(model, train_data, out, steps, steps_per_epoch, time_budget=0.0,
@@ -71,8 +104,7 @@ def fit(model, train_data, out, steps, steps_per_epoch, time_budget=0.0,
     epochs = initial_epoch  # a finished run: restore, don't train
   logs = [*stateful, ckpt]
   if is_chief():
-    logs.append(keras.callbacks.CSVLogger(os.path.join(out, "curve.csv"),
-                                          append=True))
+    logs.append(CurveLogger(os.path.join(out, "curve.csv")))
   options = tf.data.Options()
   # The pipelines are in memory, with no files to shard: every worker makes
   # the same global batches and keeps its own rows of each. The pipeline
