@@ -130,7 +130,7 @@ def test_multiworker_two_processes_matches_single_device(run_dir,
   for out in outs:
     assert int(out["checkpoint_epoch"]) == 1
   assert list(outs[0]["checkpoint_files"]) == [
-      "checkpoint", "ckpt-1.data-00000-of-00001", "ckpt-1.index"]
+      "checkpoint.json", "ckpt-1.json", "ckpt-1.weights.h5"]
   # One replica per worker; the same global seed on both, yet the probes
   # differ because the replica id is folded into the probe seed.
   h0, h1 = outs[0]["hutchinson"], outs[1]["hutchinson"]
