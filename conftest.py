@@ -11,6 +11,7 @@ import tensorflow as tf  # noqa: E402
 import tensorflow_probability as tfp  # noqa: E402
 
 import tf_ffjord  # noqa: E402
+from tf_ffjord.solvers.xla import JIT_ENV  # noqa: E402
 
 
 _ROOT = os.path.dirname(os.path.abspath(__file__))
@@ -29,6 +30,24 @@ def subprocess_env():
   env["TF_CPP_MIN_LOG_LEVEL"] = "2"
   env.pop("TF_CONFIG", None)
   return env
+
+
+@pytest.fixture(autouse=True)
+def _plain_unless_marked(request, monkeypatch):
+  """Runs `jit_compile="auto"` plain, unless the test is marked `xla_auto`.
+
+  XLA compiles each fixed grid and solve signature anew, and its compile
+  time was most of the suite's time. XLA itself is tested where it is asked
+  for (`jit_compile=True`), and the `"auto"` rule by the tests marked
+  `xla_auto` and the doctests of `solvers/xla.py`. Child processes inherit
+  the setting through the environment.
+  """
+  node = request.node
+  if (node.get_closest_marker("xla_auto")
+      or node.nodeid.startswith("tf_ffjord/solvers/xla.py")):
+    monkeypatch.delenv(JIT_ENV, raising=False)
+  else:
+    monkeypatch.setenv(JIT_ENV, "0")
 
 
 @pytest.fixture(autouse=True)

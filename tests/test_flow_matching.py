@@ -130,6 +130,7 @@ def test_flow_matching_lowers_test_nll_on_8gaussians():
   assert abs(np.median(radius) - 2.83) < 0.4
 
 
+@pytest.mark.xla_auto
 def test_flow_matching_fit_compiles_dense_fields_with_xla_and_trains():
   # Keras' jit_compile="auto" is off on CPU, and a flow-matching step has no
   # solve of its own to compile: compile decides by the solvers' XLA rule.

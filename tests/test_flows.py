@@ -14,11 +14,11 @@ FLOWS = {
     "exact-dopri5-adjoint": dict(trace="exact", solver="dopri5",
                                  rtol=1e-5, atol=1e-5),
     "rademacher-rk4-backprop": dict(trace="hutchinson", solver="rk4",
-                                    step_size=0.1),
+                                    step_size=0.25),
     "gaussian-dopri5-train_time": dict(trace="hutchinson", noise="gaussian",
                                        train_time=True, rtol=1e-5, atol=1e-5),
     "exact-midpoint-t0": dict(trace="exact", solver="midpoint",
-                              step_size=0.05, initial_time=2.0,
+                              step_size=0.125, initial_time=2.0,
                               time_length=0.5),
 }
 
@@ -63,7 +63,7 @@ def test_flow(name, tmp_path):
 
   # log-det against the autodiff Jacobian of the map x -> z (taken through
   # a backprop copy; the exact-trace copy integrates the log-det itself).
-  grid = dict(gradient="backprop", solver="rk4", step_size=0.1)
+  grid = dict(gradient="backprop", solver="rk4", step_size=0.25)
   state_map = bij.copy(trace="hutchinson", **grid)
   exact = bij.copy(trace="exact", **grid)
 

@@ -61,7 +61,7 @@ class FFJORDModel(FlowModel):
   >>> sorted(model.fit(x, batch_size=32, epochs=1, verbose=0).history)
   ['nfe', 'nfe_backward', 'nll']
   >>> FFJORDModel((3,), num_blocks=2, solver="rk4").bijector.name
-  'chain_of_ffjord_and_ffjord'
+  'chain_of_ffjord_0_of_ffjord_1'
   """
 
   def __init__(self, event_shape, dynamics=None, num_blocks=1, context_dim=0,

@@ -30,16 +30,26 @@ Convolutions are much slower with XLA on CPU: 3.8x (28x28x1, 16-16
 channels, batch 16) and 7.8x (32-32 channels, batch 64), so convolutional
 (image) dynamics run plain.
 On GPUs and TPUs XLA is on.
+
+The environment variable `TF_FFJORD_JIT_COMPILE` (`auto`, the default, `0`
+or `1`) overrides what `"auto"` resolves to, for a whole process: `0` when
+XLA's compile time outweighs a short run (the test suite, a debugging
+session), `1` to compile everywhere. An explicit `True` or `False` wins.
 """
 
 import math
+import os
 
 import tensorflow as tf
 
-__all__ = ["use_xla", "num_weights", "device_type", "CPU_MAX_WORK"]
+__all__ = ["use_xla", "num_weights", "device_type", "CPU_MAX_WORK", "JIT_ENV"]
 
 # Above this many weights x batch rows, dense dynamics run plain on CPU.
 CPU_MAX_WORK = 4e8
+# Overrides what "auto" resolves to in this process ("auto", "0" or "1").
+JIT_ENV = "TF_FFJORD_JIT_COMPILE"
+_ENV_VALUES = {"auto": "auto", "0": False, "false": False, "1": True,
+               "true": True}
 
 
 def num_weights(dynamics):
@@ -69,9 +79,14 @@ def use_xla(jit_compile, weights, batch, event_ndims=1, device="CPU"):
     device: `"CPU"`, `"GPU"` or `"TPU"`.
 
   Returns:
-    A bool: `jit_compile` itself if it is a bool; for `"auto"`, True on GPUs
-    and TPUs, and on CPU for dense dynamics (`event_ndims == 1`) with
+    A bool: `jit_compile` itself if it is a bool; for `"auto"`, the value of
+    `TF_FFJORD_JIT_COMPILE` if it is `0` or `1`, else True on GPUs and TPUs,
+    and on CPU for dense dynamics (`event_ndims == 1`) with
     `weights * batch <= CPU_MAX_WORK` (an unknown batch counts as 1).
+
+  Raises:
+    ValueError: `jit_compile` is none of the three, or the environment
+      variable holds another value.
 
   #### Examples
 
@@ -87,6 +102,11 @@ def use_xla(jit_compile, weights, batch, event_ndims=1, device="CPU"):
   if jit_compile != "auto":
     raise ValueError(f"jit_compile must be True, False or 'auto', got "
                      f"{jit_compile!r}.")
+  env = os.environ.get(JIT_ENV, "auto").strip().lower()
+  if env not in _ENV_VALUES:
+    raise ValueError(f"{JIT_ENV} must be auto, 0 or 1, got {env!r}.")
+  if _ENV_VALUES[env] != "auto":
+    return _ENV_VALUES[env]
   if device != "CPU":
     return True
   if event_ndims > 1:
