@@ -72,9 +72,11 @@ class FFJORD(tfb.Bijector):
       `"auto"`: backprop for fixed-grid solvers, adjoint for adaptive ones.
       A `tfp.math.ode.Solver` always uses TFP's adjoint.
     jit_compile: `True`, `False` or `"auto"`: whether the forward integration
-      loop runs as an XLA-compiled function inside whatever graph calls the
-      bijector (so a plain `tf.function` around `log_prob` gets XLA; the
-      adjoint's backward loop runs plain). `"auto"` decides per solve
+      loop and the adjoint's backward loop run as XLA-compiled functions
+      inside whatever graph calls the bijector (so a plain `tf.function`
+      around `log_prob` gets XLA; the backward loop of an exact trace over
+      more than 16 dimensions runs plain, see `divergence.exact`). `"auto"`
+      decides per solve
       with `tf_ffjord.solvers.use_xla`: on for GPUs; on CPU on for dense
       dynamics whose weights x batch is small, off for convolutional ones
       (see its docstring for the measurements).
@@ -380,10 +382,13 @@ class FFJORD(tfb.Bijector):
         # Regularizer integrals need no step size control: weight 0.
         controller = dataclasses.replace(
             controller, error_weights=(1.0, 1.0) + (0.0,) * len(regularizers))
+      xla = self._use_xla(y0, context)
       result = solvers.solve(
           ode_fn, state0, 0.0, 1.0, constants=constants, method=method,
           controller=controller, adjoint=self._adjoint,
-          jit_compile=self._use_xla(y0, context))
+          jit_compile=xla,
+          jit_compile_backward=xla and not divergence.uses_pfor(
+              self._trace, y0.shape[1:].num_elements()))
     else:
       result = solvers.solve_tfp(self._solver, ode_fn, state0, 0.0, 1.0,
                                  constants=constants)

@@ -3,7 +3,7 @@
 import tensorflow as tf
 
 __all__ = ["TRACES", "NOISES", "sample_noise", "replica_seed", "hutchinson",
-           "exact"]
+           "exact", "uses_pfor", "LOOP_MAX_DIM"]
 
 TRACES = ("hutchinson", "exact")
 NOISES = ("rademacher", "gaussian")
@@ -76,11 +76,21 @@ def hutchinson(fn, y, eps, event_ndims=1):
   return f, trace, vjp
 
 
-def exact(fn, y, event_ndims=1):
-  """f = fn(y) and the exact trace of df/dy, from the full batch Jacobian.
+# Up to this many dimensions the exact trace takes one VJP per dimension;
+# above it, one vectorized batch Jacobian (pfor).
+LOOP_MAX_DIM = 16
 
-  Costs D vector-Jacobian products (vectorized), so use it for evaluation and
-  small D.
+
+def exact(fn, y, event_ndims=1):
+  """f = fn(y) and the exact trace of df/dy.
+
+  Costs D vector-Jacobian products, so use it for evaluation and small D.
+  Up to `LOOP_MAX_DIM` dimensions they are D plain VJPs on one tape: a small
+  graph, quick to trace, that XLA compiles once. Above it they run
+  vectorized by `batch_jacobian` (pfor), whose graph XLA cannot compile once
+  for all weights: it folds the variables' values into the program as
+  constants, so a compiled loop that takes its gradient is compiled again
+  after every weight update (see `uses_pfor`).
 
   Args:
     fn: callable mapping y to dy/dt, same shape.
@@ -94,9 +104,19 @@ def exact(fn, y, event_ndims=1):
   dim = event_shape.num_elements()
   batch = tf.shape(y)[0]
   flat = tf.reshape(y, [batch, dim])
-  with tf.GradientTape() as tape:
+  with tf.GradientTape(persistent=dim <= LOOP_MAX_DIM) as tape:
     tape.watch(flat)
     f = fn(tf.reshape(flat, tf.concat([[batch], event_shape], 0)))
     f_flat = tf.reshape(f, [batch, dim])
-  jac = tape.batch_jacobian(f_flat, flat)
-  return f, tf.linalg.trace(jac), None
+  if dim > LOOP_MAX_DIM:
+    return f, tf.linalg.trace(tape.batch_jacobian(f_flat, flat)), None
+  trace = tf.zeros([batch], f_flat.dtype)
+  for i in range(dim):
+    unit = tf.one_hot(tf.fill([batch], i), dim, dtype=f_flat.dtype)
+    trace += tape.gradient(f_flat, flat, output_gradients=unit)[:, i]
+  return f, trace, None
+
+
+def uses_pfor(trace, event_size):
+  """Whether `trace` over `event_size` dimensions runs a batch Jacobian."""
+  return trace == "exact" and event_size > LOOP_MAX_DIM

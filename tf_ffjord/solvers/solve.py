@@ -13,7 +13,7 @@ from tf_ffjord.solvers.step_size import AdaptiveStepSize, integrate_adaptive
 __all__ = ["solve", "solve_tfp"]
 
 
-def _integrator(method, jit_compile):
+def _integrator(method, jit_compile, jit_compile_backward=None):
   """`run(fn, t0, t1, ys, cs, controller, first_step=None)`: the loop.
 
   With `jit_compile`, each call traces the loop into its own
@@ -36,16 +36,20 @@ def _integrator(method, jit_compile):
     y1, nfe, status, h = loop(t0, t1, list(ys), list(cs), first_step)
     return list(y1), nfe, status, h
 
-  # The adjoint's backward loop runs plain: compiled, XLA recompiled it
-  # whenever the weights changed (7 s a step for the 2-D toy's net, measured
-  # with an optimizer update after each gradient), and plain it costs about
-  # the same as compiled on this CPU.
-  run.backward = _integrator(method, False) if jit_compile else run
+  # The adjoint's backward loop (see adjoint.py) compiles like the forward
+  # one unless told otherwise: dynamics built on pfor (the exact trace's
+  # batch Jacobian) get their weights folded into the compiled program as
+  # constants, so that loop would compile again after every weight update.
+  if jit_compile_backward is None or jit_compile_backward == jit_compile:
+    run.backward = run
+  else:
+    run.backward = _integrator(method, jit_compile_backward)
   return run
 
 
 def solve(fn, y0, t0, t1, constants=None, method=tableaux.DOPRI5,
-          controller=None, adjoint=None, jit_compile=False, name="ode_solve"):
+          controller=None, adjoint=None, jit_compile=False,
+          jit_compile_backward=None, name="ode_solve"):
   """Solves dy/dt = fn(t, y, **constants) from t0 to t1.
 
   Args:
@@ -63,8 +67,11 @@ def solve(fn, y0, t0, t1, constants=None, method=tableaux.DOPRI5,
     jit_compile: run the forward integration loop as an XLA-compiled
       function (except `Backprop` through adaptive steps: TF cannot
       differentiate a while loop across an XLA function's boundary, so that
-      loop stays uncompiled). The adjoint's backward loop always runs plain
-      (see `_integrator`).
+      loop stays uncompiled).
+    jit_compile_backward: the same for the adjoint's backward loop; `None`
+      follows `jit_compile`. Set it to False for dynamics that use pfor
+      (`tf.vectorized_map`, `batch_jacobian`): XLA would compile that loop
+      again after every weight update.
     name: name scope.
 
   Returns:
@@ -121,7 +128,7 @@ def solve(fn, y0, t0, t1, constants=None, method=tableaux.DOPRI5,
       # through the adaptive loop runs it uncompiled, unless the caller's
       # whole graph is compiled.
       jit_compile = False
-    run = _integrator(method, jit_compile)
+    run = _integrator(method, jit_compile, jit_compile_backward)
     integrate = lambda t0, t1, ys, cs: adjoint(run, flat_fn, t0, t1, ys, cs,
                                                controller)
     if jit_compile and tf.executing_eagerly():
