@@ -49,9 +49,11 @@ def test_toy_cli_resumes_after_kill_9_with_the_same_state(tmp_path, capsys,
   out = tmp_path / "killed"
   ckpt_dir = out / "checkpoints"
   args = [*TOY, "--out", str(out)]
+  # stderr to a file: a full pipe would block the child before it saves.
+  log = open(tmp_path / "child.log", "w")  # pylint: disable=consider-using-with
   proc = subprocess.Popen([sys.executable, "-m", "training.toy", *args],
                           cwd=ROOT, env=subprocess_env,
-                          stdout=subprocess.DEVNULL, stderr=subprocess.PIPE)
+                          stdout=subprocess.DEVNULL, stderr=log)
   try:
     deadline = time.time() + 600
     while time.time() < deadline and proc.poll() is None:
@@ -65,8 +67,9 @@ def test_toy_cli_resumes_after_kill_9_with_the_same_state(tmp_path, capsys,
     if proc.poll() is None:
       proc.kill()
       proc.wait()
-  assert proc.returncode == -signal.SIGKILL, proc.stderr.read()[-3000:]
-  proc.stderr.close()
+  log.close()
+  assert proc.returncode == -signal.SIGKILL, (
+      (tmp_path / "child.log").read_text()[-3000:])
   latest = json.loads((ckpt_dir / "checkpoint.json").read_text())["latest"]
   saved = int(latest.split("-")[1])
   assert 1 <= saved < 20  # killed mid-run

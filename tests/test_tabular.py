@@ -92,9 +92,11 @@ def test_kill_9_then_rerun_resumes_with_the_same_state(tmp_path, capsys,
   root = _fake_miniboone(tmp_path)
   killed, ref = tmp_path / "killed", tmp_path / "ref"
   argv = lambda out: _args(root, out, "--steps", "12", "--export", "false")
+  # stderr to a file: a full pipe would block the child before it saves.
+  log = open(tmp_path / "child.log", "w")  # pylint: disable=consider-using-with
   proc = subprocess.Popen(
       [sys.executable, "-m", "training.tabular", *argv(killed)], cwd=ROOT,
-      env=subprocess_env, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE)
+      env=subprocess_env, stdout=subprocess.DEVNULL, stderr=log)
   state_file = killed / "checkpoints" / "checkpoint.json"
   try:
     deadline = time.time() + 300
@@ -108,8 +110,9 @@ def test_kill_9_then_rerun_resumes_with_the_same_state(tmp_path, capsys,
     if proc.poll() is None:
       proc.kill()
       proc.wait()
-  assert proc.returncode == -signal.SIGKILL, proc.stderr.read()[-3000:]
-  proc.stderr.close()
+  log.close()
+  assert proc.returncode == -signal.SIGKILL, (
+      (tmp_path / "child.log").read_text()[-3000:])
   at_kill = _tensors(killed / "checkpoints")
   epoch = int(at_kill["epoch"])
   assert 1 <= epoch < 6
