@@ -247,17 +247,22 @@ def test_step_limit_error_suggests_looser_tolerances():
     tf.function(lambda x: bij.solve(x).state)(tf.ones([2, 2]))
 
 
-def test_jit_compile_in_a_plain_tf_function_matches_and_trains_the_net():
+# Hutchinson, the exact trace by one VJP per dimension (both loops compiled),
+# and the exact trace by a batch Jacobian (the backward loop runs plain).
+@pytest.mark.parametrize("trace,dim", [("hutchinson", 2), ("exact", 3),
+                                       ("exact", 18)])
+def test_jit_compile_in_a_plain_tf_function_matches_and_trains_the_net(
+    trace, dim):
   # A TFP user's path: log_prob in a plain tf.function; the bijector
   # compiles its own loops. The custom gradient must still find the Keras
   # weights the compiled loop reads.
-  f = ODENet(hidden=(16, 16))
-  base = tfd.MultivariateNormalDiag(tf.zeros(2))
-  x = tf.random.normal([64, 2])
+  f = ODENet(hidden=(16, 16), dim=dim)
+  base = tfd.MultivariateNormalDiag(tf.zeros(dim))
+  x = tf.random.normal([64, dim])
   out = {}
   for jit in (False, True):
     dist = tfd.TransformedDistribution(
-        base, FFJORD(f, trace="hutchinson", jit_compile=jit))
+        base, FFJORD(f, trace=trace, jit_compile=jit))
 
     @tf.function
     def loss_and_grads(x):
