@@ -256,7 +256,7 @@ def test_jit_compile_in_a_plain_tf_function_matches_and_trains_the_net(
   # A TFP user's path: log_prob in a plain tf.function; the bijector
   # compiles its own loops. The custom gradient must still find the Keras
   # weights the compiled loop reads.
-  f = ODENet(hidden=(16, 16), dim=dim)
+  f = ODENet(hidden=(16,), dim=dim)
   base = tfd.MultivariateNormalDiag(tf.zeros(dim))
   x = tf.random.normal([64, dim])
   out = {}
