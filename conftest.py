@@ -1,6 +1,10 @@
 """Pytest setup for tests and doctests: quiet TF logs, seeded RNGs, doctest names."""
 
 import os
+import signal
+import subprocess
+import sys
+import time
 
 os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
 
@@ -30,6 +34,40 @@ def subprocess_env():
   env["TF_CPP_MIN_LOG_LEVEL"] = "2"
   env.pop("TF_CONFIG", None)
   return env
+
+
+@pytest.fixture
+def kill_9_after_first_save(subprocess_env, tmp_path):
+  """`kill(module, args, state_file, deadline_s)`: a CLI killed mid-run.
+
+  Runs `python -m module *args` from the repository and sends SIGKILL as
+  soon as `state_file` exists (the checkpoint's state file is written last,
+  atomically, once a save is whole); fails with the child's stderr unless
+  the child died by that signal. Its stderr goes to a file: a full pipe
+  would block the child before it saves.
+  """
+
+  def kill(module, args, state_file, deadline_s):
+    log_path = tmp_path / f"{module}.stderr.log"
+    with open(log_path, "w") as log:
+      proc = subprocess.Popen([sys.executable, "-m", module, *args],
+                              cwd=_ROOT, env=subprocess_env,
+                              stdout=subprocess.DEVNULL, stderr=log)
+      try:
+        deadline = time.time() + deadline_s
+        while time.time() < deadline and proc.poll() is None:
+          if state_file.exists():
+            proc.send_signal(signal.SIGKILL)
+            break
+          time.sleep(0.02)
+        proc.wait(timeout=60)
+      finally:
+        if proc.poll() is None:
+          proc.kill()
+          proc.wait()
+    assert proc.returncode == -signal.SIGKILL, log_path.read_text()[-3000:]
+
+  return kill
 
 
 @pytest.fixture(autouse=True)

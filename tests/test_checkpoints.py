@@ -2,10 +2,6 @@
 
 import json
 import pathlib
-import signal
-import subprocess
-import sys
-import time
 
 import h5py
 import keras
@@ -15,8 +11,6 @@ import pytest
 from tf_ffjord import FFJORDModel, ODENet, datasets
 from tf_ffjord.callbacks import TimeBudget
 from tf_ffjord.checkpoints import Checkpoint, CheckpointError
-
-ROOT = pathlib.Path(__file__).resolve().parents[1]
 
 
 def _tiny(hidden=(8,), train_time=False):
@@ -43,33 +37,14 @@ TOY = ["--steps", "40", "--steps-per-epoch", "2", "--batch-size", "16",
        "false", "--export", "false"]
 
 
-def test_toy_cli_resumes_after_kill_9_with_the_same_state(tmp_path, capsys,
-                                                          subprocess_env):
+def test_toy_cli_resumes_after_kill_9_with_the_same_state(
+    tmp_path, capsys, kill_9_after_first_save):
   from training import toy  # pylint: disable=g-import-not-at-top
   out = tmp_path / "killed"
   ckpt_dir = out / "checkpoints"
   args = [*TOY, "--out", str(out)]
-  # stderr to a file: a full pipe would block the child before it saves.
-  log = open(tmp_path / "child.log", "w")  # pylint: disable=consider-using-with
-  proc = subprocess.Popen([sys.executable, "-m", "training.toy", *args],
-                          cwd=ROOT, env=subprocess_env,
-                          stdout=subprocess.DEVNULL, stderr=log)
-  try:
-    deadline = time.time() + 600
-    while time.time() < deadline and proc.poll() is None:
-      # The state file is written (atomically) last, once a save is whole.
-      if (ckpt_dir / "checkpoint.json").exists():
-        proc.send_signal(signal.SIGKILL)
-        break
-      time.sleep(0.02)
-    proc.wait(timeout=60)
-  finally:
-    if proc.poll() is None:
-      proc.kill()
-      proc.wait()
-  log.close()
-  assert proc.returncode == -signal.SIGKILL, (
-      (tmp_path / "child.log").read_text()[-3000:])
+  kill_9_after_first_save("training.toy", args, ckpt_dir / "checkpoint.json",
+                          600)
   latest = json.loads((ckpt_dir / "checkpoint.json").read_text())["latest"]
   saved = int(latest.split("-")[1])
   assert 1 <= saved < 20  # killed mid-run

@@ -3,10 +3,7 @@
 import dataclasses
 import json
 import pathlib
-import signal
-import subprocess
 import sys
-import time
 
 import numpy as np
 import pytest
@@ -87,32 +84,13 @@ def test_early_stopping_restores_best_and_a_finished_run_does_not_retrain(
   assert again["val_nll"] == pytest.approx(min(val), rel=1e-6, abs=1e-6)
 
 
-def test_kill_9_then_rerun_resumes_with_the_same_state(tmp_path, capsys,
-                                                       subprocess_env):
+def test_kill_9_then_rerun_resumes_with_the_same_state(
+    tmp_path, capsys, kill_9_after_first_save):
   root = _fake_miniboone(tmp_path)
   killed, ref = tmp_path / "killed", tmp_path / "ref"
   argv = lambda out: _args(root, out, "--steps", "12", "--export", "false")
-  # stderr to a file: a full pipe would block the child before it saves.
-  log = open(tmp_path / "child.log", "w")  # pylint: disable=consider-using-with
-  proc = subprocess.Popen(
-      [sys.executable, "-m", "training.tabular", *argv(killed)], cwd=ROOT,
-      env=subprocess_env, stdout=subprocess.DEVNULL, stderr=log)
-  state_file = killed / "checkpoints" / "checkpoint.json"
-  try:
-    deadline = time.time() + 300
-    while time.time() < deadline and proc.poll() is None:
-      if state_file.exists():  # written last, once a save is whole
-        proc.send_signal(signal.SIGKILL)
-        break
-      time.sleep(0.02)
-    proc.wait(timeout=60)
-  finally:
-    if proc.poll() is None:
-      proc.kill()
-      proc.wait()
-  log.close()
-  assert proc.returncode == -signal.SIGKILL, (
-      (tmp_path / "child.log").read_text()[-3000:])
+  kill_9_after_first_save("training.tabular", argv(killed),
+                          killed / "checkpoints" / "checkpoint.json", 300)
   at_kill = _tensors(killed / "checkpoints")
   epoch = int(at_kill["epoch"])
   assert 1 <= epoch < 6
