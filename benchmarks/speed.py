@@ -341,6 +341,8 @@ def main(argv=None):
                                         else sys.argv[1:])),
                  "machine": info, "cases": {k: CASES[k].title for k in cases},
                  "results": results, "memory": mem, "runs": run_results,
+                 "windows": {k: user_path.run_windows(v)
+                             for k, v in run_results.items()},
                  "table": table}, f,
                 indent=1)
     print(f"wrote {args.out}")

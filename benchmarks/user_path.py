@@ -37,7 +37,7 @@ import time
 import numpy as np
 
 __all__ = ["RunCase", "RUN_CASES", "RUN_IMPLS", "run_worker", "run_side_by_side",
-           "format_run_table"]
+           "format_run_table", "run_windows", "format_windows"]
 
 DATA_DIR = os.environ.get("TF_FFJORD_DATA",
                           os.path.join(os.path.dirname(__file__), "..", "..",
@@ -72,7 +72,7 @@ RUN_CASES = {
                              "softplus, batch 1000", 43, (860, 860),
                              "softplus", 1000, time_length=1.0, max_steps=40),
 }
-RUN_IMPLS = ("ours", "ours_xla", "ours_noxla", "tfp")
+RUN_IMPLS = ("ours", "ours_interp", "ours_xla", "ours_noxla", "tfp")
 
 
 _ROWS = {}  # the MINIBOONE-shaped rows, loaded once
@@ -128,9 +128,11 @@ def run_worker(case_key, impl, out_path, log=print):
   f = Counted()
   t_len = case.time_length
   if impl.startswith("ours"):
-    jit = {"ours": "auto", "ours_xla": True, "ours_noxla": False}[impl]
+    jit = {"ours_xla": True, "ours_noxla": False}.get(impl, "auto")
+    gradient = "interpolated" if impl == "ours_interp" else "auto"
     bij = FFJORD(f, time_length=t_len, trace="hutchinson", solver="dopri5",
-                 rtol=case.rtol, atol=case.atol, jit_compile=jit)
+                 rtol=case.rtol, atol=case.atol, jit_compile=jit,
+                 gradient=gradient)
   else:
     # tfb.FFJORD puts the data at final_time: the same net defines another
     # density than ours, which is why each model is evaluated in its own
@@ -323,4 +325,46 @@ def format_run_table(key, results):
           f"{r.get('step_cpu_vs_tfp', float('nan')):.2f} | "
           f"{r['nfe_second_half'][0]:.0f}+{r['nfe_second_half'][1]:.0f} | "
           f"{r['first_step_s']:.1f} |")
+    lines += ["", format_windows(results)]
+  return "\n".join(lines)
+
+
+def run_windows(results, parts=4):
+  """Per-window step times: the run after its first step, in `parts` pieces.
+
+  The NFE of both implementations grow as the net learns, at different
+  rates, so one window's ratio does not describe the run: each window gives
+  its median step time and NFE per implementation, and the ratio of the
+  window's summed training time to TFP's.
+  """
+  n = min(len(r["rows"]) for r in results.values())
+  bounds = [1 + (n - 1) * i // parts for i in range(parts + 1)]
+  out = []
+  for lo, hi in zip(bounds, bounds[1:]):
+    w = {"steps": [lo, hi - 1]}
+    for name, r in results.items():
+      rows = r["rows"][lo:hi]
+      w[name] = {
+          "step_ms": statistics.median(x["wall_ms"] for x in rows),
+          "total_s": sum(x["wall_ms"] for x in rows) / 1e3,
+          "nfe": [statistics.median(x["nfe_fwd"] for x in rows),
+                  statistics.median(x["nfe_bwd"] for x in rows)]}
+    if "tfp" in results:
+      for name in results:
+        w[name]["time_vs_tfp"] = w[name]["total_s"] / w["tfp"]["total_s"]
+    out.append(w)
+  return out
+
+
+def format_windows(results, parts=4):
+  """Markdown rows of `run_windows`."""
+  lines = ["| steps | impl | median step ms | window s | vs TFP | NFE fwd+bwd "
+           "(median) |", "|" + " --- |" * 6]
+  for w in run_windows(results, parts):
+    for name in results:
+      x = w[name]
+      lines.append(f"| {w['steps'][0]}-{w['steps'][1]} | {name} | "
+                   f"{x['step_ms']:.0f} | {x['total_s']:.0f} | "
+                   f"{x.get('time_vs_tfp', float('nan')):.2f} | "
+                   f"{x['nfe'][0]:.0f}+{x['nfe'][1]:.0f} |")
   return "\n".join(lines)

@@ -309,8 +309,13 @@ def test_auto_jit_compile_rule(monkeypatch):
   assert use_xla(True, 5_000, 512, 1, "CPU") is True
   monkeypatch.setenv("TF_FFJORD_JIT_COMPILE", "1")
   assert use_xla("auto", 20_000, 64, 3, "CPU") is True
+  monkeypatch.setenv("TF_FFJORD_JIT_COMPILE", " False ")
+  assert use_xla("auto", 5_000, 512, 1, "CPU") is False
+  monkeypatch.setenv("TF_FFJORD_JIT_COMPILE", "true")
+  assert use_xla("auto", 20_000, 64, 3, "CPU") is True
+  monkeypatch.setenv("TF_FFJORD_JIT_COMPILE", "1")
   assert use_xla(False, 20_000, 64, 3, "CPU") is False
   monkeypatch.setenv("TF_FFJORD_JIT_COMPILE", "sometimes")
-  with pytest.raises(ValueError, match="TF_FFJORD_JIT_COMPILE must be auto, "
-                     "0 or 1, got 'sometimes'"):
+  with pytest.raises(ValueError, match=r"TF_FFJORD_JIT_COMPILE must be auto, "
+                     r"0 \(or false\) or 1 \(or true\), got 'sometimes'"):
     use_xla("auto", 5_000, 512)

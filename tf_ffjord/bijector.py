@@ -28,7 +28,7 @@ Fields:
   nfe: dynamics evaluations of this solve (int32 scalar).
 """
 
-GRADIENTS = ("auto", "adjoint", "backprop")
+GRADIENTS = ("auto", "adjoint", "interpolated", "backprop")
 
 
 class FFJORD(tfb.Bijector):
@@ -68,8 +68,12 @@ class FFJORD(tfb.Bijector):
     max_num_steps: step limit of adaptive solvers; exceeding it raises.
     step_size: step of the fixed-grid solvers on the unit interval.
     gradient: `"adjoint"` (the seminorm adjoint: memory constant in the
-      number of steps), `"backprop"` (through the solver's operations), or
-      `"auto"`: backprop for fixed-grid solvers, adjoint for adaptive ones.
+      number of steps), `"interpolated"` (an adjoint that reads the state
+      from the forward solve's dense output, so its backward solve controls
+      the adjoint only and takes fewer steps; a few state-sized tensors per
+      forward step, and the forward loop runs without XLA; `"dopri5"`
+      only), `"backprop"` (through the solver's operations), or `"auto"`:
+      backprop for fixed-grid solvers, adjoint for adaptive ones.
       A `tfp.math.ode.Solver` always uses TFP's adjoint.
     jit_compile: `True`, `False` or `"auto"`: whether the forward integration
       loop and the adjoint's backward loop run as XLA-compiled functions
@@ -167,6 +171,9 @@ class FFJORD(tfb.Bijector):
         raise ValueError("gradient='backprop' needs one of tf_ffjord's "
                          "solvers; a tfp.math.ode.Solver differentiates by "
                          "its own adjoint (use gradient='adjoint').")
+      if gradient == "interpolated" and not (ours and self._solver.adaptive):
+        raise ValueError("gradient='interpolated' needs solver='dopri5' (it "
+                         "reads the state from dopri5's dense output).")
       self._gradient = gradient
       self._jit_compile = jit_compile
       self._event_ndims = int(event_ndims)
@@ -178,9 +185,11 @@ class FFJORD(tfb.Bijector):
             0, dtype=tf.int32, trainable=False, name="nfe_backward",
             synchronization=tf.VariableSynchronization.ON_READ,
             aggregation=tf.VariableAggregation.ONLY_FIRST_REPLICA)
-      self._adjoint = (
-          solvers.BacksolveAdjoint(on_backward_nfe=self._nfe_backward.assign)
-          if gradient == "adjoint" else solvers.Backprop())
+      report = self._nfe_backward.assign
+      self._adjoint = {
+          "adjoint": solvers.BacksolveAdjoint(on_backward_nfe=report),
+          "interpolated": solvers.InterpolatedAdjoint(on_backward_nfe=report),
+      }.get(gradient, solvers.Backprop())
       super().__init__(forward_min_event_ndims=self._event_ndims,
                        is_constant_jacobian=False,
                        validate_args=validate_args, parameters=parameters,
@@ -255,7 +264,7 @@ class FFJORD(tfb.Bijector):
 
   @property
   def gradient(self):
-    """How gradients are computed: `"adjoint"` or `"backprop"`."""
+    """How gradients are computed: `"adjoint"`, `"interpolated"` or `"backprop"`."""
     return self._gradient
 
   @property

@@ -5,7 +5,10 @@
 - `fixed_grid`: `ConstantStepSize` and the fixed-grid loop.
 - `step_size`: `AdaptiveStepSize` (tolerances, error weights, Hairer's first
   step, the step limit) and the adaptive loop.
-- `adjoint`: `BacksolveAdjoint` (seminorm adjoint) and `Backprop`.
+- `adjoint`: `BacksolveAdjoint` (seminorm adjoint), `InterpolatedAdjoint`
+  (the state from the forward's dense output) and `Backprop`.
+- `dense_output`: the forward solve's state between its steps (dopri5's
+  continuous extension).
 - `solve`: `solve(fn, y0, t0, t1, constants=, method=, controller=, adjoint=,
   jit_compile=)` -> `Result`; `solve_tfp` for a `tfp.math.ode.Solver`.
 - `xla`: when compiling the solve with XLA pays (`use_xla`).
@@ -24,6 +27,7 @@ import collections
 import tensorflow_probability as tfp
 
 from tf_ffjord.solvers.adjoint import Backprop, BacksolveAdjoint
+from tf_ffjord.solvers.adjoint import InterpolatedAdjoint
 from tf_ffjord.solvers.fixed_grid import ConstantStepSize
 from tf_ffjord.solvers.result import Result, STATUS
 from tf_ffjord.solvers.solve import solve, solve_tfp
@@ -35,7 +39,7 @@ from tf_ffjord.solvers.xla import use_xla
 __all__ = [
     "solve", "solve_tfp", "Result", "STATUS", "Tableau", "EULER", "MIDPOINT",
     "RK4", "DOPRI5", "METHODS", "ConstantStepSize", "AdaptiveStepSize",
-    "BacksolveAdjoint", "Backprop", "Solver", "make_solver", "use_xla",
+    "BacksolveAdjoint", "InterpolatedAdjoint", "Backprop", "Solver", "make_solver", "use_xla",
     "ADAPTIVE_SOLVERS", "FIXED_SOLVERS",
 ]
 

@@ -5,6 +5,7 @@ import tensorflow_probability as tfp
 
 from tf_ffjord.solvers import tableaux
 from tf_ffjord.solvers.adjoint import Backprop, BacksolveAdjoint
+from tf_ffjord.solvers.adjoint import InterpolatedAdjoint
 from tf_ffjord.solvers.adjoint import check_status
 from tf_ffjord.solvers.fixed_grid import ConstantStepSize, integrate_fixed
 from tf_ffjord.solvers.result import Result
@@ -23,18 +24,18 @@ def _integrator(method, jit_compile, jit_compile_backward=None):
   custom gradients as read by the call).
   """
 
-  def run(fn, t0, t1, ys, cs, controller, first_step=None):
+  def run(fn, t0, t1, ys, cs, controller, first_step=None, record=False):
     def loop(t0, t1, ys, cs, first_step):
       step_fn = lambda t, y: fn(t, y, cs)
       if isinstance(controller, ConstantStepSize):
         return integrate_fixed(step_fn, t0, t1, ys, method, controller)
       return integrate_adaptive(step_fn, t0, t1, ys, method, controller,
-                                first_step=first_step)
+                                first_step=first_step, record=record)
 
-    if jit_compile:
+    if jit_compile and not record:  # the record's buffers grow: no XLA
       loop = tf.function(loop, jit_compile=True)
-    y1, nfe, status, h = loop(t0, t1, list(ys), list(cs), first_step)
-    return list(y1), nfe, status, h
+    out = loop(t0, t1, list(ys), list(cs), first_step)
+    return (list(out[0]),) + tuple(out[1:])
 
   # The adjoint's backward loop (see adjoint.py) compiles like the forward
   # one unless told otherwise: dynamics built on pfor (the exact trace's
@@ -63,11 +64,13 @@ def solve(fn, y0, t0, t1, constants=None, method=tableaux.DOPRI5,
       `"midpoint"`, `"euler"`).
     controller: `AdaptiveStepSize` (default for methods with an error
       estimate) or `ConstantStepSize` (default for the others: 4 steps).
-    adjoint: `BacksolveAdjoint()` (default) or `Backprop()`.
+    adjoint: `BacksolveAdjoint()` (default), `InterpolatedAdjoint()` or
+      `Backprop()`.
     jit_compile: run the forward integration loop as an XLA-compiled
       function (except `Backprop` through adaptive steps: TF cannot
       differentiate a while loop across an XLA function's boundary, so that
-      loop stays uncompiled).
+      loop stays uncompiled, and so does the recording forward loop of
+      `InterpolatedAdjoint`).
     jit_compile_backward: the same for the adjoint's backward loop; `None`
       follows `jit_compile`. Set it to False for dynamics that use pfor
       (`tf.vectorized_map`, `batch_jacobian`): XLA would compile that loop

@@ -6,6 +6,7 @@ from typing import Optional, Tuple
 import tensorflow as tf
 
 from tf_ffjord.solvers import tableaux
+from tf_ffjord.solvers.dense_output import DenseOutput, step_polynomial
 from tf_ffjord.solvers.result import STATUS
 
 __all__ = ["AdaptiveStepSize", "integrate_adaptive", "error_norm"]
@@ -105,7 +106,8 @@ def _first_step(fn, t0, y0, f0, direction, span, weights, c, order):
   return tf.minimum(100.0 * h0, h1)
 
 
-def integrate_adaptive(fn, t0, t1, y0, tableau, controller, first_step=None):
+def integrate_adaptive(fn, t0, t1, y0, tableau, controller, first_step=None,
+                       record=False):
   """Integrates dy/dt = fn(t, y) from t0 to t1 with adaptive steps.
 
   Args:
@@ -118,10 +120,14 @@ def integrate_adaptive(fn, t0, t1, y0, tableau, controller, first_step=None):
     first_step: optional scalar tensor overriding the first trial step (the
       adjoint passes the forward solve's last step); a zero or non-finite
       value falls back to a small step.
+    record: also return a `DenseOutput` of the accepted steps (a few
+      state-sized tensors per step; the loop cannot then run under XLA,
+      whose loops need buffers of a size known when compiling).
 
   Returns:
     `(y1, nfe, status, h)`: the end state (NaN if the solve failed), the
-    number of evaluations, the `STATUS` code and the proposed next step.
+    number of evaluations, the `STATUS` code and the proposed next step;
+    with `record`, `(y1, nfe, status, h, dense)`.
   """
   if tableau.b_error is None or not tableau.fsal:
     raise ValueError(f"Adaptive steps need a method with an error estimate "
@@ -145,11 +151,12 @@ def integrate_adaptive(fn, t0, t1, y0, tableau, controller, first_step=None):
   stage_evals = len(tableau.c) - 1  # the first stage comes from FSAL
   exponent = -1.0 / tableau.order
 
-  def cond(tau, h, y, k1, steps, nfe, status):
-    del h, y, k1, nfe
+  def cond(tau, h, y, k1, steps, nfe, status, rec):
+    del h, y, k1, nfe, rec
     return (tau < span) & tf.equal(status, 0) & (steps < c.max_num_steps)
 
-  def body(tau, h, y, k1, steps, nfe, status):
+  def body(tau, h, y, k1, steps, nfe, status, rec):
+    tau_old, y_old = tau, y
     last = h >= span - tau
     h_step = tf.minimum(h, span - tau)
     dt = direction * h_step
@@ -169,14 +176,34 @@ def integrate_adaptive(fn, t0, t1, y0, tableau, controller, first_step=None):
     y = [tf.where(accept, a, b) for a, b in zip(y_new, y)]
     k1 = [tf.where(accept, a, b) for a, b in zip(ks[-1], k1)]
     status = tf.where(finite, status, STATUS["non_finite"])
-    return tau, h_next, y, k1, steps + 1, nfe + stage_evals, status
+    if not rec:
+      return tau, h_next, y, k1, steps + 1, nfe + stage_evals, status, rec
+    # Every attempt is written at its own index; the rejected ones are
+    # dropped after the loop.
+    polys = step_polynomial(tableau, y_old, y_new, ks, dt)
+    flat = [accept, tau_old, h_step] + [x for p in polys for x in p]
+    rec = [ta.write(steps, v) for ta, v in zip(rec, flat)]
+    return tau, h_next, y, k1, steps + 1, nfe + stage_evals, status, rec
 
+  rec = []
+  if record:
+    rec = [tf.TensorArray(tf.bool, size=0, dynamic_size=True),
+           tf.TensorArray(dtype, size=0, dynamic_size=True),
+           tf.TensorArray(dtype, size=0, dynamic_size=True)]
+    rec += [tf.TensorArray(v.dtype, size=0, dynamic_size=True,
+                           element_shape=v.shape)
+            for v in y0 for _ in range(5)]
   loop_vars = (tf.zeros([], dtype), h, list(y0), f0,
-               tf.constant(0, tf.int32), nfe, tf.constant(0, tf.int32))
-  tau, h, y, _, _, nfe, status = tf.while_loop(
+               tf.constant(0, tf.int32), nfe, tf.constant(0, tf.int32), rec)
+  tau, h, y, _, _, nfe, status, rec = tf.while_loop(
       cond, body, loop_vars, maximum_iterations=c.max_num_steps)
   status = tf.where(tf.equal(status, 0) & (tau < span),
                     STATUS["max_num_steps"], status)
   ok = tf.equal(status, STATUS["success"])
   nan = tf.constant(float("nan"), dtype)
-  return [tf.where(ok, v, nan) for v in y], nfe, status, h
+  y = [tf.where(ok, v, nan) for v in y]
+  if not record:
+    return y, nfe, status, h
+  keep = rec[0].stack()
+  flat = [tf.boolean_mask(ta.stack(), keep) for ta in rec[1:]]
+  return y, nfe, status, h, DenseOutput.from_tensors(flat)

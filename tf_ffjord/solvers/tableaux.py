@@ -6,7 +6,8 @@ __all__ = ["Tableau", "EULER", "MIDPOINT", "RK4", "DOPRI5", "METHODS",
            "combine", "rk_step"]
 
 Tableau = collections.namedtuple(
-    "Tableau", ["name", "c", "a", "b", "b_error", "order", "fsal"])
+    "Tableau", ["name", "c", "a", "b", "b_error", "order", "fsal", "b_mid"],
+    defaults=(None,))
 Tableau.__doc__ = """An explicit Runge-Kutta method.
 
 Fields:
@@ -20,6 +21,8 @@ Fields:
   order: order of the solution.
   fsal: "first same as last": the last stage is f(t + h, y_new), so an
     accepted step hands it to the next step as its first stage.
+  b_mid: weights of a 4th-order value at the step's midpoint, one per stage,
+    or `None`; with them a step has a dense output (`dense_output.py`).
 """
 
 EULER = Tableau("euler", c=(0.0,), a=(), b=(1.0,), b_error=None, order=1,
@@ -42,7 +45,12 @@ DOPRI5 = Tableau(
     b=_DP_B,
     b_error=(71 / 57600, 0.0, -71 / 16695, 71 / 1920, -17253 / 339200,
              22 / 525, -1 / 40),
-    order=5, fsal=True)
+    order=5, fsal=True,
+    # Shampine (1986), "Some practical Runge-Kutta formulas": the midpoint
+    # value of the 4th-order continuous extension.
+    b_mid=(6025192743 / 60171106304, 0.0, 51252292925 / 130801643196,
+           -2691868925 / 90256659456, 187940372067 / 3189068634112,
+           -1776094331 / 39487288512, 11237099 / 470086768))
 
 METHODS = {m.name: m for m in (EULER, MIDPOINT, RK4, DOPRI5)}
 

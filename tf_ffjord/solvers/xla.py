@@ -104,7 +104,8 @@ def use_xla(jit_compile, weights, batch, event_ndims=1, device="CPU"):
                      f"{jit_compile!r}.")
   env = os.environ.get(JIT_ENV, "auto").strip().lower()
   if env not in _ENV_VALUES:
-    raise ValueError(f"{JIT_ENV} must be auto, 0 or 1, got {env!r}.")
+    raise ValueError(f"{JIT_ENV} must be auto, 0 (or false) or 1 (or true), "
+                     f"got {env!r}.")
   if _ENV_VALUES[env] != "auto":
     return _ENV_VALUES[env]
   if device != "CPU":

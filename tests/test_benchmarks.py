@@ -1,0 +1,34 @@
+"""The benchmark's run summaries (no timing: synthetic rows)."""
+
+import pytest
+
+from benchmarks import user_path
+
+
+def _run(ms, nfe):
+  rows = [{"step": i, "wall_ms": m, "nfe_fwd": f, "nfe_bwd": b}
+          for i, (m, (f, b)) in enumerate(zip(ms, nfe))]
+  return {"rows": rows}
+
+
+def test_run_windows_split_the_run_after_its_first_step():
+  # 9 steps: step 0 (tracing) is left out, steps 1-8 make 4 windows of 2.
+  ours = _run([900, 1, 3, 2, 2, 4, 6, 10, 10], [(20, 7)] * 6 + [(26, 13)] * 3)
+  tfp = _run([999, 4, 4, 4, 4, 8, 8, 20, 20], [(25, 26)] * 9)
+  windows = user_path.run_windows({"ours": ours, "tfp": tfp}, parts=4)
+  assert [w["steps"] for w in windows] == [[1, 2], [3, 4], [5, 6], [7, 8]]
+  assert [w["ours"]["step_ms"] for w in windows] == [2, 2, 5, 10]
+  assert [w["ours"]["total_s"] for w in windows] == pytest.approx(
+      [0.004, 0.004, 0.010, 0.020])
+  assert [w["ours"]["time_vs_tfp"] for w in windows] == pytest.approx(
+      [0.5, 0.5, 10 / 16, 0.5])
+  assert windows[2]["ours"]["nfe"] == [23, 10]  # medians of (20,7), (26,13)
+  assert all(w["tfp"]["time_vs_tfp"] == 1 for w in windows)
+  table = user_path.format_windows({"ours": ours, "tfp": tfp}, parts=4)
+  assert "| 5-6 | ours | 5 | 0 | 0.62 | 23+10 |" in table
+
+
+def test_run_windows_use_the_shorter_run():
+  a = _run([1] * 9, [(1, 1)] * 9)
+  b = _run([1] * 5, [(1, 1)] * 5)
+  assert user_path.run_windows({"a": a, "b": b}, parts=2)[-1]["steps"] == [3, 4]
