@@ -103,7 +103,7 @@ def test_end_time_gets_its_gradient():
   assert float(g) == pytest.approx(expected, rel=1e-3)
 
 
-@pytest.mark.parametrize("gradient", ["adjoint", "backprop"])
+@pytest.mark.parametrize("gradient", ["adjoint", "interpolated", "backprop"])
 def test_parameter_gradients_match_closed_form(gradient):
   # f = W x: ildj = T Tr(W), so d ildj / dW = T I (on any grid: each
   # stage's trace is Tr(W)).
@@ -209,6 +209,7 @@ def test_integer_input_is_rejected():
     (dict(jit_compile="sometimes"), "jit_compile"),
     (dict(solver=tfp.math.ode.DormandPrince(), gradient="backprop"),
      "backprop"),
+    (dict(solver="rk4", gradient="interpolated"), "interpolated"),
 ])
 def test_bad_options_are_rejected(kwargs, error):
   with pytest.raises(ValueError, match=error):

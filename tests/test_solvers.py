@@ -11,7 +11,9 @@ import tensorflow_probability as tfp
 from tf_ffjord import FFJORD
 from tf_ffjord import solvers
 from tf_ffjord.solvers import (STATUS, AdaptiveStepSize, BacksolveAdjoint,
-                               Backprop, ConstantStepSize, make_solver, solve)
+                               Backprop, ConstantStepSize, InterpolatedAdjoint,
+                               make_solver, solve, tableaux)
+from tf_ffjord.solvers.step_size import integrate_adaptive
 
 A = np.array([[-0.5, 2.0], [-2.0, -0.3]])  # a decaying rotation
 
@@ -190,7 +192,7 @@ def test_adjoint_and_backprop_gradients_match_finite_differences(jit):
 
   grads = {}
   for adjoint in (BacksolveAdjoint(), BacksolveAdjoint(seminorm=False),
-                  Backprop()):
+                  InterpolatedAdjoint(), Backprop()):
     with tf.GradientTape() as tape:
       tape.watch([y0, c])
       v = value(y0, c, adjoint)
@@ -252,6 +254,77 @@ def test_adjoint_gradients_match_closed_form(outer_jit, inner_jit):
   back = int(nfe_back.numpy())
   assert back > 1 and (back - 1) % 6 == 0
   assert int(nfe) > 2 and (int(nfe) - 2) % 6 == 0
+
+
+def test_dopri5_midpoint_weights_are_4th_order():
+  # One step of y' = y: the midpoint value's error falls like h^5.
+  errors = []
+  for h in (0.4, 0.2, 0.1):
+    y0 = [tf.constant(1.0, tf.float64)]
+    _, ks, _ = tableaux.rk_step(lambda t, y: y, tableaux.DOPRI5,
+                                tf.constant(0.0, tf.float64), y0,
+                                tf.constant(h, tf.float64))
+    mid = tableaux.combine(y0, h, tableaux.DOPRI5.b_mid, ks)[0]
+    errors.append(abs(float(mid) - np.exp(h / 2)))
+  assert errors[0] / errors[1] > 16 and errors[1] / errors[2] > 24
+
+
+@pytest.mark.parametrize("direction", [1.0, -1.0])
+def test_dense_output_follows_the_solution_between_steps(direction):
+  fn = _linear()
+  y0 = tf.constant([1.0, 0.5], tf.float64)
+  t1 = 3.0 * direction
+  y1, _, status, _, dense = integrate_adaptive(
+      lambda t, y: [fn(t, y[0])], tf.constant(0.0, tf.float64),
+      tf.constant(t1, tf.float64), [y0], tableaux.DOPRI5,
+      AdaptiveStepSize(rtol=1e-6, atol=1e-6), record=True)
+  assert int(status) == 0
+  starts, spans = dense.starts.numpy(), dense.spans.numpy()
+  assert len(starts) > 3 and starts[0] == 0
+  np.testing.assert_allclose(starts[1:], np.cumsum(spans)[:-1])
+  assert np.cumsum(spans)[-1] == pytest.approx(3.0)
+  for tau in np.linspace(0.0, 3.0, 41):
+    exact = scipy.linalg.expm(A * tau * direction) @ y0.numpy()
+    np.testing.assert_allclose(dense(tf.constant(tau, tf.float64))[0], exact,
+                               atol=2e-5)
+  np.testing.assert_allclose(dense(tf.constant(3.0, tf.float64))[0], y1[0],
+                             atol=1e-12)
+
+
+def test_interpolated_adjoint_controls_the_adjoint_only():
+  # A fast oscillator the loss ignores: the backsolve adjoint must follow it
+  # back to the tolerance, the interpolated one only the slow decay.
+  w = tf.Variable(0.8, dtype=tf.float64)
+  fast = tf.constant([[0.0, 40.0], [-40.0, 0.0]], tf.float64)
+
+  def fn(t, y):
+    return [-w * y[0], tf.linalg.matvec(fast, y[1])]
+
+  y0 = [tf.constant([1.0, 2.0], tf.float64), tf.constant([1.0, 0.0], tf.float64)]
+  out = {}
+  for adjoint in (BacksolveAdjoint, InterpolatedAdjoint):
+    nfe = tf.Variable(0)
+
+    @tf.function
+    def grad(y0, adjoint=adjoint, nfe=nfe):
+      with tf.GradientTape() as tape:
+        tape.watch(y0)
+        r = solve(fn, y0, 0.0, 1.0, adjoint=adjoint(on_backward_nfe=nfe.assign),
+                  **_dopri(1e-6))
+        v = tf.reduce_sum(r.state[0])
+      return tape.gradient(v, [y0[0], w])
+
+    g_y0, g_w = grad(y0)
+    out[adjoint] = int(nfe.numpy())
+    np.testing.assert_allclose(g_y0, [np.exp(-0.8)] * 2, rtol=1e-5)
+    np.testing.assert_allclose(g_w, -3.0 * np.exp(-0.8), rtol=1e-5)
+  assert out[InterpolatedAdjoint] * 3 < out[BacksolveAdjoint]
+
+
+def test_interpolated_adjoint_needs_adaptive_steps():
+  with pytest.raises(ValueError, match="adaptive"):
+    solve(lambda t, y: -y, tf.ones([2]), 0.0, 1.0, method="rk4",
+          adjoint=InterpolatedAdjoint())
 
 
 def test_fixed_grid_adjoint_and_backprop_agree():
