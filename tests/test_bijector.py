@@ -202,6 +202,24 @@ def test_integer_input_is_rejected():
     bij.solve(tf.zeros([2, 2], tf.int32))
 
 
+def test_auto_gradient_picks_the_adjoint_per_solve():
+  from tf_ffjord.solvers import BacksolveAdjoint, InterpolatedAdjoint  # pylint: disable=g-import-not-at-top
+  bij = FFJORD(linear(A))  # dopri5, gradient="auto"
+  assert isinstance(bij._adjoint_for(False), InterpolatedAdjoint)
+  assert isinstance(bij._adjoint_for(True), BacksolveAdjoint)  # compiled loop
+  seen = []
+
+  @tf.function(jit_compile=True)
+  def inside_xla():
+    seen.append(bij._adjoint_for(False))
+    return tf.constant(0)
+
+  inside_xla()
+  assert isinstance(seen[0], BacksolveAdjoint)  # its record cannot compile
+  explicit = FFJORD(linear(A), gradient="adjoint")
+  assert isinstance(explicit._adjoint_for(False), BacksolveAdjoint)
+
+
 @pytest.mark.parametrize("kwargs,error", [
     (dict(trace="diag"), "trace"), (dict(noise="uniform"), "noise"),
     (dict(solver="rk45"), "solver"), (dict(time_length=-1.0), "time_length"),

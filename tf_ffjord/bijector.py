@@ -73,7 +73,9 @@ class FFJORD(tfb.Bijector):
       the adjoint only and takes fewer steps; a few state-sized tensors per
       forward step, and the forward loop runs without XLA; `"dopri5"`
       only), `"backprop"` (through the solver's operations), or `"auto"`:
-      backprop for fixed-grid solvers, adjoint for adaptive ones.
+      backprop for fixed-grid solvers; for adaptive ones, per solve, the
+      interpolated adjoint where the forward loop runs without XLA and no
+      XLA compile surrounds the solve, else the adjoint.
       A `tfp.math.ode.Solver` always uses TFP's adjoint.
     jit_compile: `True`, `False` or `"auto"`: whether the forward integration
       loop and the adjoint's backward loop run as XLA-compiled functions
@@ -164,6 +166,8 @@ class FFJORD(tfb.Bijector):
           solver, rtol=rtol, atol=atol, max_num_steps=max_num_steps,
           step_size=step_size)
       ours = isinstance(self._solver, solvers.Solver)
+      # "auto" on adaptive steps picks the adjoint per solve (see `_adjoint_for`).
+      self._auto_adjoint = gradient == "auto" and ours and self._solver.adaptive
       if gradient == "auto":
         gradient = ("adjoint" if not ours or self._solver.adaptive
                     else "backprop")
@@ -190,6 +194,7 @@ class FFJORD(tfb.Bijector):
           "adjoint": solvers.BacksolveAdjoint(on_backward_nfe=report),
           "interpolated": solvers.InterpolatedAdjoint(on_backward_nfe=report),
       }.get(gradient, solvers.Backprop())
+      self._interpolated = solvers.InterpolatedAdjoint(on_backward_nfe=report)
       super().__init__(forward_min_event_ndims=self._event_ndims,
                        is_constant_jacobian=False,
                        validate_args=validate_args, parameters=parameters,
@@ -394,7 +399,7 @@ class FFJORD(tfb.Bijector):
       xla = self._use_xla(y0, context)
       result = solvers.solve(
           ode_fn, state0, 0.0, 1.0, constants=constants, method=method,
-          controller=controller, adjoint=self._adjoint,
+          controller=controller, adjoint=self._adjoint_for(xla),
           jit_compile=xla,
           jit_compile_backward=xla and not divergence.uses_pfor(
               self._trace, y0.shape[1:].num_elements()))
@@ -415,6 +420,18 @@ class FFJORD(tfb.Bijector):
         regularization={r: tf.reshape(v, batch_shape)
                         for r, v in zip(regularizers, final[2:])},
         nfe=result.nfe)
+
+  def _adjoint_for(self, xla):
+    """The adjoint of one solve.
+
+    Under `gradient="auto"` with adaptive steps: the interpolated adjoint
+    where the forward loop runs plain and no XLA compile surrounds it (its
+    backward solve takes fewer steps; its recording loop cannot be
+    compiled), else the backsolve adjoint.
+    """
+    if self._auto_adjoint and not xla and not solvers.xla.in_xla_context():
+      return self._interpolated
+    return self._adjoint
 
   def _use_xla(self, y0, context):
     """Resolves `jit_compile` for this solve (see `solvers.use_xla`)."""
