@@ -41,6 +41,26 @@ def check_status(status, tensors, what, max_num_steps=None):
     return [tf.identity(t) for t in tensors]
 
 
+def _dynamics_vjp(fn, t, y, cs, train, a):
+  """`(f, a^T df/d[y, cs, train])`: the dynamics and their VJP, both adjoints' unit of work."""
+  with tf.GradientTape(watch_accessed_variables=False) as tape:
+    tape.watch(y)
+    tape.watch(cs)
+    for v in train:
+      tape.watch(v)
+    f = fn(t, y, cs)
+  return f, tape.gradient(f, y + cs + train, output_gradients=a,
+                          unconnected_gradients="zero")
+
+
+def _with_variable_grads(grads, params, variables):
+  """The custom gradient's return: `grads`, and one per variable if any."""
+  if not variables:
+    return grads
+  it = iter(params)
+  return grads, [next(it) if v.dtype.is_floating else None for v in variables]
+
+
 @dataclasses.dataclass(frozen=True)
 class Backprop:
   """Differentiates through the solver's own operations.
@@ -119,14 +139,7 @@ class BacksolveAdjoint:
 
         def aug_fn(t, aug, cs):
           y, a = aug[:n_y], aug[n_y:2 * n_y]
-          with tf.GradientTape(watch_accessed_variables=False) as tape:
-            tape.watch(y)
-            tape.watch(cs)
-            for v in train:
-              tape.watch(v)
-            f = fn(t, y, cs)
-          g = tape.gradient(f, y + cs + train, output_gradients=a,
-                            unconnected_gradients="zero")
+          f, g = _dynamics_vjp(fn, t, y, cs, train, a)
           return f + [-gi for gi in g]
 
         aug0 = (y1 + dy + [tf.zeros_like(c) for c in cs]
@@ -144,12 +157,8 @@ class BacksolveAdjoint:
           # tf.function's automatic control dependencies run this stateful
           # call, ordered before later reads of the same variable.
           self.on_backward_nfe(bnfe)
-        grads = out[n_y:2 * n_y] + out[2 * n_y:2 * n_y + n_c]
-        if not variables:
-          return grads
-        it = iter(out[2 * n_y + n_c:])
-        return grads, [next(it) if v.dtype.is_floating else None
-                       for v in variables]
+        return _with_variable_grads(out[n_y:2 * n_y + n_c],
+                                    out[2 * n_y + n_c:], variables)
 
       return y1 + [nfe, status, h_last], grad_fn
 
@@ -212,14 +221,7 @@ class InterpolatedAdjoint:
         def aug_fn(t, aug, consts):
           cs, rec = consts[:n_c], consts[n_c:]
           y = dense.from_tensors(rec)(tf.abs(t - t0))
-          with tf.GradientTape(watch_accessed_variables=False) as tape:
-            tape.watch(y)
-            tape.watch(cs)
-            for v in train:
-              tape.watch(v)
-            f = fn(t, y, cs)
-          g = tape.gradient(f, y + cs + train, output_gradients=aug[:n_y],
-                            unconnected_gradients="zero")
+          _, g = _dynamics_vjp(fn, t, y, cs, train, aug[:n_y])
           return [-gi for gi in g]
 
         aug0 = (dy + [tf.zeros_like(c) for c in cs]
@@ -233,12 +235,8 @@ class InterpolatedAdjoint:
                            back.max_num_steps)
         if self.on_backward_nfe is not None:
           self.on_backward_nfe(bnfe)
-        grads = out[:n_y + n_c]
-        if not variables:
-          return grads
-        it = iter(out[n_y + n_c:])
-        return grads, [next(it) if v.dtype.is_floating else None
-                       for v in variables]
+        return _with_variable_grads(out[:n_y + n_c], out[n_y + n_c:],
+                                    variables)
 
       return y1 + [nfe, status, h_last], grad_fn
 
