@@ -87,7 +87,9 @@ def bsds300_patches(path, n_train=1_000_000, n_val=50_000, n_test=250_000,
   Args:
     path: the npz file, or a directory containing `bsds300_gray.npz`; keys
       `train_<id>` and `test_<id>`, each a 2-D uint8 image.
-    n_train, n_val, n_test: numbers of patches.
+    n_train: number of training patches.
+    n_val: number of validation patches.
+    n_test: number of test patches.
     seed: seed of the patch positions and the dequantization noise.
 
   Returns:
