@@ -53,6 +53,11 @@ def test_nodes_are_row_sums_and_order_conditions_hold(name):
                                err_msg=f"{name} order {order}")
   if tab.order < 5:  # the claimed order is the order: the next one fails
     assert np.max(np.abs(res[tab.order + 1])) > 1e-3
+  if tab.b_mid is not None:  # a 4th-order value at the step's midpoint
+    # As a step of h / 2: weights 2 b_mid, stages at 2 c with 2 a.
+    res = _order_conditions(np.array(tab.b_mid) * 2, a * 2, c * 2)
+    for order in range(1, 5):
+      np.testing.assert_allclose(res[order], 0.0, atol=1e-12)
   if tab.embedded:  # the embedded solution: one order lower, and not more
     emb = _order_conditions(np.array(tab.b) - np.array(tab.b_error), a, c)
     for order in range(1, tab.order):
@@ -92,6 +97,31 @@ def test_adaptive_solves_of_linear_dynamics_match_expm(name, tol):
   # FSAL: one evaluation at t0, one for the first step, then stages - 1.
   stages = solvers.METHODS[name].stages
   assert (int(r.nfe) - 2) % (stages - 1) == 0
+
+
+@pytest.mark.parametrize("name", ["dopri5", "tsit5"])
+def test_dense_output_between_steps_and_the_interpolated_adjoint(name):
+  from tf_ffjord.solvers.step_size import integrate_adaptive  # pylint: disable=g-import-not-at-top
+  a = tf.constant(A)
+  fn = lambda t, y: [tf.linalg.matvec(a, y[0])]
+  y0 = tf.constant([1.0, 0.5], tf.float64)
+  _, _, status, _, dense = integrate_adaptive(
+      fn, tf.constant(0.0, tf.float64), tf.constant(3.0, tf.float64), [y0],
+      solvers.METHODS[name], AdaptiveStepSize(rtol=1e-6, atol=1e-6),
+      record=True)
+  assert int(status) == 0 and len(dense.starts.numpy()) > 3
+  for tau in np.linspace(0.0, 3.0, 31):
+    np.testing.assert_allclose(dense(tf.constant(tau, tf.float64))[0],
+                               scipy.linalg.expm(A * tau) @ y0.numpy(),
+                               atol=2e-5)
+  with tf.GradientTape() as tape:
+    tape.watch(y0)
+    r = solve(lambda t, y: tf.linalg.matvec(a, y), y0, 0.0, 1.0, method=name,
+              adjoint=InterpolatedAdjoint(),
+              controller=AdaptiveStepSize(rtol=1e-8, atol=1e-8))
+    v = tf.reduce_sum(r.state)
+  np.testing.assert_allclose(tape.gradient(v, y0),
+                             scipy.linalg.expm(A).T @ np.ones(2), rtol=1e-6)
 
 
 def test_a_user_method_without_fsal_takes_adaptive_steps():
@@ -183,11 +213,13 @@ def test_adjoint_follows_from_the_solver_object():
   dopri, tsit = make_solver("dopri5"), make_solver("tsit5")
   assert choose_adjoint(dopri, "auto") is InterpolatedAdjoint
   assert choose_adjoint(dopri, "auto", xla_loop=True) is BacksolveAdjoint
-  assert choose_adjoint(tsit, "auto") is BacksolveAdjoint  # no dense output
+  assert choose_adjoint(tsit, "auto") is InterpolatedAdjoint
+  bosh = make_solver("bosh3")
+  assert choose_adjoint(bosh, "auto") is BacksolveAdjoint  # no dense output
   assert choose_adjoint(make_solver("rk4"), "auto") is Backprop
   assert choose_adjoint(make_solver("bdf"), "auto") is None
-  with pytest.raises(ValueError, match="dense output.*'tsit5'"):
-    choose_adjoint(tsit, "interpolated")
+  with pytest.raises(ValueError, match="dense output.*'bosh3'"):
+    choose_adjoint(bosh, "interpolated")
   with pytest.raises(ValueError, match="interpolated"):
     FFJORD(lambda t, x: -x, solver="bosh3", gradient="interpolated")
   with pytest.raises(ValueError, match="backprop"):

@@ -143,7 +143,8 @@ class InterpolatedAdjoint:
   The backward solve integrates only the adjoint a = dL/dy and the
   parameter adjoints from t1 back to t0; the state y(t) at which it
   evaluates the dynamics comes from the forward solve's dense output
-  (dopri5's continuous extension, `dense_output.py`) instead of being solved
+  (the continuous extension of a method with `b_mid`, e.g. dopri5,
+  `dense_output.py`) instead of being solved
   backwards alongside. Step control then covers a alone: the backward solve
   no longer has to follow the state to the tolerance a second time, and
   its steps stay few while those of `BacksolveAdjoint` grow with the
@@ -170,7 +171,7 @@ class InterpolatedAdjoint:
   def __call__(self, run, fn, t0, t1, ys, cs, controller):
     """Runs the forward solve under a custom gradient; see `BacksolveAdjoint`."""
     if isinstance(controller, ConstantStepSize):
-      raise ValueError("InterpolatedAdjoint needs adaptive steps (dopri5); "
+      raise ValueError("InterpolatedAdjoint needs adaptive steps (e.g. dopri5); "
                        "fixed grids are differentiated best by Backprop().")
     n_y, n_c = len(ys), len(cs)
 

@@ -41,7 +41,7 @@ class Solver(collections.namedtuple("Solver", ["method", "controller"])):
 
   >>> s = Solver(tableaux.TSIT5, AdaptiveStepSize(rtol=1e-6, atol=1e-6))
   >>> s.adaptive, s.dense_output
-  (True, False)
+  (True, True)
   >>> Solver("rk4", ConstantStepSize(8)).controller.num_steps
   8
   """
@@ -169,7 +169,7 @@ def choose_adjoint(solver, gradient="auto", xla_loop=False):
 
   >>> choose_adjoint(make_solver("rk4")).__name__
   'Backprop'
-  >>> choose_adjoint(make_solver("tsit5")).__name__
+  >>> choose_adjoint(make_solver("bosh3")).__name__
   'BacksolveAdjoint'
   """
   if gradient not in GRADIENTS:

@@ -182,7 +182,13 @@ TSIT5 = Tableau(
     b_error=(-0.00178001105222577714, -0.0008164344596567469,
              0.007880878010261995, -0.1447110071732629, 0.5823571654525552,
              -0.45808210592918697, 1 / 66),
-    order=5)
+    order=5,
+    # A 4th-order midpoint value: the minimum-norm solution of the order
+    # conditions of the trees up to order 4 at theta = 1/2 (one of a line
+    # of solutions; tests/test_tableaux.py checks its order).
+    b_mid=(0.1114257489207335, 0.013197067390739337, 0.3778399896729754,
+           -0.018471772229543715, 0.003142799070462657, 0.01577833690799852,
+           -0.0029121697333655146))
 
 METHODS = {m.name: m for m in (EULER, MIDPOINT, RK4, BOSH3, DOPRI5, TSIT5)}
 
