@@ -2,6 +2,7 @@
 
 from tf_ffjord import datasets
 from tf_ffjord.bijector import FFJORD, Solution
+from tf_ffjord.divergence import Exact, Hutchinson, TraceEstimator
 from tf_ffjord.conv import ConvODENet
 from tf_ffjord.dynamics import ODENet
 from tf_ffjord.end_time import EndTime
@@ -10,12 +11,13 @@ from tf_ffjord.model import FlowModel
 from tf_ffjord.models import FFJORDModel, ImageFlow
 from tf_ffjord.multiscale import ODENVP
 from tf_ffjord.objectives import FlowMatching, MaximumLikelihood
-from tf_ffjord.solvers import make_solver
+from tf_ffjord.solvers import Solver, Tableau, make_solver
 
 __all__ = [
     "FFJORD", "Solution", "EndTime", "ODENet", "ConvODENet", "FlowModel",
     "FFJORDModel", "ImageFlow", "MaximumLikelihood", "FlowMatching",
     "LogitTransform", "Squeeze", "ODENVP", "dequantize", "bits_per_dim",
-    "make_solver", "datasets",
+    "make_solver", "Solver", "Tableau", "TraceEstimator", "Exact",
+    "Hutchinson", "datasets",
 ]
 __version__ = "0.2.0"

@@ -1,34 +1,25 @@
 """`FFJORD`: a continuous normalizing flow as a `tfp.bijectors.Bijector`."""
 
-import collections
 import dataclasses
 
 import keras
 import tensorflow as tf
 import tensorflow_probability as tfp
-from tensorflow_probability.python.internal import cache_util
 
+from tf_ffjord import _internal_apis
+from tf_ffjord import augmented
 from tf_ffjord import divergence
-from tf_ffjord.end_time import EndTime
+from tf_ffjord import end_time
 from tf_ffjord import regularizers as regs
 from tf_ffjord import solvers
+from tf_ffjord import tracking
+from tf_ffjord.augmented import Solution
 
 __all__ = ["FFJORD", "Solution"]
 
 tfb = tfp.bijectors
 
-Solution = collections.namedtuple(
-    "Solution", ["state", "log_det", "regularization", "nfe"])
-Solution.__doc__ = """Result of one FFJORD solve.
-
-Fields:
-  state: the end state, shaped like the input.
-  log_det: log |det d state / d input|, one value per example.
-  regularization: dict name -> integral of the regularizer, per example.
-  nfe: dynamics evaluations of this solve (int32 scalar).
-"""
-
-GRADIENTS = ("auto", "adjoint", "interpolated", "backprop")
+GRADIENTS = solvers.GRADIENTS
 
 
 class FFJORD(tfb.Bijector):
@@ -58,34 +49,35 @@ class FFJORD(tfb.Bijector):
       `parameters` carry that `EndTime` itself, so copies share the
       learned value.
     initial_time: t0, the time of the data end.
-    trace: `"hutchinson"` or `"exact"`.
-    noise: Hutchinson probe, `"rademacher"` or `"gaussian"`.
-    solver: `"dopri5"`, `"bdf"`, `"rk4"`, `"midpoint"`, `"euler"`, or a
-      `tfp.math.ode.Solver` instance (solved through its public `solve`,
-      differentiated by TFP's adjoint).
-    rtol: relative tolerance (adaptive solvers).
-    atol: absolute tolerance (adaptive solvers).
-    max_num_steps: step limit of adaptive solvers; exceeding it raises.
-    step_size: step of the fixed-grid solvers on the unit interval.
-    gradient: `"adjoint"` (the seminorm adjoint: memory constant in the
-      number of steps), `"interpolated"` (an adjoint that reads the state
-      from the forward solve's dense output, so its backward solve controls
-      the adjoint only and takes fewer steps; a few state-sized tensors per
-      forward step, and the forward loop runs without XLA; `"dopri5"`
-      only), `"backprop"` (through the solver's operations), or `"auto"`:
-      backprop for fixed-grid solvers; for adaptive ones, per solve, the
-      interpolated adjoint where the forward loop runs without XLA and no
-      XLA compile surrounds the solve, else the adjoint.
-      A `tfp.math.ode.Solver` always uses TFP's adjoint.
-    jit_compile: `True`, `False` or `"auto"`: whether the forward integration
-      loop and the adjoint's backward loop run as XLA-compiled functions
-      inside whatever graph calls the bijector (so a plain `tf.function`
-      around `log_prob` gets XLA; the backward loop of an exact trace over
-      more than 16 dimensions runs plain, see `divergence.exact`). `"auto"`
-      decides per solve
-      with `tf_ffjord.solvers.use_xla`: on for GPUs; on CPU on for dense
-      dynamics whose weights x batch is small, off for convolutional ones
-      (see its docstring for the measurements).
+    trace: a `divergence.TraceEstimator` (`Exact()`, `Hutchinson(noise,
+      probes)` or your own subclass), or a name: `"hutchinson"` (with
+      `noise`) or `"exact"`.
+    noise: Hutchinson probe of the name `"hutchinson"`, `"rademacher"` or
+      `"gaussian"`.
+    solver: a name (`"dopri5"`, `"tsit5"`, `"bosh3"`, `"bdf"`, `"rk4"`,
+      `"midpoint"`, `"euler"`), a `solvers.Tableau` (your own method), a
+      `solvers.Solver(method, controller)`, or a `tfp.math.ode.Solver`
+      instance (solved through its public `solve`, differentiated by TFP's
+      adjoint). See `solvers.make_solver`.
+    rtol: relative tolerance of a named (or bare `Tableau`) adaptive solver.
+    atol: absolute tolerance, likewise.
+    max_num_steps: step limit, likewise; exceeding it raises.
+    step_size: step of a named fixed-grid solver on the unit interval.
+      These four loose options apply to names and bare tableaux only: a
+      solver object carries its own controller.
+    gradient: `"adjoint"` (the seminorm adjoint, memory constant in the
+      number of steps), `"interpolated"` (reads the state from the forward
+      solve's dense output: fewer backward steps, a few state-sized tensors
+      per forward step, no XLA on the forward loop; adaptive methods with
+      `b_mid`, e.g. dopri5), `"backprop"`, or `"auto"`, decided per solve
+      by `solvers.choose_adjoint`. A `tfp.math.ode.Solver` always uses TFP's
+      adjoint.
+    jit_compile: `True`, `False` or `"auto"`: whether the forward and the
+      adjoint's backward integration loops run XLA-compiled inside whatever
+      graph calls the bijector (so a plain `tf.function` around `log_prob`
+      gets XLA; not the backward loop of an estimator that `uses_pfor`).
+      `"auto"` decides per solve by `solvers.use_xla`: on for GPUs; on CPU
+      for dense dynamics whose weights x batch is small, off for conv ones.
     event_ndims: number of event dimensions (1 for vectors, 3 for images).
     validate_args: passed to `tfb.Bijector`.
     name: name scope.
@@ -123,7 +115,7 @@ class FFJORD(tfb.Bijector):
 
   # One solve gives both the state and its log-det; the greedy cache stores
   # the log-det next to the state, so log_prob costs a single solve.
-  _cache = cache_util.BijectorCacheWithGreedyAttrs(
+  _cache = _internal_apis.greedy_bijector_cache(
       forward_name="_augmented_forward", inverse_name="_augmented_inverse")
 
   def __init__(self, dynamics, time_length=1.0, train_time=False,
@@ -134,51 +126,22 @@ class FFJORD(tfb.Bijector):
     parameters = dict(locals())
     if not callable(dynamics):
       raise TypeError("dynamics must be callable as f(t, z[, context]).")
-    if trace not in divergence.TRACES:
-      raise ValueError(f"Unknown trace {trace!r}; expected one of "
-                       f"{divergence.TRACES}.")
-    if noise not in divergence.NOISES:
-      raise ValueError(f"Unknown noise {noise!r}; expected one of "
-                       f"{divergence.NOISES}.")
-    if gradient not in GRADIENTS:
-      raise ValueError(f"Unknown gradient {gradient!r}; expected one of "
-                       f"{GRADIENTS}.")
+    estimator = divergence.make_estimator(trace, noise)
+    solver = solvers.make_solver(
+        solver, rtol=rtol, atol=atol, max_num_steps=max_num_steps,
+        step_size=step_size)
+    solvers.choose_adjoint(solver, gradient)  # validates the pair
     solvers.use_xla(jit_compile, 0, 1)  # validates the option
-    if isinstance(time_length, (int, float)) and not time_length > 0:
-      raise ValueError(f"time_length must be positive, got {time_length}.")
-    if train_time and not isinstance(time_length, (int, float, EndTime)):
-      raise ValueError(
-          "train_time=True learns a float time_length (or takes an EndTime); "
-          f"got {type(time_length).__name__}. Pass a float, or pass your own "
-          "trainable variable with train_time=False.")
     with tf.name_scope(name) as scope:
       self._dynamics = dynamics
-      if train_time and isinstance(time_length, (int, float)):
-        time_length = EndTime(float(time_length), name=f"{name}_end_time")
-        # Copies rebuild from `parameters`: give them the variable, not the
-        # float it started from.
-        parameters["time_length"] = time_length
-      self._time_length = time_length
+      # Copies rebuild from `parameters`: give them a learned T itself, not
+      # the float it started from.
+      self._time_length = parameters["time_length"] = end_time.resolve(
+          time_length, train_time, name=f"{name}_end_time")
       self._initial_time = float(initial_time)
-      self._trace = trace
-      self._noise = noise
-      self._solver = solvers.make_solver(
-          solver, rtol=rtol, atol=atol, max_num_steps=max_num_steps,
-          step_size=step_size)
-      ours = isinstance(self._solver, solvers.Solver)
-      # "auto" on adaptive steps picks the adjoint per solve (see `_adjoint_for`).
-      self._auto_adjoint = gradient == "auto" and ours and self._solver.adaptive
-      if gradient == "auto":
-        gradient = ("adjoint" if not ours or self._solver.adaptive
-                    else "backprop")
-      if gradient == "backprop" and not ours:
-        raise ValueError("gradient='backprop' needs one of tf_ffjord's "
-                         "solvers; a tfp.math.ode.Solver differentiates by "
-                         "its own adjoint (use gradient='adjoint').")
-      if gradient == "interpolated" and not (ours and self._solver.adaptive):
-        raise ValueError("gradient='interpolated' needs solver='dopri5' (it "
-                         "reads the state from dopri5's dense output).")
-      self._gradient = gradient
+      self._trace = estimator
+      self._solver = solver
+      self._requested_gradient = gradient
       self._jit_compile = jit_compile
       self._event_ndims = int(event_ndims)
       # The backward NFE of the last gradient: the adjoint's custom gradient
@@ -190,11 +153,11 @@ class FFJORD(tfb.Bijector):
             synchronization=tf.VariableSynchronization.ON_READ,
             aggregation=tf.VariableAggregation.ONLY_FIRST_REPLICA)
       report = self._nfe_backward.assign
-      self._adjoint = {
-          "adjoint": solvers.BacksolveAdjoint(on_backward_nfe=report),
-          "interpolated": solvers.InterpolatedAdjoint(on_backward_nfe=report),
-      }.get(gradient, solvers.Backprop())
-      self._interpolated = solvers.InterpolatedAdjoint(on_backward_nfe=report)
+      # One instance per adjoint class, built once (choose_adjoint picks).
+      # (keyed by class name: tf.Module's variable search sorts the keys).
+      self._adjoints = {cls.__name__: cls(on_backward_nfe=report) for cls in (
+          solvers.BacksolveAdjoint, solvers.InterpolatedAdjoint)}
+      self._adjoints["Backprop"] = solvers.Backprop()
       super().__init__(forward_min_event_ndims=self._event_ndims,
                        is_constant_jacobian=False,
                        validate_args=validate_args, parameters=parameters,
@@ -222,37 +185,17 @@ class FFJORD(tfb.Bijector):
   def _expose_variables(self):
     """Puts the Keras weights where `tf.Module` variable tracking looks.
 
-    `tf.Module` collects variables by walking instance attributes, and a
-    Keras 3 layer is neither a `tf.Module` nor a `tf.Variable`: without this,
-    `TransformedDistribution(base, FFJORD(keras_net)).trainable_variables`
-    is empty and TFP's canonical training loop silently trains nothing. The
-    list holds each Keras weight's backing `tf.Variable`; the weights of a
-    frozen (`trainable=False`) Keras layer are left out, since their backing
-    variables still say trainable. Runs at construction and after every
-    solve, which builds lazily-built dynamics.
+    Runs at construction and whenever a solve may have built the dynamics.
+    object.__setattr__ skips tf.Module's checkpoint tracking: checkpoints
+    already hold these weights through the Keras layers themselves.
     """
-    found = []
-    for layer in self.keras_layers:
-      frozen = {id(w) for w in layer.non_trainable_weights}
-      for w in layer.weights:
-        var = w.value
-        if not isinstance(var, tf.Variable):
-          continue
-        if id(w) in frozen and var.trainable:
-          continue
-        found.append(var)
-    # object.__setattr__ skips tf.Module's checkpoint tracking: checkpoints
-    # already hold these weights through the Keras layers themselves.
-    object.__setattr__(self, "_keras_variables", found)
+    object.__setattr__(self, "_keras_variables",
+                       tracking.backing_variables(self.keras_layers))
 
   @property
   def time_length(self):
     """The end time T as a tensor."""
-    if isinstance(self._time_length, EndTime):
-      return self._time_length.length
-    if callable(self._time_length):
-      return tf.convert_to_tensor(self._time_length())
-    return tf.convert_to_tensor(self._time_length)
+    return end_time.as_tensor(self._time_length)
 
   @property
   def initial_time(self):
@@ -261,6 +204,7 @@ class FFJORD(tfb.Bijector):
 
   @property
   def trace(self):
+    """The trace estimator (a `divergence.TraceEstimator`; it equals its name)."""
     return self._trace
 
   @property
@@ -269,8 +213,15 @@ class FFJORD(tfb.Bijector):
 
   @property
   def gradient(self):
-    """How gradients are computed: `"adjoint"`, `"interpolated"` or `"backprop"`."""
-    return self._gradient
+    """How gradients are computed: `"adjoint"`, `"interpolated"` or `"backprop"`.
+
+    Under `"auto"` an adaptive solve may still take the interpolated adjoint
+    per solve (see `solvers.choose_adjoint`); this names the fallback.
+    """
+    if self._requested_gradient != "auto":
+      return self._requested_gradient
+    adjoint = solvers.choose_adjoint(self._solver, "auto", xla_loop=True)
+    return "backprop" if adjoint is solvers.Backprop else "adjoint"
 
   @property
   def nfe_backward(self):
@@ -300,12 +251,17 @@ class FFJORD(tfb.Bijector):
             regularizers=()):
     """Integrates the flow once and returns a `Solution`.
 
+    The steps: check the input, flatten it to `[batch, *event]`, build the
+    dynamics for its event shape (`_build_dynamics`), set up the augmented
+    ODE (`augmented.AugmentedODE`: state, log-det, regularizer integrals),
+    integrate it (`_integrate`), and reshape the end state back.
+
     Args:
       x: `[*batch, *event]` start state: data for `"inverse"`, base samples
         for `"forward"`.
       direction: `"inverse"` (data -> base, t: t0 -> t0 + T) or `"forward"`.
       context: optional conditioning tensor, passed to the dynamics.
-      seed: optional stateless seed of the Hutchinson probe.
+      seed: optional stateless seed of the trace estimator's noise.
       regularizers: names from `tf_ffjord.regularizers.REGULARIZERS` to
         integrate along this solve (RNODE penalties, in
         `Solution.regularization`). They are extra states with error weight
@@ -324,132 +280,88 @@ class FFJORD(tfb.Bijector):
     if direction not in ("inverse", "forward"):
       raise ValueError(f"direction must be 'inverse' or 'forward', got "
                        f"{direction!r}.")
-    regularizers = tuple(regularizers)
-    for r in regularizers:
-      if r not in regs.REGULARIZERS:
-        raise ValueError(f"Unknown regularizer {r!r}; expected one of "
-                         f"{regs.REGULARIZERS}.")
-      if r == "jacobian" and self._trace != "hutchinson":
-        raise ValueError("The 'jacobian' regularizer needs trace="
-                         "'hutchinson'.")
+    regularizers = regs.check(regularizers, self._trace)
     x = self._check_input(x)
-    dtype = x.dtype
-    shape = tf.shape(x)
-    event_shape = x.shape[x.shape.rank - self._event_ndims:]
-    batch_shape = shape[:x.shape.rank - self._event_ndims]
-    y0 = tf.reshape(x, tf.concat([[-1], event_shape], 0))
-    batch = tf.shape(y0)[0]
-    if context is not None:
-      context = tf.convert_to_tensor(context, dtype=dtype)
-      if context.shape.rank is not None and context.shape.rank > 1:
-        rank, width = context.shape.rank, context.shape[-1]
-        context = tf.reshape(context, [batch, -1])
-        if rank == 2 and x.shape.rank - self._event_ndims == 1:
-          # Keep the static width through a dynamic batch (layers check it).
-          context.set_shape([None, width])
-
-    time_length = tf.cast(self.time_length, dtype)
-    t0 = tf.constant(self._initial_time, dtype)
-    sign = 1.0 if direction == "inverse" else -1.0
-    eps = None
-    if self._trace == "hutchinson":
-      eps = divergence.sample_noise(tf.shape(y0), dtype, self._noise, seed)
-    dynamics = self._dynamics
-    event_ndims = self._event_ndims
-    trace = self._trace
+    y0, batch_shape = augmented.flatten_batch(x, self._event_ndims)
+    context = augmented.flatten_context(context, y0, x.shape.rank,
+                                        self._event_ndims)
+    self._build_dynamics(y0.shape[1:], y0.dtype,
+                         None if context is None else context.shape[1:])
+    dtype = y0.dtype
     ours = isinstance(self._solver, solvers.Solver)
-    counter = None if ours else self._nfe_backward
-
-    def ode_fn(s, state, time_length, context=None):
-      y = state[0]
-      t = t0 + (s if sign > 0 else 1.0 - s) * time_length
-      scale = sign * time_length
-      if context is None:
-        fn = lambda z: scale * dynamics(t, z)
-      else:
-        fn = lambda z: scale * dynamics(t, z, context)
-      if trace == "hutchinson":
-        f, tr, vjp = divergence.hutchinson(fn, y, eps, event_ndims)
-      else:
-        f, tr, vjp = divergence.exact(fn, y, event_ndims)
-      if counter is not None:
-        # A tfp.math.ode.Solver's adjoint reports no NFE: count the backward
-        # evaluations (the counter is reset after the forward solve).
-        with tf.control_dependencies([counter.assign_add(1)]):
-          f = tf.identity(f)
-      out = [f, tr]
-      if regularizers:
-        # Regularizers are integrals over t, the solve runs over s = t / T.
-        f_t = f / scale
-        vjp_t = None if vjp is None else vjp / scale
-        out += [regs.rate(r, f_t, vjp_t) * time_length for r in regularizers]
-      return out
-
-    state0 = [y0, tf.zeros([batch], dtype)]
-    state0 += [tf.zeros([batch], dtype) for _ in regularizers]
-    constants = {"time_length": time_length}
+    ode = augmented.AugmentedODE(
+        self._dynamics, self._trace,
+        self._trace.sample(tf.shape(y0), dtype, seed), direction,
+        tf.constant(self._initial_time, dtype), self._event_ndims,
+        regularizers,
+        on_evaluation=None if ours else
+        lambda: self._nfe_backward.assign_add(1))
+    constants = {"time_length": tf.cast(self.time_length, dtype)}
     if context is not None:
       constants["context"] = context
-    if ours:
-      method, controller = self._solver
-      if self._solver.adaptive:
-        # Regularizer integrals need no step size control: weight 0.
-        controller = dataclasses.replace(
-            controller, error_weights=(1.0, 1.0) + (0.0,) * len(regularizers))
-      xla = self._use_xla(y0, context)
-      result = solvers.solve(
-          ode_fn, state0, 0.0, 1.0, constants=constants, method=method,
-          controller=controller, adjoint=self._adjoint_for(xla),
-          jit_compile=xla,
-          jit_compile_backward=xla and not divergence.uses_pfor(
-              self._trace, y0.shape[1:].num_elements()))
-    else:
-      result = solvers.solve_tfp(self._solver, ode_fn, state0, 0.0, 1.0,
-                                 constants=constants)
-      with tf.control_dependencies(tf.nest.flatten(result.state)):
-        reset = counter.assign(0)
-      with tf.control_dependencies([reset]):
-        result = result._replace(state=[tf.identity(v) for v in result.state])
+    result = self._integrate(ode, ode.initial_state(y0), constants)
     final = result.state
+    self._expose_variables()  # dynamics of unknown event shape build in it
     y1 = tf.debugging.assert_all_finite(
         final[0], "FFJORD: the ODE solve produced NaN or inf")
-    self._expose_variables()  # the first call may have built the dynamics
     return Solution(
-        state=tf.reshape(y1, shape),
+        state=tf.reshape(y1, tf.shape(x)),
         log_det=tf.reshape(final[1], batch_shape),
         regularization={r: tf.reshape(v, batch_shape)
                         for r, v in zip(regularizers, final[2:])},
         nfe=result.nfe)
 
-  def _adjoint_for(self, xla):
-    """The adjoint of one solve.
+  def _build_dynamics(self, event_shape, dtype, context_shape=None):
+    """Builds lazily-built dynamics for `event_shape` (`augmented.build_dynamics`).
 
-    Under `gradient="auto"` with adaptive steps: the interpolated adjoint
-    where the forward loop runs plain and no XLA compile surrounds it (its
-    backward solve takes fewer steps; its recording loop cannot be
-    compiled), else the backsolve adjoint.
+    So the weights exist before the solve (their number decides
+    `jit_compile="auto"`) and are never created inside a compiled loop;
+    then exposes them to TFP's variable tracking.
+
+    Args:
+      event_shape: `TensorShape` of one event.
+      dtype: the state's dtype.
+      context_shape: `TensorShape` of one context row, or `None`.
     """
-    if self._auto_adjoint and not xla and not solvers.xla.in_xla_context():
-      return self._interpolated
-    return self._adjoint
+    augmented.build_dynamics(self._dynamics, event_shape, dtype,
+                             context_shape)
+    self._expose_variables()
 
-  def _use_xla(self, y0, context):
+  def _integrate(self, ode, state0, constants):
+    """Solves the augmented ODE over s in [0, 1]; returns a `solvers.Result`."""
+    if not isinstance(self._solver, solvers.Solver):
+      result = solvers.solve_tfp(self._solver, ode, state0, 0.0, 1.0,
+                                 constants=constants)
+      # ode counted the backward evaluations of TFP's adjoint into
+      # nfe_backward: reset it after the forward solve.
+      with tf.control_dependencies(tf.nest.flatten(result.state)):
+        reset = self._nfe_backward.assign(0)
+      with tf.control_dependencies([reset]):
+        return result._replace(state=[tf.identity(v) for v in result.state])
+    method, controller = self._solver
+    if self._solver.adaptive:
+      controller = dataclasses.replace(controller,
+                                       error_weights=ode.error_weights())
+    y0 = state0[0]
+    xla = self._use_xla(y0)
+    return solvers.solve(
+        ode, state0, 0.0, 1.0, constants=constants, method=method,
+        controller=controller, adjoint=self._adjoint_for(xla),
+        jit_compile=xla,
+        jit_compile_backward=xla and not self._trace.uses_pfor(
+            y0.shape[1:].num_elements()))
+
+  def _adjoint_for(self, xla):
+    """The adjoint instance of one solve (`solvers.choose_adjoint`)."""
+    return self._adjoints[solvers.choose_adjoint(
+        self._solver, self._requested_gradient, xla_loop=xla).__name__]
+
+  def _use_xla(self, y0):
     """Resolves `jit_compile` for this solve (see `solvers.use_xla`)."""
     if self._jit_compile in (True, False):
       return self._jit_compile
-    dynamics = self._dynamics
-    if getattr(dynamics, "built", True) is False and y0.shape[1:].is_fully_defined():
-      # Build the net eagerly, so its size is known and its weights are not
-      # created inside the compiled loop.
-      with tf.init_scope():
-        z = tf.zeros([1, *y0.shape[1:]], y0.dtype)
-        t = tf.zeros([], y0.dtype)
-        if context is None:
-          dynamics(t, z)
-        elif context.shape[1:].is_fully_defined():
-          dynamics(t, z, tf.zeros([1, *context.shape[1:]], y0.dtype))
     return solvers.use_xla(
-        "auto", solvers.xla.num_weights(dynamics), y0.shape[0],
+        "auto", solvers.xla.num_weights(self._dynamics), y0.shape[0],
         self._event_ndims, solvers.xla.device_type(y0))
 
   # -- the Bijector interface -------------------------------------------

@@ -1,8 +1,16 @@
-"""Divergence (Jacobian trace) estimators for the log-density ODE."""
+"""Divergence (Jacobian trace) estimators for the log-density ODE: `TraceEstimator`, `Exact`, `Hutchinson`.
 
+The estimator objects are what `FFJORD(trace=...)` takes (the names
+`"hutchinson"` and `"exact"` stand for `Hutchinson(noise)` and `Exact()`);
+the functions below them (`hutchinson`, `exact`, `sample_noise`) are their
+parts. A new estimator subclasses `TraceEstimator` and is passed in as it is.
+"""
+
+import keras
 import tensorflow as tf
 
-__all__ = ["TRACES", "NOISES", "sample_noise", "replica_seed", "hutchinson",
+__all__ = ["TRACES", "NOISES", "TraceEstimator", "Exact", "Hutchinson",
+           "make_estimator", "sample_noise", "replica_seed", "hutchinson",
            "exact", "uses_pfor", "LOOP_MAX_DIM"]
 
 TRACES = ("hutchinson", "exact")
@@ -118,5 +126,187 @@ def exact(fn, y, event_ndims=1):
 
 
 def uses_pfor(trace, event_size):
-  """Whether `trace` over `event_size` dimensions runs a batch Jacobian."""
-  return trace == "exact" and event_size > LOOP_MAX_DIM
+  """Whether `trace` (a name or an estimator) over `event_size` dimensions runs pfor."""
+  return make_estimator(trace).uses_pfor(event_size)
+
+
+class TraceEstimator:
+  """Base class of the trace estimators `FFJORD(trace=...)` takes.
+
+  A solve calls `sample` once (the noise is then held fixed along the whole
+  solve and reused by the adjoint's backward solve), then the estimator at
+  every evaluation of the dynamics. Subclasses override `__call__`, and
+  `sample` if they draw noise; their constructor arguments are their
+  config (`get_config`), so they copy, compare and serialize with Keras
+  (register them with `keras.saving.register_keras_serializable` to load
+  a saved model that holds one).
+
+  Attributes:
+    name: short name; an estimator also compares equal to it, so code that
+      tests `bijector.trace == "exact"` keeps working.
+    is_exact: the estimate is the exact trace (no noise).
+    has_probe: `__call__` returns a probe product whose per-example sum of
+      squares estimates ||df/dy||_F^2 (the RNODE `"jacobian"` regularizer
+      needs one).
+  """
+  name = None
+  is_exact = False
+  has_probe = False
+
+  def sample(self, shape, dtype, seed=None):
+    """The noise of one solve (`None` if it needs none).
+
+    Args:
+      shape: `[batch, *event]`, the state's shape (a tensor).
+      dtype: its float dtype.
+      seed: `None` (a stateful draw) or a `[2]` int stateless seed.
+    """
+    del shape, dtype, seed
+    return None
+
+  def __call__(self, fn, y, noise, event_ndims=1):
+    """Evaluates the dynamics and estimates their trace.
+
+    Args:
+      fn: callable mapping y to dy/dt, same shape.
+      y: `[batch, *event]` state.
+      noise: what `sample` returned for this solve.
+      event_ndims: number of event dimensions.
+
+    Returns:
+      `(f, trace, probe)`: f of y's shape, the `[batch]` trace estimate,
+      and the probe product of `has_probe` estimators (else `None`).
+    """
+    raise NotImplementedError
+
+  def uses_pfor(self, event_size):
+    """Whether it runs pfor over `event_size` dimensions (XLA would then
+    recompile a compiled backward loop after every weight update)."""
+    del event_size
+    return False
+
+  def get_config(self):
+    return {}
+
+  @classmethod
+  def from_config(cls, config):
+    return cls(**config)
+
+  def __eq__(self, other):
+    if isinstance(other, str):
+      return other == self.name
+    return (type(other) is type(self)
+            and other.get_config() == self.get_config())
+
+  def __hash__(self):
+    return hash(self.name)  # equal to its name, so hashed like it
+
+  def __repr__(self):
+    args = ", ".join(f"{k}={v!r}" for k, v in self.get_config().items())
+    return f"{type(self).__name__}({args})"
+
+
+@keras.saving.register_keras_serializable("tf_ffjord")
+class Exact(TraceEstimator):
+  """The exact trace: one vector-Jacobian product per dimension (`exact`).
+
+  For evaluation and small dimensions; without XLA above `LOOP_MAX_DIM`
+  dimensions, where it runs a batch Jacobian.
+
+  #### Examples
+
+  >>> _, tr, _ = Exact()(lambda y: 3.0 * y, tf.ones([2, 4]), None)
+  >>> tr.numpy().tolist()
+  [12.0, 12.0]
+  """
+  name = "exact"
+  is_exact = True
+
+  def __call__(self, fn, y, noise, event_ndims=1):
+    del noise
+    return exact(fn, y, event_ndims)
+
+  def uses_pfor(self, event_size):
+    return event_size > LOOP_MAX_DIM
+
+
+@keras.saving.register_keras_serializable("tf_ffjord")
+class Hutchinson(TraceEstimator):
+  """Hutchinson's estimator: the mean of eps^T (df/dy) eps over k probes.
+
+  Unbiased; each probe costs one vector-Jacobian product, and the variance
+  falls like 1/k. The probes are drawn once per solve.
+
+  Args:
+    noise: `"rademacher"` (+-1, the lower variance) or `"gaussian"`.
+    probes: number of probes k per example.
+
+  Raises:
+    ValueError: an unknown noise or fewer than one probe.
+
+  #### Examples
+
+  >>> est = Hutchinson(probes=2)
+  >>> eps = est.sample(tf.constant([3, 4]), tf.float32, seed=[1, 2])
+  >>> eps.shape
+  TensorShape([2, 3, 4])
+  >>> _, tr, _ = est(lambda y: 3.0 * y, tf.ones([3, 4]), eps)
+  >>> tr.numpy().tolist()
+  [12.0, 12.0, 12.0]
+  """
+  name = "hutchinson"
+  has_probe = True
+
+  def __init__(self, noise="rademacher", probes=1):
+    if noise not in NOISES:
+      raise ValueError(f"Unknown noise {noise!r}; expected one of {NOISES}.")
+    if not (isinstance(probes, int) and probes >= 1):
+      raise ValueError(f"probes must be an int >= 1, got {probes!r}.")
+    self.noise, self.probes = noise, probes
+
+  def sample(self, shape, dtype, seed=None):
+    if self.probes > 1:
+      shape = tf.concat([[self.probes], shape], 0)
+    return sample_noise(shape, dtype, self.noise, seed)
+
+  def __call__(self, fn, y, noise, event_ndims=1):
+    if self.probes == 1:
+      return hutchinson(fn, y, noise, event_ndims)
+    axes = _event_axes(y, event_ndims)
+    with tf.GradientTape(persistent=True) as tape:
+      tape.watch(y)
+      f = fn(y)
+    vjps = [tape.gradient(f, y, output_gradients=noise[k])
+            for k in range(self.probes)]
+    trace = tf.add_n([tf.reduce_sum(v * noise[k], axis=axes)
+                      for k, v in enumerate(vjps)]) / self.probes
+    # Side by side and scaled by 1/sqrt(k): the per-example sum of squares
+    # is the mean of the k probes' ||eps^T df/dy||^2.
+    probe = tf.concat(vjps, axis=-1) * (self.probes ** -0.5)
+    return f, trace, probe
+
+  def get_config(self):
+    return {"noise": self.noise, "probes": self.probes}
+
+
+def make_estimator(trace, noise="rademacher"):
+  """The estimator for `FFJORD(trace=..., noise=...)`.
+
+  Args:
+    trace: a `TraceEstimator`, returned as is (`noise` is then unused), or
+      a name: `"hutchinson"` (`Hutchinson(noise)`) or `"exact"`.
+    noise: the Hutchinson noise of the name `"hutchinson"`.
+
+  Raises:
+    ValueError: an unknown name or noise.
+  """
+  if noise not in NOISES:
+    raise ValueError(f"Unknown noise {noise!r}; expected one of {NOISES}.")
+  if isinstance(trace, TraceEstimator):
+    return trace
+  if trace == "hutchinson":
+    return Hutchinson(noise)
+  if trace == "exact":
+    return Exact()
+  raise ValueError(f"Unknown trace {trace!r}; expected one of {TRACES} or a "
+                   "TraceEstimator instance.")

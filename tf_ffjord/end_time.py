@@ -5,7 +5,7 @@ import math
 import keras
 import tensorflow as tf
 
-__all__ = ["EndTime"]
+__all__ = ["EndTime", "resolve", "as_tensor"]
 
 
 @keras.saving.register_keras_serializable("tf_ffjord")
@@ -54,3 +54,38 @@ class EndTime(keras.layers.Layer):
 
   def get_config(self):
     return {**super().get_config(), "initial": self.initial}
+
+
+def resolve(time_length, train_time=False, name="end_time"):
+  """The end time `FFJORD` keeps: `time_length`, or a new `EndTime` to learn it.
+
+  Args:
+    time_length: positive T: a float, a tensor, a variable, an `EndTime`,
+      or a zero-argument callable returning a scalar tensor.
+    train_time: learn T: a float becomes an `EndTime` (an `EndTime` is
+      kept as is).
+    name: name of a new `EndTime`.
+
+  Raises:
+    ValueError: a non-positive float, or `train_time` with a time length
+      that is neither a number nor an `EndTime`.
+  """
+  if isinstance(time_length, (int, float)) and not time_length > 0:
+    raise ValueError(f"time_length must be positive, got {time_length}.")
+  if train_time and not isinstance(time_length, (int, float, EndTime)):
+    raise ValueError(
+        "train_time=True learns a float time_length (or takes an EndTime); "
+        f"got {type(time_length).__name__}. Pass a float, or pass your own "
+        "trainable variable with train_time=False.")
+  if train_time and isinstance(time_length, (int, float)):
+    return EndTime(float(time_length), name=name)
+  return time_length
+
+
+def as_tensor(time_length):
+  """T as a tensor, read now (what `resolve` returned)."""
+  if isinstance(time_length, EndTime):
+    return time_length.length
+  if callable(time_length):
+    return tf.convert_to_tensor(time_length())
+  return tf.convert_to_tensor(time_length)

@@ -2,8 +2,8 @@
 
 import tensorflow as tf
 import tensorflow_probability as tfp
-from tensorflow_probability.python.internal import cache_util
 
+from tf_ffjord import _internal_apis
 from tf_ffjord import flows as flows_lib
 from tf_ffjord.bijector import Solution
 from tf_ffjord.images import squeeze, unsqueeze
@@ -74,7 +74,7 @@ class ODENVP(tfb.Bijector):
   [2]: Laurent Dinh et al. Density estimation using Real NVP. ICLR 2017.
   """
 
-  _cache = cache_util.BijectorCacheWithGreedyAttrs(
+  _cache = _internal_apis.greedy_bijector_cache(
       forward_name="_augmented_forward", inverse_name="_augmented_inverse")
 
   def __init__(self, flows, event_shape, num_blocks=2, num_scales=None,

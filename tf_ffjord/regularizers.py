@@ -19,7 +19,7 @@ weight x mean integral to the loss and logs each integral as a metric.
 
 import tensorflow as tf
 
-__all__ = ["REGULARIZERS", "rate"]
+__all__ = ["REGULARIZERS", "rate", "check"]
 
 # name -> per-example rate r(f, vjp) whose time integral is the penalty.
 # f is dz/dt, vjp is eps^T df/dz for the solve's Hutchinson probe eps.
@@ -30,18 +30,37 @@ def _flat(v):
   return tf.reshape(v, [tf.shape(v)[0], -1])
 
 
+def check(names, estimator):
+  """The regularizer names as a tuple, checked against a solve's trace estimator.
+
+  Raises:
+    ValueError: an unknown name, or `jacobian` with an estimator without a
+      probe (`TraceEstimator.has_probe`).
+  """
+  names = tuple(names)
+  for name in names:
+    if name not in REGULARIZERS:
+      raise ValueError(f"Unknown regularizer {name!r}; expected one of "
+                       f"{REGULARIZERS}.")
+    if name == "jacobian" and not estimator.has_probe:
+      raise ValueError("The 'jacobian' regularizer needs a trace estimator "
+                       f"with a probe (trace='hutchinson'), got {estimator!r}.")
+  return names
+
+
 def rate(name, f, vjp):
   """The integrand of regularizer `name` for each example.
 
   - `kinetic`: ||f||^2 (Finlay et al. 2020).
   - `jacobian`: ||eps^T df/dz||^2, an unbiased estimate of ||df/dz||_F^2 with
-    the solve's probe (Finlay et al. 2020).
+    the solve's probe (Finlay et al. 2020; the mean over k probes).
   - `l1`: mean |f| and `l2`: mean f^2, as in the FFJORD code.
 
   Args:
     name: one of `REGULARIZERS`.
     f: `[batch, *event]` dynamics value.
-    vjp: `[batch, *event]` probe VJP, or `None` under the exact trace.
+    vjp: the trace estimator's probe product (`[batch, ...]`, e.g. the
+      Hutchinson VJP), or `None` for an estimator without a probe.
 
   Returns:
     A `[batch]` tensor.

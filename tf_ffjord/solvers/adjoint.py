@@ -6,39 +6,9 @@ from typing import Callable, Optional
 import tensorflow as tf
 
 from tf_ffjord.solvers.fixed_grid import ConstantStepSize
-from tf_ffjord.solvers.result import STATUS
+from tf_ffjord.solvers.result import check_status
 
-__all__ = ["Backprop", "BacksolveAdjoint", "InterpolatedAdjoint",
-           "check_status"]
-
-
-def check_status(status, tensors, what, max_num_steps=None):
-  """Raises `InvalidArgumentError` on a failed solve; passes tensors through.
-
-  The assertions are no-ops inside XLA clusters; there the NaN states the
-  loops return are the signal.
-
-  Args:
-    status: int32 scalar, a value of `STATUS`.
-    tensors: list of tensors to return once the check has run.
-    what: which solve, for the message (`"forward"`, `"adjoint (backward)"`).
-    max_num_steps: the step limit, named in the message.
-  """
-  limit = "" if max_num_steps is None else f"={max_num_steps}"
-  checks = [
-      tf.debugging.Assert(
-          tf.not_equal(status, STATUS["max_num_steps"]),
-          [f"The {what} ODE solve exceeded max_num_steps{limit}. The dynamics "
-           "may be stiff or fast: loosen the tolerances (rtol/atol) or raise "
-           "max_num_steps."]),
-      tf.debugging.Assert(
-          tf.not_equal(status, STATUS["non_finite"]),
-          [f"The {what} ODE solve met NaN or inf in the dynamics or the "
-           "state: check the inputs and the parameters (a diverging model "
-           "may need a lower learning rate)."]),
-  ]
-  with tf.control_dependencies(checks):
-    return [tf.identity(t) for t in tensors]
+__all__ = ["Backprop", "BacksolveAdjoint", "InterpolatedAdjoint"]
 
 
 def _dynamics_vjp(fn, t, y, cs, train, a):
@@ -173,7 +143,8 @@ class InterpolatedAdjoint:
   The backward solve integrates only the adjoint a = dL/dy and the
   parameter adjoints from t1 back to t0; the state y(t) at which it
   evaluates the dynamics comes from the forward solve's dense output
-  (dopri5's continuous extension, `dense_output.py`) instead of being solved
+  (the continuous extension of a method with `b_mid`, e.g. dopri5,
+  `dense_output.py`) instead of being solved
   backwards alongside. Step control then covers a alone: the backward solve
   no longer has to follow the state to the tolerance a second time, and
   its steps stay few while those of `BacksolveAdjoint` grow with the
@@ -200,7 +171,7 @@ class InterpolatedAdjoint:
   def __call__(self, run, fn, t0, t1, ys, cs, controller):
     """Runs the forward solve under a custom gradient; see `BacksolveAdjoint`."""
     if isinstance(controller, ConstantStepSize):
-      raise ValueError("InterpolatedAdjoint needs adaptive steps (dopri5); "
+      raise ValueError("InterpolatedAdjoint needs adaptive steps (e.g. dopri5); "
                        "fixed grids are differentiated best by Backprop().")
     n_y, n_c = len(ys), len(cs)
 

@@ -14,11 +14,11 @@ def step_polynomial(tableau, y0, y1, ks, dt):
   `p(theta) = sum_j coeffs[j] theta^j`: the quartic with p(0) = y0,
   p(1) = y1, p'(0) = dt f(y0), p'(1) = dt f(y1) and, at theta = 1/2, the
   method's 4th-order midpoint value (`tableau.b_mid`). For dopri5 that is
-  Shampine's continuous extension, accurate to the order of the embedded
+  Shampine's continuous extension (tsit5 has one too), accurate to the order of the embedded
   error estimate that controls the step.
 
   Args:
-    tableau: an FSAL `Tableau` with `b_mid` (dopri5).
+    tableau: an FSAL `Tableau` with `b_mid` (dopri5, tsit5).
     y0: list of state tensors at the start of the step.
     y1: list of state tensors at its end.
     ks: the step's stages (the last is f at y1).
@@ -29,7 +29,7 @@ def step_polynomial(tableau, y0, y1, ks, dt):
   """
   if tableau.b_mid is None or not tableau.fsal:
     raise ValueError(f"Dense output needs an FSAL method with midpoint "
-                     f"weights (dopri5), got {tableau.name!r}.")
+                     f"weights (b_mid, e.g. dopri5), got {tableau.name!r}.")
   mid = tableaux.combine(y0, dt, tableau.b_mid, ks)
   out = []
   for j, (a, b, m) in enumerate(zip(y0, y1, mid)):

@@ -6,9 +6,8 @@ import tensorflow_probability as tfp
 from tf_ffjord.solvers import tableaux
 from tf_ffjord.solvers.adjoint import Backprop, BacksolveAdjoint
 from tf_ffjord.solvers.adjoint import InterpolatedAdjoint
-from tf_ffjord.solvers.adjoint import check_status
 from tf_ffjord.solvers.fixed_grid import ConstantStepSize, integrate_fixed
-from tf_ffjord.solvers.result import Result
+from tf_ffjord.solvers.result import Result, check_status
 from tf_ffjord.solvers.step_size import AdaptiveStepSize, integrate_adaptive
 
 __all__ = ["solve", "solve_tfp"]

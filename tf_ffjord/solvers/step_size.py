@@ -115,7 +115,8 @@ def integrate_adaptive(fn, t0, t1, y0, tableau, controller, first_step=None,
     t0: scalar tensor, the initial time.
     t1: scalar tensor, the final time (may be below t0).
     y0: list of state tensors.
-    tableau: a `tableaux.Tableau` with an error estimate and FSAL.
+    tableau: a `tableaux.Tableau` with an error estimate (`b_error`); with
+      `record`, also with a dense output.
     controller: an `AdaptiveStepSize`.
     first_step: optional scalar tensor overriding the first trial step (the
       adjoint passes the forward solve's last step); a zero or non-finite
@@ -129,9 +130,13 @@ def integrate_adaptive(fn, t0, t1, y0, tableau, controller, first_step=None,
     number of evaluations, the `STATUS` code and the proposed next step;
     with `record`, `(y1, nfe, status, h, dense)`.
   """
-  if tableau.b_error is None or not tableau.fsal:
+  if tableau.b_error is None:
     raise ValueError(f"Adaptive steps need a method with an error estimate "
-                     f"and FSAL (e.g. dopri5), got {tableau.name!r}.")
+                     f"(b_error), e.g. dopri5; got {tableau.name!r}. Use "
+                     "ConstantStepSize for it.")
+  if record and not tableau.dense_output:
+    raise ValueError(f"A recorded solve needs a method with a dense output "
+                     f"(b_mid, FSAL), e.g. dopri5; got {tableau.name!r}.")
   c = controller
   weights = c.weights(len(y0))
   dtype = y0[0].dtype
@@ -148,7 +153,9 @@ def integrate_adaptive(fn, t0, t1, y0, tableau, controller, first_step=None,
                     tableau.order)
     nfe += 1
   h = tf.where(tf.math.is_finite(h) & (h > 0), h, 1e-3 * span)
-  stage_evals = len(tableau.c) - 1  # the first stage comes from FSAL
+  # The first stage is f at the step's start: with FSAL the last stage of
+  # the step before, else one more evaluation after each accepted step.
+  stage_evals = len(tableau.c) - 1
   exponent = -1.0 / tableau.order
 
   def cond(tau, h, y, k1, steps, nfe, status, rec):
@@ -174,16 +181,22 @@ def integrate_adaptive(fn, t0, t1, y0, tableau, controller, first_step=None,
     h_next = tf.where(accept & last, tf.maximum(h_next, h), h_next)
     tau = tf.where(accept, tf.where(last, span, tau + h_step), tau)
     y = [tf.where(accept, a, b) for a, b in zip(y_new, y)]
-    k1 = [tf.where(accept, a, b) for a, b in zip(ks[-1], k1)]
+    nfe += stage_evals
+    if tableau.fsal:
+      k1 = [tf.where(accept, a, b) for a, b in zip(ks[-1], k1)]
+    else:
+      t_new = t0 + direction * tau
+      k1 = tf.cond(accept, lambda: list(fn(t_new, y)), lambda: list(k1))
+      nfe += tf.cast(accept, tf.int32)
     status = tf.where(finite, status, STATUS["non_finite"])
     if not rec:
-      return tau, h_next, y, k1, steps + 1, nfe + stage_evals, status, rec
+      return tau, h_next, y, k1, steps + 1, nfe, status, rec
     # Every attempt is written at its own index; the rejected ones are
     # dropped after the loop.
     polys = step_polynomial(tableau, y_old, y_new, ks, dt)
     flat = [accept, tau_old, h_step] + [x for p in polys for x in p]
     rec = [ta.write(steps, v) for ta, v in zip(rec, flat)]
-    return tau, h_next, y, k1, steps + 1, nfe + stage_evals, status, rec
+    return tau, h_next, y, k1, steps + 1, nfe, status, rec
 
   rec = []
   if record:

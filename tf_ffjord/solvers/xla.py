@@ -42,6 +42,8 @@ import os
 
 import tensorflow as tf
 
+from tf_ffjord import _internal_apis
+
 __all__ = ["use_xla", "num_weights", "device_type", "in_xla_context",
            "CPU_MAX_WORK", "JIT_ENV"]
 
@@ -71,20 +73,9 @@ def device_type(x):
 
 def in_xla_context():
   """Whether the graph being built will be compiled by XLA, e.g. inside a
-  `tf.function(jit_compile=True)` or a Keras step with `jit_compile=True`.
-
-  TensorFlow has no public way to ask, so this uses its internal
-  `control_flow_util.GraphOrParentsInXlaContext`; should that ever go, the
-  answer is `True` ("maybe"), which callers treat as the safe side.
-  """
-  if tf.executing_eagerly():
-    return False
-  try:
-    from tensorflow.python.ops import control_flow_util  # pylint: disable=g-import-not-at-top
-    return bool(control_flow_util.GraphOrParentsInXlaContext(
-        tf.compat.v1.get_default_graph()))
-  except (ImportError, AttributeError):
-    return True
+  `tf.function(jit_compile=True)` or a Keras step with `jit_compile=True`
+  (TensorFlow has no public way to ask: see `tf_ffjord._internal_apis`)."""
+  return _internal_apis.in_xla_context()
 
 
 def use_xla(jit_compile, weights, batch, event_ndims=1, device="CPU"):

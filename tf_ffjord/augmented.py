@@ -1,0 +1,138 @@
+"""The augmented ODE of an FFJORD solve: time change, divergence, regularizer rates, on the unit interval."""
+
+import collections
+
+import tensorflow as tf
+
+from tf_ffjord import regularizers as regs
+
+__all__ = ["Solution", "AugmentedODE", "build_dynamics", "flatten_batch", "flatten_context"]
+
+
+Solution = collections.namedtuple(
+    "Solution", ["state", "log_det", "regularization", "nfe"])
+Solution.__doc__ = """Result of one FFJORD solve (`FFJORD.solve`).
+
+Fields:
+  state: the end state, shaped like the input.
+  log_det: log |det d state / d input|, one value per example.
+  regularization: dict name -> integral of the regularizer, per example.
+  nfe: dynamics evaluations of this solve (int32 scalar).
+"""
+
+
+def build_dynamics(dynamics, event_shape, dtype, context_shape=None):
+  """Builds lazily-built Keras dynamics for `event_shape`, outside any graph.
+
+  One evaluation on zeros under `tf.init_scope`. Does nothing for built or
+  non-Keras dynamics, or while the event (or context) shape is unknown.
+
+  Args:
+    dynamics: `f(t, z)` or `f(t, z, context)`.
+    event_shape: `TensorShape` of one event.
+    dtype: the state's dtype.
+    context_shape: `TensorShape` of one context row, or `None`.
+  """
+  event_shape = tf.TensorShape(event_shape)
+  if (getattr(dynamics, "built", True) is not False
+      or not event_shape.is_fully_defined()
+      or not (context_shape is None
+              or tf.TensorShape(context_shape).is_fully_defined())):
+    return
+  with tf.init_scope():
+    z = tf.zeros([1, *event_shape], dtype)
+    t = tf.zeros([], dtype)
+    if context_shape is None:
+      dynamics(t, z)
+    else:
+      dynamics(t, z, tf.zeros([1, *context_shape], dtype))
+
+
+def flatten_batch(x, event_ndims):
+  """`(y0, batch_shape)`: x as `[batch, *event]` and its batch shape (a tensor)."""
+  event_shape = x.shape[x.shape.rank - event_ndims:]
+  batch_shape = tf.shape(x)[:x.shape.rank - event_ndims]
+  return tf.reshape(x, tf.concat([[-1], event_shape], 0)), batch_shape
+
+
+def flatten_context(context, y0, x_rank, event_ndims):
+  """The conditioning tensor as `[batch, -1]` rows of y0's dtype (or None)."""
+  if context is None:
+    return None
+  context = tf.convert_to_tensor(context, dtype=y0.dtype)
+  if context.shape.rank is not None and context.shape.rank > 1:
+    rank, width = context.shape.rank, context.shape[-1]
+    context = tf.reshape(context, [tf.shape(y0)[0], -1])
+    if rank == 2 and x_rank - event_ndims == 1:
+      # Keep the static width through a dynamic batch (layers check it).
+      context.set_shape([None, width])
+  return context
+
+
+class AugmentedODE:
+  """d/ds [z, log_det, r_1, ...] for s in [0, 1], the system one solve integrates.
+
+  The solve runs on the unit interval with t = t0 + s T (`"inverse"`, data
+  to base) or t = t0 + (1 - s) T (`"forward"`), so with scale = +-T:
+
+  - dz/ds = scale f(t, z);
+  - d log_det/ds = Tr(d (scale f) / dz), by the trace estimator;
+  - dr/ds = T rate_r(f) for each regularizer r (integrals over t).
+
+  T is an argument of the call (a constant of the solve), so a trainable T
+  gets its gradient from the adjoint like any other parameter.
+
+  Args:
+    dynamics: `f(t, z)` or `f(t, z, context)`.
+    estimator: a `divergence.TraceEstimator`.
+    noise: the estimator's noise for this solve (held fixed along it).
+    direction: `"inverse"` or `"forward"`.
+    initial_time: t0, a scalar tensor of the state's dtype.
+    event_ndims: number of event dimensions.
+    regularizers: names from `regularizers.REGULARIZERS`.
+    on_evaluation: optional zero-argument callable run at each evaluation
+      (returns an op, e.g. a counter's `assign_add`): the NFE count of a
+      `tfp.math.ode.Solver`, which reports none for its adjoint.
+  """
+
+  def __init__(self, dynamics, estimator, noise, direction, initial_time,
+               event_ndims=1, regularizers=(), on_evaluation=None):
+    self.dynamics, self.estimator, self.noise = dynamics, estimator, noise
+    self.sign = 1.0 if direction == "inverse" else -1.0
+    self.t0, self.event_ndims = initial_time, event_ndims
+    self.regularizers = tuple(regularizers)
+    self.on_evaluation = on_evaluation
+
+  def time(self, s, time_length):
+    """The dynamics' time t at solve time s."""
+    return self.t0 + (s if self.sign > 0 else 1.0 - s) * time_length
+
+  def initial_state(self, y0):
+    """[z0, zero log-det, zero regularizer integrals]."""
+    zeros = lambda: tf.zeros(tf.shape(y0)[:1], y0.dtype)
+    return [y0, zeros()] + [zeros() for _ in self.regularizers]
+
+  def error_weights(self):
+    """Step control weighs z and the log-det; regularizer integrals weigh 0."""
+    return (1.0, 1.0) + (0.0,) * len(self.regularizers)
+
+  def __call__(self, s, state, time_length, context=None):
+    t = self.time(s, time_length)
+    scale = self.sign * time_length
+    if context is None:
+      fn = lambda z: scale * self.dynamics(t, z)
+    else:
+      fn = lambda z: scale * self.dynamics(t, z, context)
+    f, trace, probe = self.estimator(fn, state[0], self.noise,
+                                     self.event_ndims)
+    if self.on_evaluation is not None:
+      with tf.control_dependencies([self.on_evaluation()]):
+        f = tf.identity(f)
+    out = [f, trace]
+    if self.regularizers:
+      # Regularizers are integrals over t, the solve runs over s = t / T.
+      f_t = f / scale
+      probe_t = None if probe is None else probe / scale
+      out += [regs.rate(r, f_t, probe_t) * time_length
+              for r in self.regularizers]
+    return out
