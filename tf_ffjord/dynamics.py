@@ -162,14 +162,32 @@ class DynamicsNet(keras.Model):
 
   Keras only takes tensors as positional inputs, and t is often a Python
   float: the call converts t (and the context) to tensors of x's dtype.
+
+  Mixed precision: under a Keras policy such as `"mixed_bfloat16"` (global,
+  or `dtype=` on the net) the layers compute in the policy's compute dtype
+  while the weights stay in its variable dtype, and the net returns its
+  output cast to the variable dtype (float32). A solver, its error norm,
+  the trace and the log-det accumulator therefore never see bfloat16, and
+  the trace's VJP flows back through the casts in float32. The net itself
+  does not autocast: t, x and the context reach `call` in the caller's
+  dtype, and each layer casts its own inputs, so time features that need
+  more than bfloat16's 3 digits (a U-Net's sinusoids) can be formed in
+  float32 first.
   """
+
+  def __init__(self, **kwargs):
+    kwargs.setdefault("autocast", False)
+    super().__init__(**kwargs)
 
   def __call__(self, t, x, context=None, **kwargs):
     x = tf.convert_to_tensor(x)
     t = tf.convert_to_tensor(t, dtype=x.dtype)
     if context is not None:
       context = tf.convert_to_tensor(context, dtype=x.dtype)
-    return super().__call__(t, x, context=context, **kwargs)
+    y = super().__call__(t, x, context=context, **kwargs)
+    if y.dtype != self.variable_dtype:  # a mixed policy's compute dtype
+      y = tf.cast(y, self.variable_dtype)
+    return y
 
 
 class TimeConditionedNet(DynamicsNet):

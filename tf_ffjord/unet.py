@@ -33,19 +33,24 @@ class UNetResBlock(keras.layers.Layer):
     self.filters, self.groups = int(filters), int(groups)
     self.activation_name = activation
     self.activation = keras.activations.get(activation)
-    norm = (lambda n: keras.layers.GroupNormalization(self.groups, name=n)
+    # Sublayers share this layer's dtype policy (mixed precision included).
+    dtype = self.dtype_policy
+    norm = (lambda n: keras.layers.GroupNormalization(self.groups, name=n,
+                                                      dtype=dtype)
             if self.groups else None)
     self.norm1, self.norm2 = norm("norm1"), norm("norm2")
     self.conv1 = keras.layers.Conv2D(self.filters, 3, padding="same",
-                                     name="conv1")
+                                     name="conv1", dtype=dtype)
     self.conv2 = keras.layers.Conv2D(self.filters, 3, padding="same",
-                                     name="conv2")
-    self.film = keras.layers.Dense(2 * self.filters, name="film")
+                                     name="conv2", dtype=dtype)
+    self.film = keras.layers.Dense(2 * self.filters, name="film",
+                                   dtype=dtype)
     self.skip = None
 
   def build(self, temb_shape, x_shape):
     if int(x_shape[-1]) != self.filters:
-      self.skip = keras.layers.Conv2D(self.filters, 1, name="skip")
+      self.skip = keras.layers.Conv2D(self.filters, 1, name="skip",
+                                      dtype=self.dtype_policy)
 
   def _pre(self, norm, h):
     return self.activation(h if norm is None else norm(h))
@@ -122,11 +127,14 @@ class UNetODENet(DynamicsNet):
     self.time_dim = int(time_dim)
     self.out_channels = None if out_channels is None else int(out_channels)
     self.context_dim = int(context_dim)
-    self.time_mlp = [keras.layers.Dense(self.time_dim, name=f"time_{i}")
-                     for i in range(2)]
-    block = lambda c, n: UNetResBlock(c, self.groups, activation, name=n)
-    conv = lambda c, n, s=1: keras.layers.Conv2D(c, 3, strides=s,
-                                                 padding="same", name=n)
+    # Sublayers share the net's dtype policy (mixed precision included).
+    dtype = self.dtype_policy
+    self.time_mlp = [keras.layers.Dense(self.time_dim, name=f"time_{i}",
+                                        dtype=dtype) for i in range(2)]
+    block = lambda c, n: UNetResBlock(c, self.groups, activation, name=n,
+                                      dtype=dtype)
+    conv = lambda c, n, s=1: keras.layers.Conv2D(
+        c, 3, strides=s, padding="same", name=n, dtype=dtype)
     self.in_conv = conv(self.channels[0], "in_conv")
     self.down_blocks = [block(c, f"down_{i}")
                         for i, c in enumerate(self.channels)]
@@ -137,7 +145,8 @@ class UNetODENet(DynamicsNet):
     self.upsamples = [conv(c, f"upsample_{i}")
                       for i, c in enumerate(self.channels[:-1])]
     self.out_norm = (keras.layers.GroupNormalization(self.groups,
-                                                     name="out_norm")
+                                                     name="out_norm",
+                                                     dtype=dtype)
                      if self.groups else None)
     self.out_conv = None
 
@@ -154,7 +163,8 @@ class UNetODENet(DynamicsNet):
     if self.out_channels is None:
       self.out_channels = int(x_shape[-1])
     self.out_conv = keras.layers.Conv2D(self.out_channels, 3, padding="same",
-                                        name="out_conv")
+                                        name="out_conv",
+                                        dtype=self.dtype_policy)
     # Create every weight now, so a saved model can be restored into it.
     x = tf.zeros([1, *[int(s) for s in x_shape[1:]]], self.dtype)
     context = (None if context_shape is None else
