@@ -9,8 +9,8 @@ from tf_ffjord.bijector import FFJORD
 from tf_ffjord.divergence import replica_seed
 from tf_ffjord.dynamics import ODENet
 from tf_ffjord.made import MADE
-from tf_ffjord.model import (LastValue, check_batch, minimize, standard_normal,
-                             step_logs)
+from tf_ffjord.distributions import standard_normal
+from tf_ffjord.train_steps import LastValue, check_batch, minimize, step_logs
 
 __all__ = ["VAE", "MADE", "POSTERIORS", "binarize"]
 

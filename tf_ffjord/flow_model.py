@@ -3,120 +3,14 @@
 import keras
 import numpy as np
 import tensorflow as tf
-import tensorflow_probability as tfp
 
-from tf_ffjord import flows, objectives, solvers
+from tf_ffjord import flows, objectives
+from tf_ffjord.distributions import standard_normal
 from tf_ffjord.images import bits_per_dim, dequantize
+from tf_ffjord.train_steps import (LAST, MEAN, check_batch, make_metric,
+                                   step_logs)
 
-__all__ = ["FlowModel", "LastValue", "check_batch", "minimize",
-           "standard_normal", "step_logs"]
-
-tfd = tfp.distributions
-
-
-def check_batch(x, event_shape, owner, what="examples", floating=True):
-  """Converts a batch to a tensor and checks its dtype and example shape.
-
-  Args:
-    x: `[batch, *event_shape]` data.
-    event_shape: the expected shape of one example.
-    owner: the class name that the error messages name.
-    what: what one example is, for the messages ("examples", "images").
-    floating: require a float dtype.
-
-  Returns:
-    x as a tensor.
-
-  Raises:
-    ValueError: a non-float dtype (if `floating`) or examples of another
-      shape.
-  """
-  x = tf.convert_to_tensor(x)
-  if floating and not x.dtype.is_floating:
-    raise ValueError(f"{owner} expects float data, got dtype "
-                     f"{x.dtype.name}.")
-  if tuple(x.shape[1:]) != tuple(event_shape):
-    raise ValueError(f"{owner} expects {what} of shape {tuple(event_shape)}, "
-                     f"got data of shape {x.shape}.")
-  return x
-
-
-def standard_normal(event_shape, dtype="float32"):
-  """The standard-normal distribution over events of `event_shape`.
-
-  The base of every flow and the VAE's prior: its `log_prob` sums over the
-  event dimensions.
-
-  Args:
-    event_shape: shape of one event, e.g. `(2,)` or `(28, 28, 1)`.
-    dtype: float dtype.
-
-  Returns:
-    A `tfd.Sample` of `tfd.Normal(0, 1)`.
-  """
-  dtype = tf.as_dtype(dtype)
-  return tfd.Sample(tfd.Normal(tf.zeros([], dtype), tf.ones([], dtype)),
-                    tuple(event_shape))
-
-
-def minimize(model, loss_fn):
-  """One optimizer step of `model` on `loss_fn()` plus the model's own losses.
-
-  Under `tf.distribute` the gradients are summed over replicas, so the loss
-  is divided by the number of replicas: each replica's mean then counts as
-  its share of the global batch.
-
-  Args:
-    model: a compiled Keras model.
-    loss_fn: callable returning `(loss, aux)`; runs under the gradient tape.
-
-  Returns:
-    `aux`.
-  """
-  replicas = tf.distribute.get_strategy().num_replicas_in_sync
-  with tf.GradientTape() as tape:
-    loss, aux = loss_fn()
-    if model.losses:
-      loss += tf.add_n(model.losses)
-    scaled = loss / replicas
-  variables = model.trainable_variables
-  grads = tape.gradient(scaled, variables)
-  model.optimizer.apply_gradients(zip(grads, variables))
-  return aux
-
-
-def step_logs(logs):
-  """Step logs in the shape Keras can reduce under the current strategy.
-
-  Keras 3 averages multi-worker step logs with `strategy.reduce("MEAN", v,
-  axis=0)`, which fails on scalars; give them a length-1 axis there.
-  """
-  strategy = tf.distribute.get_strategy()
-  if (isinstance(strategy, tf.distribute.MultiWorkerMirroredStrategy)
-      and strategy.extended._in_multi_worker_mode()):  # pylint: disable=protected-access
-    return {k: tf.reshape(v, [1]) for k, v in logs.items()}
-  return logs
-
-
-@keras.saving.register_keras_serializable("tf_ffjord")
-class LastValue(keras.metrics.Metric):
-  """A metric that reports the last value it was given (e.g. the last NFE)."""
-
-  def __init__(self, name="last_value", **kwargs):
-    super().__init__(name=name, **kwargs)
-    # Under tf.distribute each replica keeps its own value; report their
-    # mean, not their sum.
-    self.value = self.add_variable(shape=(), initializer="zeros", name="value",
-                                   aggregation="mean")
-
-  def update_state(self, value):
-    self.value.assign(tf.cast(value, self.value.dtype))
-
-  def result(self):
-    return tf.convert_to_tensor(self.value)  # a tensor, also under tf.distribute
-
-  def reset_state(self):
-    self.value.assign(0.0)
+__all__ = ["FlowModel"]
 
 
 class FlowModel(keras.Model):
@@ -211,39 +105,33 @@ class FlowModel(keras.Model):
 
     Raises:
       ValueError: an objective this model cannot train (e.g. flow matching
-        of a multiscale flow), or flow matching with OT under
-        `jit_compile=True`.
+        of a multiscale flow), or a `jit_compile` it cannot run under (flow
+        matching with OT under `jit_compile=True`).
     """
     objective = objectives.get(objective)
     objective.check(self)
-    if getattr(objective, "ot", False):
-      if kwargs.get("jit_compile") is True:
-        raise ValueError("ot=True runs scipy in the train step and cannot "
-                         "be XLA-compiled; use jit_compile=False.")
-      kwargs["jit_compile"] = False
-    elif (isinstance(objective, objectives.FlowMatching)
-          and kwargs.get("jit_compile", "auto") == "auto"):
-      # Keras' "auto" leaves XLA off on CPU, and a flow-matching step has no
-      # solve whose own jit_compile would apply: decide by the solvers' rule
-      # (on for dense dynamics on CPU, off for convolutions; on for GPUs).
-      _, block = flows.flow_matching_parts(self.bijector)
-      kwargs["jit_compile"] = solvers.use_xla(
-          "auto", solvers.xla.num_weights(block.dynamics), None,
-          len(self.event_shape), solvers.xla.device_type(tf.zeros([])))
+    kwargs["jit_compile"] = objective.jit_compile(
+        self, kwargs.get("jit_compile", "auto"))
     self.objective = objective
     # The objective's metrics, then evaluate's: nll, nfe (and bpd). Made at
     # compile, after the model is built (and so locked to Keras tracking):
     # `metrics` lists them.
-    names = [*objective.metric_names, "nll", "nfe"]
-    names += ["bpd"] if self.dequantize else []
+    kinds = dict(objective.metrics(self))
+    for name, kind in self.evaluation_metrics.items():
+      kinds.setdefault(name, kind)
     object.__setattr__(self, "trackers", {
-        n: (LastValue if n.startswith("nfe") else keras.metrics.Mean)(name=n)
-        for n in dict.fromkeys(names)})
+        name: make_metric(name, kind) for name, kind in kinds.items()})
     super().compile(optimizer=optimizer, **kwargs)
 
   @property
   def metrics(self):
     return list(self.trackers.values())
+
+  @property
+  def evaluation_metrics(self):
+    """`{name: kind}` of `evaluate`'s logs: `nll`, `nfe` (and `bpd`)."""
+    kinds = {"nll": MEAN, "nfe": LAST}
+    return {**kinds, "bpd": MEAN} if self.dequantize else kinds
 
   # -- densities ---------------------------------------------------------
 
@@ -350,25 +238,27 @@ class FlowModel(keras.Model):
     return tf.cast(x, self.compute_dtype), context
 
   def _report(self, logs):
-    if self.dequantize and "nll" in logs:
-      logs["bpd"] = bits_per_dim(-logs["nll"], self.event_size)
+    undeclared = sorted(set(logs) - set(self.trackers))
+    if undeclared:
+      raise ValueError(f"{self.objective!r} logged {undeclared}, which its "
+                       f"metrics(model) does not declare (as \"mean\" or "
+                       f"\"last\").")
     for name, value in logs.items():
       self.trackers[name].update_state(value)
     return step_logs({name: self.trackers[name].result() for name in logs})
 
   def train_step(self, data):
     x, context = self._unpack(data)
-    logs = minimize(self, lambda: self.objective.loss(self, x, context))
-    if "nfe_backward" in self.trackers:
-      logs["nfe_backward"] = tf.add_n(
-          [b.nfe_backward.read_value()
-           for b in flows.ffjord_blocks(self.bijector)])
-    return self._report(logs)
+    return self._report(self.objective.step(self, x, context))
 
   def test_step(self, data):
     x, context = self._unpack(data)
     logp, sol = self._log_prob(x, context)
-    return self._report({"nll": -tf.reduce_mean(logp), "nfe": sol.nfe})
+    nll = -tf.reduce_mean(logp)
+    logs = {"nll": nll, "nfe": sol.nfe}
+    if self.dequantize:
+      logs["bpd"] = bits_per_dim(-nll, self.event_size)
+    return self._report(logs)
 
   # -- saving ------------------------------------------------------------
 
@@ -396,9 +286,8 @@ class FlowModel(keras.Model):
     # Keras skips compile() on load for a custom compile unless these exist.
     config = super().get_compile_config()
     if config:
-      config = {**config, "objective": {
-          "class_name": type(self.objective).__name__,
-          "config": self.objective.get_config()}}
+      config = {**config, "objective":
+                keras.saving.serialize_keras_object(self.objective)}
     return config
 
   def compile_from_config(self, config):
@@ -406,8 +295,7 @@ class FlowModel(keras.Model):
     objective = config.pop("objective", None)
     config = keras.saving.deserialize_keras_object(config)
     if objective is not None:
-      objective = getattr(objectives, objective["class_name"])(
-          **objective["config"])
+      objective = objectives.deserialize(objective)
     self.compile(**config, objective=objective or "likelihood")
     if self.built:
       self.optimizer.build(self.trainable_variables)  # slots to load into
