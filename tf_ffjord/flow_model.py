@@ -4,11 +4,10 @@ import keras
 import numpy as np
 import tensorflow as tf
 
-from tf_ffjord import flows, objectives
+from tf_ffjord import flows, objectives, validation
 from tf_ffjord.distributions import standard_normal
 from tf_ffjord.images import bits_per_dim, dequantize
-from tf_ffjord.train_steps import (LAST, MEAN, check_batch, make_metric,
-                                   step_logs)
+from tf_ffjord.train_steps import LAST, MEAN, make_metric, step_logs
 
 __all__ = ["FlowModel"]
 
@@ -135,20 +134,66 @@ class FlowModel(keras.Model):
 
   # -- densities ---------------------------------------------------------
 
-  def _check(self, x, context=None, images=False):
-    x = check_batch(x, self.event_shape, type(self).__name__,
-                    what="images" if self.dequantize else "examples",
-                    floating=not images)
+  def _check(self, x, context=None, raw_images=False):
+    """The shared input policy (`tf_ffjord.validation`) on x and context.
+
+    x must be `[batch, *event_shape]`; real dtypes are cast to the model's,
+    except with `raw_images`, which keeps 8-bit integer images for
+    `dequantize`.
+    """
+    owner = type(self).__name__
+    what = "images" if self.dequantize else "examples"
+    if raw_images:
+      x = validation.check_shape(validation.real_input(x, owner),
+                                 self.event_shape, owner, what, batch_ndims=1)
+      if x.dtype.is_floating:
+        x = validation.check_finite(x, owner)
+    else:
+      x = validation.check_events(x, self.event_shape, self.compute_dtype,
+                                  owner, what, batch_ndims=1)
+    # A shape Keras relaxed to an unknown rank is checked in the graph
+    # (above, first): give the solve its static event shape.
+    x = tf.ensure_shape(x, [None, *self.event_shape])
     if self.context_dim and context is None:
-      raise ValueError(f"This model is conditional (context_dim="
-                       f"{self.context_dim}): pass (x, context).")
+      raise validation.InputError(
+          f"This model is conditional (context_dim={self.context_dim}): "
+          "pass (x, context).")
     if context is not None:
-      context = tf.convert_to_tensor(context)
-      if not self.context_dim or context.shape[-1] != self.context_dim:
-        raise ValueError(f"context has {context.shape[-1]} features; the "
-                         f"model expects context_dim={self.context_dim}.")
-      context = tf.cast(context, self.compute_dtype)
+      if not self.context_dim:
+        raise validation.InputError(
+            f"{owner} has no context (context_dim=0); got a context.")
+      context = validation.check_events(
+          context, [self.context_dim], self.compute_dtype, owner,
+          f"context vectors (context_dim={self.context_dim})", batch_ndims=1)
     return x, context
+
+  def _array_input(self, x, method):
+    """Arrays and lists for `fit`/`evaluate`, their shape checked up front.
+
+    A list of numbers becomes an array; a list of arrays is the `(x,
+    context)` pair. The error for anything else does not print it back.
+    """
+    owner = type(self).__name__
+    if isinstance(x, list):
+      if x and all(hasattr(v, "shape") for v in x):
+        x = tuple(x)
+      else:
+        try:
+          x = np.asarray(x, np.float32)
+        except (TypeError, ValueError):
+          raise validation.InputError(
+              f"{owner}.{method} takes an array `[batch, "
+              f"{', '.join(map(str, self.event_shape))}]`, an (x, context) "
+              f"pair or a tf.data.Dataset; got a list of "
+              f"{len(x)} items that is not one array.") from None
+    first = x[0] if isinstance(x, tuple) and len(x) == 2 else x
+    shape = getattr(first, "shape", None)
+    if shape is not None and tf.TensorShape(shape).is_fully_defined():
+      # The shape alone (no copy): one message before Keras batches it.
+      validation.check_shape(tf.TensorSpec(shape), self.event_shape, owner,
+                             "images" if self.dequantize else "examples",
+                             batch_ndims=1)
+    return x
 
   def _log_prob(self, x, context=None, bijector=None, seed=None):
     sol = flows.solve(bijector or self.eval_bijector, x, "inverse", context,
@@ -158,7 +203,6 @@ class FlowModel(keras.Model):
   def call(self, x, context=None, training=False):
     """log p(x) with the training flow (training) or the evaluation flow."""
     x, context = self._check(x, context)
-    x = tf.cast(x, self.compute_dtype)
     return self._log_prob(
         x, context, self.bijector if training else self.eval_bijector)[0]
 
@@ -182,11 +226,13 @@ class FlowModel(keras.Model):
       log p(x), or `(log p(x), nfe)`.
     """
     x, context = self._check(x, context)
-    x = tf.cast(x, self.compute_dtype)
 
     def fn(x, c, s):
-      logp, sol = self._log_prob(x, c, seed=s)
-      return logp, sol.nfe
+      def solve():
+        logp, sol = self._log_prob(x, c, seed=s)
+        return logp, tf.cast(sol.nfe, tf.int32)
+      return _unless_empty(x.shape[0], tf.shape(x)[0], solve, lambda: (
+          tf.zeros([0], x.dtype), tf.constant(0, tf.int32)))
 
     fn = self._compiled(("log_prob", context is not None, seed is not None),
                         fn)
@@ -196,7 +242,7 @@ class FlowModel(keras.Model):
 
   def bits_per_dim(self, images, seed=None):
     """bits/dim of each 8-bit image under one (seeded) dequantization."""
-    images, _ = self._check(images, images=True)
+    images, _ = self._check(images, raw_images=True)
     x = dequantize(images, seed=seed)
     return bits_per_dim(self.log_prob(x, seed=seed), self.event_size)
 
@@ -209,20 +255,28 @@ class FlowModel(keras.Model):
       seed: int seed for reproducible samples (the export's `sample(n,
         seed)` gives the same ones).
     """
+    n = validation.check_count(n, type(self).__name__)
     if seed is None:
       seed = int(np.random.randint(0, 2**31 - 1))
     if context is not None:
-      context = tf.cast(context, self.compute_dtype)
+      context = validation.check_events(
+          context, [self.context_dim], self.compute_dtype,
+          type(self).__name__, "context vectors", batch_ndims=1)
     fn = self._compiled(("sample", context is not None), self.sample_fn)
-    return fn(tf.convert_to_tensor(n, tf.int32),
-              tf.convert_to_tensor(seed, tf.int32), context)
+    return fn(n, tf.convert_to_tensor(seed, tf.int32), context)
 
   def sample_fn(self, n, seed, context=None):
     """The graph of `sample` (also traced by the SavedModel export)."""
-    z = tf.random.stateless_normal(
-        tf.concat([[n], self.event_shape], 0), tf.stack([seed, 0]),
-        dtype=self.compute_dtype)
-    x = flows.solve(self.eval_bijector, z, "forward", context).state
+    n = validation.check_count(n, type(self).__name__)
+    shape = tf.concat([[n], self.event_shape], 0)
+
+    def solve():
+      z = tf.random.stateless_normal(shape, tf.stack([seed, 0]),
+                                     dtype=self.compute_dtype)
+      return flows.solve(self.eval_bijector, z, "forward", context).state
+
+    x = _unless_empty(tf.get_static_value(n), n, solve,
+                      lambda: tf.zeros(shape, self.compute_dtype))
     return tf.clip_by_value(x, 0.0, 1.0) if self.dequantize else x
 
   # -- training ----------------------------------------------------------
@@ -231,11 +285,29 @@ class FlowModel(keras.Model):
     x, context, _ = keras.utils.unpack_x_y_sample_weight(data)
     if isinstance(x, (tuple, list)) and len(x) == 2 and context is None:
       x, context = x  # fit((x, context)) with arrays: Keras keeps the pair
-    x, context = self._check(x, context, images=self.dequantize)
+    x, context = self._check(x, context, raw_images=self.dequantize)
     if self.dequantize and x.dtype.is_integer:
       # Floats are taken as dequantized already (e.g. by a seeded pipeline).
       x = dequantize(x)
     return tf.cast(x, self.compute_dtype), context
+
+  def fit(self, x=None, y=None, *args, **kwargs):  # pylint: disable=keyword-arg-before-vararg
+    x = self._array_input(x, "fit")
+    try:
+      return super().fit(x, y, *args, **kwargs)
+    except Exception:
+      # A step that failed while tracing leaves a half-called tf.function
+      # that would refuse to create the optimizer's slots the next time.
+      self.train_function = self.test_function = None
+      raise
+
+  def evaluate(self, x=None, y=None, *args, **kwargs):  # pylint: disable=keyword-arg-before-vararg
+    x = self._array_input(x, "evaluate")
+    try:
+      return super().evaluate(x, y, *args, **kwargs)
+    except Exception:
+      self.test_function = None
+      raise
 
   def _report(self, logs):
     undeclared = sorted(set(logs) - set(self.trackers))
@@ -299,3 +371,14 @@ class FlowModel(keras.Model):
     self.compile(**config, objective=objective or "likelihood")
     if self.built:
       self.optimizer.build(self.trainable_variables)  # slots to load into
+
+
+def _unless_empty(static_rows, rows, solve, empty):
+  """`solve()`, or `empty()` for 0 rows: an empty batch needs no solve.
+
+  (An adaptive solver's error norm over no rows is NaN.) Decided in Python
+  when the row count is static, else by `tf.cond`.
+  """
+  if static_rows is not None:
+    return empty() if int(static_rows) == 0 else solve()
+  return tf.cond(rows > 0, solve, empty)

@@ -107,19 +107,3 @@ def make_metric(name, kind):
   raise ValueError(f"Unknown kind {kind!r} of metric {name!r}; expected one "
                    f"of {METRIC_KINDS}.")
 
-
-def check_batch(x, event_shape, owner, what="examples", floating=True):
-  """Converts a batch to a tensor and checks its dtype and example shape.
-
-  Raises:
-    ValueError: a non-float dtype (if `floating`) or examples of another
-      shape.
-  """
-  x = tf.convert_to_tensor(x)
-  if floating and not x.dtype.is_floating:
-    raise ValueError(f"{owner} expects float data, got dtype "
-                     f"{x.dtype.name}.")
-  if tuple(x.shape[1:]) != tuple(event_shape):
-    raise ValueError(f"{owner} expects {what} of shape {tuple(event_shape)}, "
-                     f"got data of shape {x.shape}.")
-  return x
