@@ -33,8 +33,8 @@ def _args(root, out, *extra):
   noise: reruns and resumes are deterministic), a loose evaluation."""
   return ["--data", "miniboone", "--data-root", str(root), "--out", str(out),
           "--hdim-factor", "2", "--nhidden", "1", "--solver", "euler",
-          "--step-size", "1.0", "--trace", "exact", "--test-rtol", "1e-3",
-          "--test-atol", "1e-3", "--batch-size", "40", "--steps-per-epoch",
+          "--step-size", "1.0", "--trace", "exact", "--eval-rtol", "1e-3",
+          "--eval-atol", "1e-3", "--batch-size", "40", "--steps-per-epoch",
           "2", *extra]
 
 
