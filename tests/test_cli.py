@@ -219,3 +219,11 @@ def test_every_cli_refuses_a_file_as_out(name, tmp_path, capsys):
     CLIS[name][0].main(["--out", str(existing)])
   assert e.value.code == 2
   assert "is an existing file" in capsys.readouterr().err.splitlines()[-1]
+
+
+def test_a_redeclared_field_keeps_its_own_checks(capsys):
+  # ToyConfig redeclares RunConfig's --data with choices; its own win.
+  with pytest.raises(SystemExit) as e:
+    cli.parse(toy.ToyConfig, "", ["--data", "iris"])
+  assert e.value.code == 2
+  assert "invalid choice: 'iris'" in capsys.readouterr().err

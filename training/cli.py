@@ -53,8 +53,8 @@ def default(value):
 
 
 def field_metadata(config_cls, name):
-  """The help and checks of a field, from the class that declared them."""
-  for cls in reversed(config_cls.__mro__):
+  """The help and checks of a field: its last full declaration in the MRO."""
+  for cls in config_cls.__mro__:
     field = getattr(cls, "__dataclass_fields__", {}).get(name)
     if field is not None and "help" in field.metadata:
       return field.metadata
