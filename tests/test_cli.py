@@ -227,3 +227,23 @@ def test_a_redeclared_field_keeps_its_own_checks(capsys):
     cli.parse(toy.ToyConfig, "", ["--data", "iris"])
   assert e.value.code == 2
   assert "invalid choice: 'iris'" in capsys.readouterr().err
+
+
+@pytest.mark.parametrize("name", ["tabular", "images", "vae"])
+def test_every_builder_sets_the_precision_first(name):
+  module, config_cls = CLIS[name]
+  config = config_cls(precision="mixed_bfloat16")
+  try:
+    if name == "tabular":
+      model = module.build_model(dataclasses.replace(config, hdim_factor=2),
+                                 3)
+    elif name == "images":
+      model = module.build_model(dataclasses.replace(
+          config, dims=(4,), multiscale=False), (4, 4, 1))
+    else:
+      model = module.build_model(dataclasses.replace(
+          config, encoder_hidden=(8,), decoder_hidden=(8,), cnf_hidden=(8,),
+          latent_dim=2, context_dim=2), (4, 4))
+    assert model.compute_dtype == "bfloat16"
+  finally:
+    keras.mixed_precision.set_global_policy("float32")

@@ -16,11 +16,13 @@ class FlowModel(keras.Model):
   """A density model: a flow bijector on a standard-normal base.
 
   The one training and evaluation loop of the library. `compile(optimizer,
-  objective)` picks the loss (`MaximumLikelihood`, with optional RNODE
-  regularizers, or `FlowMatching`); `fit` minimizes it; `evaluate` reports
+  objective)` takes an `Objective` (`MaximumLikelihood`, with optional RNODE
+  regularizers, `FlowMatching`, or a user's), which owns the train step, its
+  logs and their kinds, and its XLA rule; `fit` runs it; `evaluate` reports
   the exact-likelihood `nll` (nats), the forward `nfe` and, for image models,
-  `bpd`, computed with `eval_bijector`. `FFJORDModel` and `ImageFlow` are
-  constructors of it: they only build the bijector.
+  `bpd`, computed with `eval_bijector`. Every entry point checks its input by
+  `tf_ffjord.validation`'s policy; empty batches are legal. `FFJORDModel` and
+  `ImageFlow` are constructors of it: they only build the bijector.
 
   Args:
     bijector: the flow; `forward` maps base samples to data (an `FFJORD`,
