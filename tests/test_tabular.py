@@ -194,7 +194,7 @@ def test_data_defaults_are_the_papers_and_every_flag_is_explained():
   assert (config.num_blocks, config.batch_size) == (2, 7)  # flags win
   assert set(tabular.DATA_DEFAULTS) == set(tabular.PAPER_NLL)
   for field in dataclasses.fields(tabular.TabularConfig):
-    text = field.metadata.get("help", "")
+    text = cli.field_metadata(tabular.TabularConfig, field.name)["help"]
     assert len(text.split()) >= 3 and not text.startswith("default"), \
         field.name
 
