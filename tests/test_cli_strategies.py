@@ -69,7 +69,7 @@ def _tabular_case(tmp_path):
           "--hdim-factor", "2", "--nhidden", "1", "--num-blocks", "2",
           "--solver", "euler", "--step-size", "1.0", "--trace", "exact",
           "--batch-size", "80", "--steps", "3", "--steps-per-epoch", "3",
-          "--test-rtol", "1e-3", "--test-atol", "1e-3", "--max-val", "26",
+          "--eval-rtol", "1e-3", "--eval-atol", "1e-3", "--max-val", "26",
           "--weight-decay", "0.1"]  # large enough to see if it were doubled
 
 

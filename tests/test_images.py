@@ -259,7 +259,7 @@ def test_image_flow_single_scale_config_and_bad_input():
   clone = ImageFlow.from_config(model.get_config())
   assert len(flows.ffjord_blocks(clone.bijector)) == 2
   assert clone.ffjord_kwargs == {"solver": "rk4", "step_size": 1.0}
-  with pytest.raises(ValueError, match="\\(4, 4, 1\\)"):
+  with pytest.raises(ValueError, match="\\[4, 4, 1\\]"):
     model.log_prob(np.zeros([2, 8, 8, 1], np.float32))
   with pytest.raises(ValueError, match="net"):
     ImageFlow((4, 4, 1), net="resnet")

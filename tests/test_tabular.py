@@ -33,8 +33,8 @@ def _args(root, out, *extra):
   noise: reruns and resumes are deterministic), a loose evaluation."""
   return ["--data", "miniboone", "--data-root", str(root), "--out", str(out),
           "--hdim-factor", "2", "--nhidden", "1", "--solver", "euler",
-          "--step-size", "1.0", "--trace", "exact", "--test-rtol", "1e-3",
-          "--test-atol", "1e-3", "--batch-size", "40", "--steps-per-epoch",
+          "--step-size", "1.0", "--trace", "exact", "--eval-rtol", "1e-3",
+          "--eval-atol", "1e-3", "--batch-size", "40", "--steps-per-epoch",
           "2", *extra]
 
 
@@ -194,7 +194,7 @@ def test_data_defaults_are_the_papers_and_every_flag_is_explained():
   assert (config.num_blocks, config.batch_size) == (2, 7)  # flags win
   assert set(tabular.DATA_DEFAULTS) == set(tabular.PAPER_NLL)
   for field in dataclasses.fields(tabular.TabularConfig):
-    text = field.metadata.get("help", "")
+    text = cli.field_metadata(tabular.TabularConfig, field.name)["help"]
     assert len(text.split()) >= 3 and not text.startswith("default"), \
         field.name
 

@@ -7,6 +7,7 @@ import numpy as np
 import pytest
 import tensorflow as tf
 
+from training import cli as run_cli
 from training import run as run_lib
 from training import vae as cli
 
@@ -112,7 +113,7 @@ def test_cli_help_says_what_every_flag_does(capsys):
   text = " ".join(capsys.readouterr().out.split())
   import dataclasses  # pylint: disable=g-import-not-at-top
   for field in dataclasses.fields(cli.VAEConfig):
-    help_line = field.metadata["help"]
+    help_line = run_cli.field_metadata(cli.VAEConfig, field.name)["help"]
     assert len(help_line) > 15 and not help_line.startswith("default"), field
     # (argparse wraps lines, also at hyphens.)
     assert "".join(help_line.split()) in text.replace(" ", ""), field.name

@@ -7,7 +7,7 @@ from tf_ffjord.conv import ConvODENet
 from tf_ffjord.dynamics import ODENet
 from tf_ffjord.end_time import EndTime
 from tf_ffjord.images import LogitTransform, Squeeze, bits_per_dim, dequantize
-from tf_ffjord.model import FlowModel
+from tf_ffjord.flow_model import FlowModel
 from tf_ffjord.models import FFJORDModel, ImageFlow
 from tf_ffjord.multiscale import ODENVP
 from tf_ffjord.objectives import FlowMatching, MaximumLikelihood

@@ -5,6 +5,8 @@ import time
 import keras
 import tensorflow as tf
 
+from tf_ffjord.train_steps import in_multi_worker_mode
+
 __all__ = ["TimeBudget", "any_worker"]
 
 
@@ -20,8 +22,7 @@ def any_worker(*flags, strategy=None):
     A tuple of bools, one per flag.
   """
   strategy = strategy or tf.distribute.get_strategy()
-  multi = getattr(strategy.extended, "_in_multi_worker_mode", lambda: False)
-  if not multi():
+  if not in_multi_worker_mode(strategy):
     return tuple(bool(f) for f in flags)
   if id(strategy) not in _FLAG_SUMS:
     # Compiled once: eager collectives are slow. tf.distribute reduces by

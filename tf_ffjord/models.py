@@ -9,7 +9,7 @@ from tf_ffjord.bijector import FFJORD
 from tf_ffjord.conv import ConvODENet
 from tf_ffjord.dynamics import ODENet
 from tf_ffjord.images import LogitTransform
-from tf_ffjord.model import FlowModel
+from tf_ffjord.flow_model import FlowModel
 from tf_ffjord.multiscale import ODENVP
 from tf_ffjord.unet import UNetODENet
 

@@ -1,46 +1,105 @@
 """Training objectives of a `FlowModel`: maximum likelihood (plus RNODE regularizers) and flow matching."""
 
+import keras
 import tensorflow as tf
 
-from tf_ffjord import divergence, flows
+from tf_ffjord import divergence, flows, solvers
 from tf_ffjord import regularizers as regs
 from tf_ffjord.flow_matching import flow_matching_loss
+from tf_ffjord.images import bits_per_dim
+from tf_ffjord.train_steps import LAST, MEAN, minimize
 
-__all__ = ["Objective", "MaximumLikelihood", "FlowMatching", "get"]
+__all__ = ["Objective", "MaximumLikelihood", "FlowMatching", "get",
+           "deserialize"]
 
 
+@keras.saving.register_keras_serializable("tf_ffjord")
 class Objective:
-  """What a `FlowModel`'s `train_step` minimizes.
+  """What a `FlowModel`'s `train_step` minimizes, and what it logs.
 
-  `loss(model, x, context)` runs under the gradient tape and returns the
-  scalar loss and a dict of scalar logs (one Keras metric each, named by
-  `metric_names`). `check(model)` runs at `compile` and raises on a model the
-  objective cannot train.
+  A subclass defines `loss(model, x, context)`, which runs under the gradient
+  tape and returns the scalar loss and a dict of scalar step logs, and
+  `metrics(model)`, the kind of each log: `"mean"` (the mean over the epoch)
+  or `"last"` (the last step's value). The model makes one Keras metric per
+  log and knows nothing else of the objective. Optional hooks: `check(model)`
+  runs at `compile` and raises on a model the objective cannot train;
+  `jit_compile(model, requested)` decides whether Keras may XLA-compile the
+  train step; `step(model, x, context)` is the whole train step (by default
+  one optimizer step on `loss`), for logs read after the gradient.
+
+  Objectives are Keras-serializable: with `get_config` (the constructor's
+  arguments) and the `keras.saving.register_keras_serializable` decorator,
+  a model compiled with a user's objective saves to `.keras` and loads back.
+
+  #### Examples
+
+  >>> @keras.saving.register_keras_serializable("doctest")
+  ... class Energy(Objective):
+  ...   def metrics(self, model):
+  ...     return {"energy": "mean"}
+  ...   def loss(self, model, x, context=None):
+  ...     e = tf.reduce_mean(tf.square(x))
+  ...     return e, {"energy": e}
+  >>> keras.saving.deserialize_keras_object(
+  ...     keras.saving.serialize_keras_object(Energy()))
+  Energy()
   """
 
-  metric_names = ()
+  def metrics(self, model):
+    """`{log name: "mean" or "last"}` of the logs `loss` (or `step`) returns."""
+    del model
+    return {}
 
   def check(self, model):
+    """Raises `ValueError` if the objective cannot train `model`."""
     del model
 
+  def jit_compile(self, model, requested):
+    """The `jit_compile` of the train step, given the one `compile` got.
+
+    Args:
+      model: the model being compiled.
+      requested: `True`, `False` or `"auto"` (Keras' default).
+
+    Returns:
+      The value to give `keras.Model.compile`.
+
+    Raises:
+      ValueError: a requested XLA compile the objective cannot run under.
+    """
+    del model
+    return requested
+
   def loss(self, model, x, context=None):
+    """`(scalar loss, {name: scalar log})` of one batch."""
     raise NotImplementedError
+
+  def step(self, model, x, context=None):
+    """One training step; returns its logs (`metrics(model)` names them)."""
+    return minimize(model, lambda: self.loss(model, x, context))
 
   def get_config(self):
     return {}
+
+  @classmethod
+  def from_config(cls, config):
+    return cls(**config)
 
   def __repr__(self):
     args = ", ".join(f"{k}={v!r}" for k, v in self.get_config().items())
     return f"{type(self).__name__}({args})"
 
 
+@keras.saving.register_keras_serializable("tf_ffjord")
 class MaximumLikelihood(Objective):
   """Mean negative log-likelihood (nats) through ODE solves, plus penalties.
 
   Each solve draws fresh Hutchinson probes (distinct per replica). The
   regularizers (Finlay et al. 2020) are integrated along the same solves as
   extra ODE states, so they cost no extra dynamics evaluations; each adds
-  weight x its mean integral to the loss and is logged as a metric.
+  weight x its mean integral to the loss and is logged as a metric. Logs:
+  `nll`, the forward `nfe` and adjoint `nfe_backward` of the last step,
+  `bpd` for image models, and each regularizer.
 
   Args:
     regularization: dict name -> weight over `tf_ffjord.regularizers`
@@ -64,8 +123,17 @@ class MaximumLikelihood(Objective):
       if not weight >= 0:
         raise ValueError(f"Regularization weights must be >= 0, got "
                          f"{name}={weight}.")
-    self.metric_names = ("nll", "nfe", "nfe_backward",
-                         *self.regularization)
+
+  @property
+  def metric_names(self):
+    """The logs on a vector model."""
+    return ("nll", "nfe", "nfe_backward", *self.regularization)
+
+  def metrics(self, model):
+    kinds = {"nll": MEAN, "nfe": LAST, "nfe_backward": LAST}
+    if getattr(model, "dequantize", False):
+      kinds["bpd"] = MEAN
+    return {**kinds, **dict.fromkeys(self.regularization, MEAN)}
 
   def check(self, model):
     if "jacobian" in self.regularization and any(
@@ -86,10 +154,21 @@ class MaximumLikelihood(Objective):
       logs[name] = value
     return loss, logs
 
+  def step(self, model, x, context=None):
+    logs = super().step(model, x, context)
+    # The adjoint solves run in the gradient: their NFE is known only now.
+    logs["nfe_backward"] = tf.add_n(
+        [b.nfe_backward.read_value()
+         for b in flows.ffjord_blocks(model.bijector)])
+    if getattr(model, "dequantize", False):
+      logs["bpd"] = bits_per_dim(-logs["nll"], model.event_size)
+    return logs
+
   def get_config(self):
     return {"regularization": self.regularization}
 
 
+@keras.saving.register_keras_serializable("tf_ffjord")
 class FlowMatching(Objective):
   """Simulation-free flow matching of the model's one FFJORD block.
 
@@ -118,6 +197,10 @@ class FlowMatching(Objective):
     self.ot = bool(ot)
     self.sigma = float(sigma)
 
+  def metrics(self, model):
+    del model
+    return {"fm_loss": MEAN}
+
   def check(self, model):
     _, block = flows.flow_matching_parts(model.bijector)
     if any(layer.trainable_weights for layer in block.keras_layers
@@ -125,6 +208,22 @@ class FlowMatching(Objective):
       raise ValueError("Flow matching regresses a field over a fixed time "
                        "interval and cannot learn the end time: build the "
                        "model with train_time=False.")
+
+  def jit_compile(self, model, requested):
+    if self.ot:
+      if requested is True:
+        raise ValueError("ot=True runs scipy in the train step and cannot "
+                         "be XLA-compiled; use jit_compile=False.")
+      return False
+    if requested != "auto":
+      return requested
+    # Keras' "auto" leaves XLA off on CPU, and a flow-matching step has no
+    # solve whose own jit_compile would apply: decide by the solvers' rule
+    # (on for dense dynamics on CPU, off for convolutions; on for GPUs).
+    _, block = flows.flow_matching_parts(model.bijector)
+    return solvers.use_xla(
+        "auto", solvers.xla.num_weights(block.dynamics), None,
+        len(model.event_shape), solvers.xla.device_type(tf.zeros([])))
 
   def loss(self, model, x, context=None):
     pre, block = flows.flow_matching_parts(model.bijector)
@@ -151,7 +250,25 @@ def get(objective):
   """
   if isinstance(objective, Objective):
     return objective
-  if objective in _NAMES:
+  if isinstance(objective, str) and objective in _NAMES:
     return _NAMES[objective]()
   raise ValueError(f"Unknown objective {objective!r}; expected one of "
                    f"{sorted(_NAMES)} or an Objective instance.")
+
+
+def deserialize(config):
+  """The `Objective` of its Keras config, by Keras' deserialization.
+
+  Also reads the `{"class_name", "config"}` of `.keras` files written before
+  the objectives were registered (built-in objectives only).
+
+  Raises:
+    TypeError: the config is not an objective's.
+  """
+  legacy = {cls.__name__: cls for cls in (MaximumLikelihood, FlowMatching)}
+  objective = keras.saving.deserialize_keras_object(config,
+                                                    custom_objects=legacy)
+  if not isinstance(objective, Objective):
+    raise TypeError(f"Expected the config of an Objective, got one of "
+                    f"{type(objective).__name__}.")
+  return objective

@@ -3,18 +3,16 @@
 import keras
 import numpy as np
 import tensorflow as tf
-import tensorflow_probability as tfp
 
 from tf_ffjord.bijector import FFJORD
 from tf_ffjord.divergence import replica_seed
+from tf_ffjord.distributions import standard_normal
 from tf_ffjord.dynamics import ODENet
-from tf_ffjord.made import MADE
-from tf_ffjord.model import (LastValue, check_batch, minimize, standard_normal,
-                             step_logs)
+from tf_ffjord.made import MADE, iaf_forward, iaf_steps
+from tf_ffjord import validation
+from tf_ffjord.train_steps import LastValue, minimize, step_logs
 
 __all__ = ["VAE", "MADE", "POSTERIORS", "binarize"]
-
-tfb = tfp.bijectors
 
 POSTERIORS = ("none", "maf", "ffjord")
 
@@ -139,8 +137,7 @@ class VAE(keras.Model):
     if posterior != "none" and self.context_dim < 1:
       raise ValueError(f"A {posterior!r} posterior needs context_dim >= 1.")
     self.activation_name = activation
-    self.maf_steps = int(maf_steps)
-    self.maf_hidden = tuple(maf_hidden)
+    self.maf_steps, self.maf_hidden = int(maf_steps), tuple(maf_hidden)
     self.cnf_hidden = tuple(cnf_hidden)
     self.cnf_activation = cnf_activation
     self.kl_warmup_steps = int(kl_warmup_steps)
@@ -156,18 +153,11 @@ class VAE(keras.Model):
     self.decoder = keras.Sequential(
         [_mlp(self.decoder_hidden, activation, "decoder"),
          keras.layers.Dense(self.num_pixels, name="logits")], name="decoder")
-    self.mades = []
-    self.dynamics = None
+    self.mades, self.dynamics = [], None
     if posterior == "maf":
       self.mades = [MADE(d, self.maf_hidden, k, activation, name=f"made_{i}")
                     for i in range(self.maf_steps)]
-      # The MADE is called on the tensors the bijector hands it; the
-      # conditional input arrives as a bijector kwarg.
-      self.iafs = [tfb.Invert(tfb.MaskedAutoregressiveFlow(
-          shift_and_log_scale_fn=(
-              lambda z, conditional_input=None, made=m: made(
-                  z, conditional_input)),
-          name=f"maf_{i}")) for i, m in enumerate(self.mades)]
+      self.iafs = iaf_steps(self.mades)
     elif posterior == "ffjord":
       self.dynamics = ODENet(hidden=self.cnf_hidden, activation=cnf_activation,
                              dim=d, context_dim=k, name="dynamics")
@@ -198,9 +188,9 @@ class VAE(keras.Model):
 
   # -- the pieces ----------------------------------------------------------
 
-  def _check(self, x):  # float images in [0, 1]
-    x = check_batch(x, self.image_shape, "VAE", what="images")
-    return tf.cast(x, self.compute_dtype)
+  def _check(self, x):  # binary images, cast to the model's dtype
+    return validation.check_events(x, self.image_shape, self.compute_dtype,
+                                   "VAE", "images", batch_ndims=1)
 
   def encode(self, x):
     """Returns `(mu, sigma, h)`: the base Gaussian and the context [batch, k]."""
@@ -227,18 +217,10 @@ class VAE(keras.Model):
       exact: use `eval_flow` (exact trace) for `"ffjord"`.
       probe_seed: optional stateless seed of `"ffjord"`'s Hutchinson probes.
     """
-    zero = tf.zeros(tf.shape(z0)[:1], z0.dtype)
     if self.posterior == "none":
-      return z0, zero, tf.constant(0, tf.int32)
+      return z0, tf.zeros(tf.shape(z0)[:1], z0.dtype), tf.constant(0, tf.int32)
     if self.posterior == "maf":
-      z, ldj = z0, zero
-      for i, iaf in enumerate(self.iafs):
-        if i:  # reverse the order so every variable gets to condition
-          z = tf.reverse(z, axis=[-1])
-        ldj += iaf.forward_log_det_jacobian(z, event_ndims=1,
-                                            conditional_input=h)
-        z = iaf.forward(z, conditional_input=h)
-      return z, ldj, tf.constant(0, tf.int32)
+      return (*iaf_forward(self.iafs, z0, h), tf.constant(0, tf.int32))
     flow = self.eval_flow if exact else self.flow
     sol = flow.solve(z0, "forward", context=h, seed=probe_seed)
     return sol.state, sol.log_det, sol.nfe
@@ -391,32 +373,28 @@ class VAE(keras.Model):
 
     # Scaled for the replicas, the model's own losses added.
     kl, rec, nfe = minimize(self, loss_fn)
-    self.elbo_tracker.update_state(kl - rec)
-    self.kl_tracker.update_state(kl)
-    self.nfe_tracker.update_state(nfe)
     if self.posterior == "ffjord":
       self.nfe_backward_tracker.update_state(
           self.flow.nfe_backward.read_value())
-    return step_logs({m.name: m.result() for m in self.metrics})
+    return self._report(kl, rec, nfe, self.metrics)
 
   def test_step(self, data):
     x, _, _ = keras.utils.unpack_x_y_sample_weight(data)
     log_px_z, log_pz, log_q, nfe = self.log_weights(x, 1, exact=True)
-    self.elbo_tracker.update_state(
-        -tf.reduce_mean(log_px_z + log_pz - log_q))
-    self.kl_tracker.update_state(tf.reduce_mean(log_q - log_pz))
+    kl, rec = tf.reduce_mean(log_q - log_pz), tf.reduce_mean(log_px_z)
+    return self._report(kl, rec, nfe, self.metrics[:3])
+
+  def _report(self, kl, rec, nfe, metrics):
+    self.elbo_tracker.update_state(kl - rec)
+    self.kl_tracker.update_state(kl)
     self.nfe_tracker.update_state(nfe)
-    return step_logs({m.name: m.result() for m in self.metrics[:3]})
+    return step_logs({m.name: m.result() for m in metrics})
 
   def get_config(self):
+    names = ("latent_dim", "posterior", "encoder_hidden", "decoder_hidden",
+             "context_dim", "maf_steps", "maf_hidden", "cnf_hidden",
+             "cnf_activation", "kl_warmup_steps", "eval_trace")
     return {**super().get_config(), **self.ffjord_kwargs,
-            "input_shape": self.image_shape, "latent_dim": self.latent_dim,
-            "posterior": self.posterior,
-            "encoder_hidden": self.encoder_hidden,
-            "decoder_hidden": self.decoder_hidden,
-            "context_dim": self.context_dim,
-            "activation": self.activation_name, "maf_steps": self.maf_steps,
-            "maf_hidden": self.maf_hidden, "cnf_hidden": self.cnf_hidden,
-            "cnf_activation": self.cnf_activation,
-            "kl_warmup_steps": self.kl_warmup_steps,
-            "eval_trace": self.eval_trace}
+            **{n: getattr(self, n) for n in names},
+            "input_shape": self.image_shape,
+            "activation": self.activation_name}

@@ -1,15 +1,22 @@
-"""Experiment configs as command lines: one dataclass per experiment, flags checked at parse time, presets, `--strategy`."""
+"""Experiment configs as command lines: one dataclass per experiment, shared solver/evaluation flags, checks at parse time, presets, `--strategy`, `--precision`."""
 
 import argparse
 import dataclasses
 import os
 
+import keras
 import tensorflow as tf
 
-__all__ = ["option", "RunConfig", "parse", "use_strategy", "STRATEGIES",
-           "LOGICAL_CPUS_ENV"]
+from tf_ffjord import divergence, solvers
+from tf_ffjord.bijector import GRADIENTS
+
+__all__ = ["option", "default", "field_metadata", "RunConfig",
+           "SolverConfig", "EvalConfig", "parse", "use_strategy", "use_precision", "check_out",
+           "STRATEGIES", "PRECISIONS", "SOLVERS", "LOGICAL_CPUS_ENV"]
 
 STRATEGIES = ("default", "mirrored", "multiworker")
+PRECISIONS = ("float32", "mixed_bfloat16", "mixed_float16")
+SOLVERS = solvers.ADAPTIVE_SOLVERS + solvers.FIXED_SOLVERS
 
 # Testing aid: `--strategy mirrored` over N logical CPU devices of one
 # physical CPU (how the tests get 2 replicas on a machine without GPUs).
@@ -34,6 +41,25 @@ def option(default, help, choices=None, low=None, high=None,  # pylint: disable=
   """
   return dataclasses.field(default=default, metadata=dict(
       help=help, choices=choices, low=low, high=high, positive=positive))
+
+
+def default(value):
+  """Another default of a shared field: its help and checks stay the base's.
+
+  For an experiment config that inherits `SolverConfig` (say) but starts
+  from other tolerances: `rtol: float = cli.default(1e-3)`.
+  """
+  return dataclasses.field(default=value, metadata={})
+
+
+def field_metadata(config_cls, name):
+  """The help and checks of a field: its last full declaration in the MRO."""
+  for cls in config_cls.__mro__:
+    field = getattr(cls, "__dataclass_fields__", {}).get(name)
+    if field is not None and "help" in field.metadata:
+      return field.metadata
+  raise TypeError(f"{config_cls.__name__}.{name} has no help: declare it "
+                  "with cli.option.")
 
 
 @dataclasses.dataclass
@@ -65,6 +91,61 @@ class RunConfig:
   seed: int = option(0, "seed of the weights, data order and noise", low=0)
   export: bool = option(True, "write the trained model as a SavedModel "
                         "into <out>/saved_model")
+  precision: str = option("float32", "Keras dtype policy of the model, set "
+                          "before it is built (mixed_*: weights in float32, "
+                          "computation in bfloat16 or float16)",
+                          choices=PRECISIONS)
+
+
+@dataclasses.dataclass
+class SolverConfig:
+  """The flags of the training solves (and sampling), the same in every CLI."""
+  solver: str = option("dopri5", "ODE solver of training and sampling",
+                       choices=SOLVERS)
+  rtol: float = option(1e-5, "relative tolerance of adaptive solvers in "
+                       "training (evaluation: --eval-rtol)", positive=True)
+  atol: float = option(1e-5, "absolute tolerance of adaptive solvers in "
+                       "training (evaluation: --eval-atol)", positive=True)
+  step_size: float = option(0.25, "step of fixed-grid solvers on the unit "
+                            "time interval", positive=True)
+  max_num_steps: int = option(1000, "solver steps per solve before it "
+                              "fails", positive=True)
+  gradient: str = option("auto", "gradient of training solves: the adjoint "
+                         "ODE (constant memory; interpolated: on dopri5's "
+                         "dense output) or backprop through the solver "
+                         "(auto: an adjoint for adaptive solvers, backprop "
+                         "for fixed-grid ones)", choices=GRADIENTS)
+  trace: str = option("hutchinson", "trace estimator of training (exact "
+                      "costs one gradient pass per dimension)",
+                      choices=divergence.TRACES)
+  noise: str = option("rademacher", "Hutchinson probe distribution",
+                      choices=divergence.NOISES)
+
+  def ffjord_options(self):
+    """The `FFJORD` options of the training flow."""
+    return dict(solver=self.solver, rtol=self.rtol, atol=self.atol,
+                step_size=self.step_size, max_num_steps=self.max_num_steps,
+                gradient=self.gradient, trace=self.trace, noise=self.noise)
+
+
+@dataclasses.dataclass
+class EvalConfig:
+  """The flags of the evaluation flow (validation, test, export), the same in every CLI."""
+  eval_solver: str = option("dopri5", "ODE solver of evaluation, validation "
+                            "and the export", choices=SOLVERS)
+  eval_rtol: float = option(1e-5, "relative tolerance of the evaluation "
+                            "solves", positive=True)
+  eval_atol: float = option(1e-5, "absolute tolerance of the evaluation "
+                            "solves", positive=True)
+  eval_trace: str = option("exact", "trace estimator of evaluation (the "
+                           "exact likelihood; hutchinson: one probe per "
+                           "example, for large events)",
+                           choices=divergence.TRACES)
+
+  def eval_options(self):
+    """The `FFJORD` options of the evaluation flow (`eval_options=`)."""
+    return dict(solver=self.eval_solver, rtol=self.eval_rtol,
+                atol=self.eval_atol, trace=self.eval_trace)
 
 
 def _bool(text):
@@ -121,8 +202,8 @@ def _parser(config_cls, defaults, description, presets):
                             f"{k}: {v.__doc__ or ''}".strip()
                             for k, v in presets.items()))
   for field in dataclasses.fields(config_cls):
-    meta = field.metadata
-    default = defaults[field.name]
+    meta = field_metadata(config_cls, field.name)
+    value = defaults[field.name]
     if isinstance(field.default, bool):
       kind = _bool
     elif isinstance(field.default, tuple):
@@ -130,7 +211,7 @@ def _parser(config_cls, defaults, description, presets):
     else:
       kind = _checked(type(field.default), meta)
     parser.add_argument("--" + field.name.replace("_", "-"), type=kind,
-                        default=default, choices=meta.get("choices"),
+                        default=value, choices=meta.get("choices"),
                         help=meta.get("help", ""),
                         metavar=None if meta.get("choices") else
                         field.name.upper())
@@ -180,10 +261,48 @@ def parse(config_cls, description, argv=None, presets=None,
   args.pop("preset", None)
   strategy_name = args.pop("strategy")
   config = config_cls(**args)
-  problem = check(config) if check else None
+  problem = check_out(config.out) if hasattr(config, "out") else None
+  problem = problem or (check(config) if check else None)
   if problem:
     parser.error(problem)
   return config, use_strategy(strategy_name)
+
+
+def check_out(out):
+  """Why `--out` cannot hold a run, or None; creates nothing.
+
+  An existing directory is a run to resume; an existing file, or a path
+  under a file or an unwritable directory, is refused.
+  """
+  if os.path.exists(out):
+    if not os.path.isdir(out):
+      return (f"--out {out} is an existing file; pass a directory (a new "
+              "one, or a run's to resume)")
+    return None if os.access(out, os.W_OK | os.X_OK) else (
+        f"--out {out} is not writable")
+  parent = os.path.dirname(os.path.abspath(out))
+  while not os.path.exists(parent):
+    parent = os.path.dirname(parent)
+  if not os.path.isdir(parent):
+    return f"--out {out} cannot be created: {parent} is a file"
+  if not os.access(parent, os.W_OK | os.X_OK):
+    return f"--out {out} cannot be created: {parent} is not writable"
+  return None
+
+
+def use_precision(name):
+  """Sets the Keras dtype policy that models built afterwards take.
+
+  Args:
+    name: one of `PRECISIONS`.
+
+  Raises:
+    ValueError: an unknown name.
+  """
+  if name not in PRECISIONS:
+    raise ValueError(f"Unknown precision {name!r}; expected one of "
+                     f"{PRECISIONS}.")
+  keras.mixed_precision.set_global_policy(name)
 
 
 def use_strategy(name):

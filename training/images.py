@@ -7,7 +7,7 @@ import keras
 import numpy as np
 import tensorflow as tf
 
-from tf_ffjord import ImageFlow, divergence
+from tf_ffjord import ImageFlow
 from tf_ffjord.datasets import batches
 from tf_ffjord.datasets import images as image_data
 from tf_ffjord.images import dequantize
@@ -19,13 +19,12 @@ __all__ = ["ImagesConfig", "PRESETS", "PAPER_BPD", "check", "build_model",
            "run", "main"]
 
 PAPER_BPD = {"mnist": 0.99, "cifar10": 3.40}
-SOLVERS = ("dopri5", "rk4", "midpoint", "euler")
 FILES = {"mnist": "mnist.npz", "fashion-mnist": "fashion-mnist",
          "cifar10": "cifar-10-batches-py"}
 
 
 @dataclasses.dataclass
-class ImagesConfig(cli.RunConfig):
+class ImagesConfig(cli.RunConfig, cli.SolverConfig, cli.EvalConfig):
   """One image experiment; the defaults train the paper's multiscale model at CPU size."""
   data: str = cli.option("mnist", "image data set, read from --data-root",
                          choices=image_data.DATASETS)
@@ -61,20 +60,8 @@ class ImagesConfig(cli.RunConfig):
   alpha: float = cli.option(0.0, "logit-transform margin (0: the paper's, "
                             "1e-6 for MNIST, 0.05 for CIFAR-10)", low=0.0,
                             high=0.49)
-  solver: str = cli.option("rk4", "ODE solver of training", choices=SOLVERS)
-  step_size: float = cli.option(0.5, "step of fixed-grid solvers on the unit "
-                                "time interval", positive=True)
-  rtol: float = cli.option(1e-5, "relative tolerance of dopri5 in training",
-                           positive=True)
-  atol: float = cli.option(1e-5, "absolute tolerance of dopri5 in training",
-                           positive=True)
-  max_num_steps: int = cli.option(1000, "step limit of adaptive solves",
-                                  positive=True)
-  trace: str = cli.option("hutchinson", "trace estimator (exact costs one "
-                          "gradient pass per pixel)",
-                          choices=divergence.TRACES)
-  noise: str = cli.option("rademacher", "Hutchinson probe distribution",
-                          choices=divergence.NOISES)
+  solver: str = cli.default("rk4")
+  step_size: float = cli.default(0.5)
   time_length: float = cli.option(1.0, "integration time T of every block "
                                   "(its initial value when learned)",
                                   positive=True)
@@ -95,10 +82,7 @@ class ImagesConfig(cli.RunConfig):
                                low=0)
   eval_size: int = cli.option(0, "test images of the final evaluation (0: "
                               "the whole test split)", low=0)
-  eval_rtol: float = cli.option(1e-5, "dopri5 relative tolerance of the "
-                                "exact-likelihood evaluation", positive=True)
-  eval_atol: float = cli.option(1e-5, "dopri5 absolute tolerance of the "
-                                "exact-likelihood evaluation", positive=True)
+  eval_trace: str = cli.default("hutchinson")
   val_size: int = cli.option(0, "test images evaluated during training for "
                              "the curve (0: none)", low=0)
   val_every: int = cli.option(10, "epochs between those evaluations",
@@ -142,6 +126,7 @@ def check(config):
 
 def build_model(config, event_shape):
   """The compiled `ImageFlow` of an `ImagesConfig` (in the current strategy)."""
+  cli.use_precision(config.precision)
   keras.utils.set_random_seed(config.seed)
   flow_matching = config.objective == "flow_matching"
   alpha = config.alpha or (0.05 if event_shape[-1] == 3 else 1e-6)
@@ -152,12 +137,8 @@ def build_model(config, event_shape):
       num_blocks=config.num_blocks, multiscale=config.multiscale,
       num_scales=config.num_scales or None, alpha=alpha,
       train_time=config.train_time and not flow_matching,
-      time_length=config.time_length, solver=config.solver,
-      step_size=config.step_size, rtol=config.rtol, atol=config.atol,
-      max_num_steps=config.max_num_steps, noise=config.noise,
-      trace=config.trace,
-      eval_options=dict(solver="dopri5", rtol=config.eval_rtol,
-                        atol=config.eval_atol, trace="hutchinson"))
+      time_length=config.time_length, eval_options=config.eval_options(),
+      **config.ffjord_options())
   lr = config.lr
   if config.lr_schedule == "cosine":
     lr = keras.optimizers.schedules.CosineDecay(
@@ -213,8 +194,8 @@ def run(config, strategy=None):
       "test_examples": ev["examples"],
       "test_subset": ("full test set" if ev["examples"] == len(x_test) else
                       f"first {ev['examples']} of {len(x_test)} test images"),
-      "eval": "dopri5 rtol=atol=%g, Hutchinson trace (one probe per image)"
-              % config.eval_rtol,
+      "eval": (f"{config.eval_solver} rtol={config.eval_rtol:g} atol="
+               f"{config.eval_atol:g}, {config.eval_trace} trace"),
       "eval_nfe": ev["nfe"], "eval_seconds": ev["seconds"],
       "seconds": trained["seconds"], "steps": trained["steps"],
       "epochs": trained["steps"] * config.batch_size / len(x_train),

@@ -13,8 +13,8 @@ run validates, checkpoints (model, optimizer, schedule) and appends a row to
 learning rate by 10 after `patience // 3` validations without improvement
 (the paper's lr/10, then lr/100), and `EarlyStopping` stops after `patience`
 of them and restores the best weights. Validation and the test NLL use the
-evaluation flow: the exact trace and Dormand-Prince at `--test-rtol`,
-`--test-atol`. A rerun of the same command resumes after a crash or `kill
+evaluation flow: by default the exact trace and Dormand-Prince at
+`--eval-rtol`, `--eval-atol` (`--eval-solver`, `--eval-trace`). A rerun of the same command resumes after a crash or `kill
 -9`; a finished run only evaluates again.
 
 `--objective flow_matching` regresses the field of a single block over a
@@ -42,8 +42,7 @@ import keras
 import numpy as np
 import tensorflow as tf
 
-from tf_ffjord import FFJORDModel, ODENet, divergence, solvers
-from tf_ffjord.bijector import GRADIENTS
+from tf_ffjord import FFJORDModel, ODENet
 from tf_ffjord.datasets import batches, tabular
 from tf_ffjord.dynamics import ACTIVATIONS, LAYER_TYPES
 from tf_ffjord.objectives import FlowMatching, MaximumLikelihood
@@ -52,8 +51,6 @@ from training import cli, run as run_lib
 __all__ = ["TabularConfig", "DATA_DEFAULTS", "PAPER_NLL", "PRESETS", "check",
            "load_splits", "whitening", "build_model", "gaussian_nll", "run",
            "main"]
-
-SOLVERS = solvers.ADAPTIVE_SOLVERS + solvers.FIXED_SOLVERS
 
 # The paper's per-data-set architecture and batch (appendix B.2).
 DATA_DEFAULTS = {
@@ -77,7 +74,7 @@ PAPER_NLL = {"power": -0.46, "gas": -8.59, "hepmass": 14.92,
 
 
 @dataclasses.dataclass
-class TabularConfig(cli.RunConfig):
+class TabularConfig(cli.RunConfig, cli.SolverConfig, cli.EvalConfig):
   """One tabular experiment; the per-data-set defaults are `DATA_DEFAULTS`."""
   data: str = cli.option("miniboone", "tabular data set (MAF's "
                          "preprocessing); also picks the paper's model and "
@@ -124,26 +121,11 @@ class TabularConfig(cli.RunConfig):
   train_time: bool = cli.option(True, "learn each block's end time T "
                                 "(maximum likelihood only: flow matching "
                                 "keeps T fixed)")
-  # training solves
-  solver: str = cli.option("dopri5", "ODE solver of training (validation, "
-                           "test, sampling and the export use "
-                           "Dormand-Prince)", choices=SOLVERS)
-  rtol: float = cli.option(1e-6, "relative tolerance of adaptive solvers in "
-                           "training", positive=True)
-  atol: float = cli.option(1e-8, "absolute tolerance of adaptive solvers in "
-                           "training", positive=True)
-  step_size: float = cli.option(0.25, "step of fixed-grid solvers on the "
-                                "unit time interval", positive=True)
-  max_num_steps: int = cli.option(2000, "solver steps per solve before it "
-                                  "fails", positive=True)
-  gradient: str = cli.option("auto", "gradient of training solves: adjoint "
-                             "or backprop through the solver (auto: adjoint "
-                             "for adaptive solvers, backprop for fixed-grid "
-                             "ones)", choices=GRADIENTS)
-  trace: str = cli.option("hutchinson", "trace estimator of training",
-                          choices=divergence.TRACES)
-  noise: str = cli.option("gaussian", "Hutchinson probe distribution",
-                          choices=divergence.NOISES)
+  # training solves (the shared SolverConfig flags)
+  rtol: float = cli.default(1e-6)
+  atol: float = cli.default(1e-8)
+  max_num_steps: int = cli.default(2000)
+  noise: str = cli.default("gaussian")
   lr_schedule: str = cli.option("plateau", "learning rate over the run: the "
                                 "paper's /10 on validation plateaus, or a "
                                 "cosine decay over --steps",
@@ -151,13 +133,6 @@ class TabularConfig(cli.RunConfig):
   whiten: bool = cli.option(False, "a fixed whitening of the data (training "
                             "mean and covariance) before the blocks; its "
                             "log-det is part of the density")
-  # evaluation
-  test_rtol: float = cli.option(1e-5, "relative tolerance of the "
-                                "exact-trace Dormand-Prince solves of "
-                                "validation, test and export",
-                                positive=True)
-  test_atol: float = cli.option(1e-5, "absolute tolerance of those solves",
-                                positive=True)
   # BSDS300 patches cut from bsds300_gray.npz (MAF's hdf5 file has its own)
   n_train: int = cli.option(1_000_000, "BSDS300 from images only: training "
                             "patches", positive=True)
@@ -219,6 +194,7 @@ def build_model(config, dim, whitening=None):
 
   `whitening` is `(mean, scale_tril)` of the data when `config.whiten`.
   """
+  cli.use_precision(config.precision)
   keras.utils.set_random_seed(config.seed)
   flow_matching = config.objective == "flow_matching"
   width = config.hdim_factor * dim
@@ -229,11 +205,7 @@ def build_model(config, dim, whitening=None):
       (dim,), dynamics=nets, time_length=config.time_length,
       whitening=whitening,
       train_time=config.train_time and not flow_matching,
-      eval_options=dict(trace="exact", solver="dopri5", rtol=config.test_rtol,
-                        atol=config.test_atol),
-      trace=config.trace, noise=config.noise, solver=config.solver,
-      rtol=config.rtol, atol=config.atol, step_size=config.step_size,
-      max_num_steps=config.max_num_steps, gradient=config.gradient)
+      eval_options=config.eval_options(), **config.ffjord_options())
   objective = (FlowMatching(ot=config.ot) if flow_matching
                else MaximumLikelihood())
   lr = config.lr

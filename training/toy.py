@@ -7,7 +7,7 @@ import keras
 import numpy as np
 import tensorflow as tf
 
-from tf_ffjord import FFJORDModel, ODENet, divergence, solvers
+from tf_ffjord import FFJORDModel, ODENet
 from tf_ffjord.datasets import batches, toy
 from tf_ffjord.dynamics import ACTIVATIONS, LAYER_TYPES
 from tf_ffjord.objectives import FlowMatching, MaximumLikelihood
@@ -16,11 +16,9 @@ from training import cli, run as run_lib
 __all__ = ["ToyConfig", "PRESETS", "build_model", "plot_density", "run",
            "main"]
 
-SOLVERS = solvers.ADAPTIVE_SOLVERS + solvers.FIXED_SOLVERS
-
 
 @dataclasses.dataclass
-class ToyConfig(cli.RunConfig):
+class ToyConfig(cli.RunConfig, cli.SolverConfig, cli.EvalConfig):
   """One toy experiment: the paper's CNF, with quick-start training settings.
 
   The defaults train the paper's model (64-64-64 concatsquash tanh MLP,
@@ -48,20 +46,9 @@ class ToyConfig(cli.RunConfig):
                           choices=tuple(LAYER_TYPES))
   activation: str = cli.option("tanh", "activation between layers",
                                choices=ACTIVATIONS)
-  solver: str = cli.option("dopri5", "ODE solver of training and sampling",
-                           choices=SOLVERS)
-  rtol: float = cli.option(1e-3, "relative tolerance of adaptive solvers in "
-                           "training (evaluation: --eval-rtol)",
-                           positive=True)
-  atol: float = cli.option(1e-3, "absolute tolerance of adaptive solvers in "
-                           "training (evaluation: --eval-atol)",
-                           positive=True)
-  step_size: float = cli.option(0.25, "step of fixed-grid solvers on the "
-                                "unit time interval", positive=True)
-  trace: str = cli.option("exact", "trace estimator of training",
-                          choices=divergence.TRACES)
-  noise: str = cli.option("rademacher", "Hutchinson probe distribution",
-                          choices=divergence.NOISES)
+  rtol: float = cli.default(1e-3)
+  atol: float = cli.default(1e-3)
+  trace: str = cli.default("exact")
   time_length: float = cli.option(0.5, "integration time T (its initial "
                                   "value when learned)", positive=True)
   train_time: bool = cli.option(True, "learn T")
@@ -72,10 +59,6 @@ class ToyConfig(cli.RunConfig):
                                    "decay)", low=0.0)
   test_size: int = cli.option(10000, "fresh samples of the test NLL",
                               positive=True)
-  eval_rtol: float = cli.option(1e-5, "dopri5 relative tolerance of the "
-                                "exact-trace evaluation", positive=True)
-  eval_atol: float = cli.option(1e-5, "dopri5 absolute tolerance of the "
-                                "exact-trace evaluation", positive=True)
   plot: bool = cli.option(True, "write density.png (needs matplotlib)")
 
 
@@ -92,6 +75,7 @@ PRESETS = {"paper": paper}
 
 def build_model(config):
   """The compiled `FFJORDModel` of a `ToyConfig` (in the current strategy)."""
+  cli.use_precision(config.precision)
   keras.utils.set_random_seed(config.seed)
   flow_matching = config.objective == "flow_matching"
   model = FFJORDModel(
@@ -99,10 +83,7 @@ def build_model(config):
                             activation=config.activation, dim=2),
       time_length=config.time_length,
       train_time=config.train_time and not flow_matching,
-      trace=config.trace, noise=config.noise, solver=config.solver,
-      rtol=config.rtol, atol=config.atol, step_size=config.step_size,
-      eval_options=dict(trace="exact", solver="dopri5", rtol=config.eval_rtol,
-                        atol=config.eval_atol))
+      eval_options=config.eval_options(), **config.ffjord_options())
   lr = config.lr
   if config.lr_schedule == "cosine":
     lr = keras.optimizers.schedules.CosineDecay(config.lr, config.steps)

@@ -10,7 +10,6 @@ import keras
 import numpy as np
 import tensorflow as tf
 
-from tf_ffjord import divergence, solvers
 from tf_ffjord.datasets import batches, images
 from tf_ffjord.dynamics import ACTIVATIONS
 from tf_ffjord.vae import POSTERIORS, VAE, binarize
@@ -23,11 +22,9 @@ __all__ = ["VAEConfig", "load_images", "build_model", "train_data",
 # statically binarized MNIST, with Berg et al.'s gated-conv VAE.
 PAPER_NEG_ELBO = 82.82
 
-SOLVERS = solvers.ADAPTIVE_SOLVERS + solvers.FIXED_SOLVERS
-
 
 @dataclasses.dataclass
-class VAEConfig(cli.RunConfig):
+class VAEConfig(cli.RunConfig, cli.SolverConfig):
   """One VAE run: a small MLP VAE sized for a CPU budget.
 
   The paper follows Berg et al. (Sylvester flows): gated convolutional
@@ -81,21 +78,8 @@ class VAEConfig(cli.RunConfig):
                                    choices=ACTIVATIONS)
   time_length: float = cli.option(0.5, "integration time T of the ffjord "
                                   "posterior", positive=True)
-  solver: str = cli.option("rk4", "ODE solver of the ffjord posterior",
-                           choices=SOLVERS)
-  step_size: float = cli.option(0.25, "step of fixed-grid solvers on the "
-                                "unit time interval", positive=True)
-  rtol: float = cli.option(1e-5, "relative tolerance of adaptive solvers",
-                           positive=True)
-  atol: float = cli.option(1e-5, "absolute tolerance of adaptive solvers",
-                           positive=True)
-  trace: str = cli.option("hutchinson", "trace estimator of training "
-                          "(evaluation uses the exact trace)",
-                          choices=divergence.TRACES)
-  gradient: str = cli.option("adjoint", "how training differentiates the "
-                             "CNF solve: the adjoint ODE (constant memory) "
-                             "or backprop through the solver's steps",
-                             choices=("adjoint", "backprop"))
+  solver: str = cli.default("rk4")
+  gradient: str = cli.default("adjoint")
   epochs: int = cli.option(100, "passes over the training images; a "
                            "checkpoint after each", positive=True)
   kl_warmup_steps: int = cli.option(0, "scale the KL term of the training "
@@ -144,13 +128,11 @@ def load_images(name, root):
 
 def build_model(config, input_shape=(28, 28)):
   """The compiled `VAE` of a `VAEConfig` (in the current strategy)."""
+  cli.use_precision(config.precision)
   keras.utils.set_random_seed(config.seed)
   kwargs = {}
   if config.flow == "ffjord":
-    kwargs = dict(time_length=config.time_length, solver=config.solver,
-                  step_size=config.step_size, rtol=config.rtol,
-                  atol=config.atol, trace=config.trace,
-                  gradient=config.gradient)
+    kwargs = dict(time_length=config.time_length, **config.ffjord_options())
   vae = VAE(input_shape, latent_dim=config.latent_dim, posterior=config.flow,
             encoder_hidden=config.encoder_hidden,
             decoder_hidden=config.decoder_hidden,

@@ -3,131 +3,26 @@
 import keras
 import numpy as np
 import tensorflow as tf
-import tensorflow_probability as tfp
 
-from tf_ffjord import flows, objectives, solvers
+from tf_ffjord import flows, objectives, validation
+from tf_ffjord.distributions import standard_normal
 from tf_ffjord.images import bits_per_dim, dequantize
+from tf_ffjord.train_steps import LAST, MEAN, make_metric, step_logs
 
-__all__ = ["FlowModel", "LastValue", "check_batch", "minimize",
-           "standard_normal", "step_logs"]
-
-tfd = tfp.distributions
-
-
-def check_batch(x, event_shape, owner, what="examples", floating=True):
-  """Converts a batch to a tensor and checks its dtype and example shape.
-
-  Args:
-    x: `[batch, *event_shape]` data.
-    event_shape: the expected shape of one example.
-    owner: the class name that the error messages name.
-    what: what one example is, for the messages ("examples", "images").
-    floating: require a float dtype.
-
-  Returns:
-    x as a tensor.
-
-  Raises:
-    ValueError: a non-float dtype (if `floating`) or examples of another
-      shape.
-  """
-  x = tf.convert_to_tensor(x)
-  if floating and not x.dtype.is_floating:
-    raise ValueError(f"{owner} expects float data, got dtype "
-                     f"{x.dtype.name}.")
-  if tuple(x.shape[1:]) != tuple(event_shape):
-    raise ValueError(f"{owner} expects {what} of shape {tuple(event_shape)}, "
-                     f"got data of shape {x.shape}.")
-  return x
-
-
-def standard_normal(event_shape, dtype="float32"):
-  """The standard-normal distribution over events of `event_shape`.
-
-  The base of every flow and the VAE's prior: its `log_prob` sums over the
-  event dimensions.
-
-  Args:
-    event_shape: shape of one event, e.g. `(2,)` or `(28, 28, 1)`.
-    dtype: float dtype.
-
-  Returns:
-    A `tfd.Sample` of `tfd.Normal(0, 1)`.
-  """
-  dtype = tf.as_dtype(dtype)
-  return tfd.Sample(tfd.Normal(tf.zeros([], dtype), tf.ones([], dtype)),
-                    tuple(event_shape))
-
-
-def minimize(model, loss_fn):
-  """One optimizer step of `model` on `loss_fn()` plus the model's own losses.
-
-  Under `tf.distribute` the gradients are summed over replicas, so the loss
-  is divided by the number of replicas: each replica's mean then counts as
-  its share of the global batch.
-
-  Args:
-    model: a compiled Keras model.
-    loss_fn: callable returning `(loss, aux)`; runs under the gradient tape.
-
-  Returns:
-    `aux`.
-  """
-  replicas = tf.distribute.get_strategy().num_replicas_in_sync
-  with tf.GradientTape() as tape:
-    loss, aux = loss_fn()
-    if model.losses:
-      loss += tf.add_n(model.losses)
-    scaled = loss / replicas
-  variables = model.trainable_variables
-  grads = tape.gradient(scaled, variables)
-  model.optimizer.apply_gradients(zip(grads, variables))
-  return aux
-
-
-def step_logs(logs):
-  """Step logs in the shape Keras can reduce under the current strategy.
-
-  Keras 3 averages multi-worker step logs with `strategy.reduce("MEAN", v,
-  axis=0)`, which fails on scalars; give them a length-1 axis there.
-  """
-  strategy = tf.distribute.get_strategy()
-  if (isinstance(strategy, tf.distribute.MultiWorkerMirroredStrategy)
-      and strategy.extended._in_multi_worker_mode()):  # pylint: disable=protected-access
-    return {k: tf.reshape(v, [1]) for k, v in logs.items()}
-  return logs
-
-
-@keras.saving.register_keras_serializable("tf_ffjord")
-class LastValue(keras.metrics.Metric):
-  """A metric that reports the last value it was given (e.g. the last NFE)."""
-
-  def __init__(self, name="last_value", **kwargs):
-    super().__init__(name=name, **kwargs)
-    # Under tf.distribute each replica keeps its own value; report their
-    # mean, not their sum.
-    self.value = self.add_variable(shape=(), initializer="zeros", name="value",
-                                   aggregation="mean")
-
-  def update_state(self, value):
-    self.value.assign(tf.cast(value, self.value.dtype))
-
-  def result(self):
-    return tf.convert_to_tensor(self.value)  # a tensor, also under tf.distribute
-
-  def reset_state(self):
-    self.value.assign(0.0)
+__all__ = ["FlowModel"]
 
 
 class FlowModel(keras.Model):
   """A density model: a flow bijector on a standard-normal base.
 
   The one training and evaluation loop of the library. `compile(optimizer,
-  objective)` picks the loss (`MaximumLikelihood`, with optional RNODE
-  regularizers, or `FlowMatching`); `fit` minimizes it; `evaluate` reports
+  objective)` takes an `Objective` (`MaximumLikelihood`, with optional RNODE
+  regularizers, `FlowMatching`, or a user's), which owns the train step, its
+  logs and their kinds, and its XLA rule; `fit` runs it; `evaluate` reports
   the exact-likelihood `nll` (nats), the forward `nfe` and, for image models,
-  `bpd`, computed with `eval_bijector`. `FFJORDModel` and `ImageFlow` are
-  constructors of it: they only build the bijector.
+  `bpd`, computed with `eval_bijector`. Every entry point checks its input by
+  `tf_ffjord.validation`'s policy; empty batches are legal. `FFJORDModel` and
+  `ImageFlow` are constructors of it: they only build the bijector.
 
   Args:
     bijector: the flow; `forward` maps base samples to data (an `FFJORD`,
@@ -211,56 +106,96 @@ class FlowModel(keras.Model):
 
     Raises:
       ValueError: an objective this model cannot train (e.g. flow matching
-        of a multiscale flow), or flow matching with OT under
-        `jit_compile=True`.
+        of a multiscale flow), or a `jit_compile` it cannot run under (flow
+        matching with OT under `jit_compile=True`).
     """
     objective = objectives.get(objective)
     objective.check(self)
-    if getattr(objective, "ot", False):
-      if kwargs.get("jit_compile") is True:
-        raise ValueError("ot=True runs scipy in the train step and cannot "
-                         "be XLA-compiled; use jit_compile=False.")
-      kwargs["jit_compile"] = False
-    elif (isinstance(objective, objectives.FlowMatching)
-          and kwargs.get("jit_compile", "auto") == "auto"):
-      # Keras' "auto" leaves XLA off on CPU, and a flow-matching step has no
-      # solve whose own jit_compile would apply: decide by the solvers' rule
-      # (on for dense dynamics on CPU, off for convolutions; on for GPUs).
-      _, block = flows.flow_matching_parts(self.bijector)
-      kwargs["jit_compile"] = solvers.use_xla(
-          "auto", solvers.xla.num_weights(block.dynamics), None,
-          len(self.event_shape), solvers.xla.device_type(tf.zeros([])))
+    kwargs["jit_compile"] = objective.jit_compile(
+        self, kwargs.get("jit_compile", "auto"))
     self.objective = objective
     # The objective's metrics, then evaluate's: nll, nfe (and bpd). Made at
     # compile, after the model is built (and so locked to Keras tracking):
     # `metrics` lists them.
-    names = [*objective.metric_names, "nll", "nfe"]
-    names += ["bpd"] if self.dequantize else []
+    kinds = dict(objective.metrics(self))
+    for name, kind in self.evaluation_metrics.items():
+      kinds.setdefault(name, kind)
     object.__setattr__(self, "trackers", {
-        n: (LastValue if n.startswith("nfe") else keras.metrics.Mean)(name=n)
-        for n in dict.fromkeys(names)})
+        name: make_metric(name, kind) for name, kind in kinds.items()})
     super().compile(optimizer=optimizer, **kwargs)
 
   @property
   def metrics(self):
     return list(self.trackers.values())
 
+  @property
+  def evaluation_metrics(self):
+    """`{name: kind}` of `evaluate`'s logs: `nll`, `nfe` (and `bpd`)."""
+    kinds = {"nll": MEAN, "nfe": LAST}
+    return {**kinds, "bpd": MEAN} if self.dequantize else kinds
+
   # -- densities ---------------------------------------------------------
 
-  def _check(self, x, context=None, images=False):
-    x = check_batch(x, self.event_shape, type(self).__name__,
-                    what="images" if self.dequantize else "examples",
-                    floating=not images)
+  def _check(self, x, context=None, raw_images=False):
+    """The shared input policy (`tf_ffjord.validation`) on x and context.
+
+    x must be `[batch, *event_shape]`; real dtypes are cast to the model's,
+    except with `raw_images`, which keeps 8-bit integer images for
+    `dequantize`.
+    """
+    owner = type(self).__name__
+    what = "images" if self.dequantize else "examples"
+    if raw_images:
+      x = validation.check_shape(validation.real_input(x, owner),
+                                 self.event_shape, owner, what, batch_ndims=1)
+      if x.dtype.is_floating:
+        x = validation.check_finite(x, owner)
+    else:
+      x = validation.check_events(x, self.event_shape, self.compute_dtype,
+                                  owner, what, batch_ndims=1)
+    # A shape Keras relaxed to an unknown rank is checked in the graph
+    # (above, first): give the solve its static event shape.
+    x = tf.ensure_shape(x, [None, *self.event_shape])
     if self.context_dim and context is None:
-      raise ValueError(f"This model is conditional (context_dim="
-                       f"{self.context_dim}): pass (x, context).")
+      raise validation.InputError(
+          f"This model is conditional (context_dim={self.context_dim}): "
+          "pass (x, context).")
     if context is not None:
-      context = tf.convert_to_tensor(context)
-      if not self.context_dim or context.shape[-1] != self.context_dim:
-        raise ValueError(f"context has {context.shape[-1]} features; the "
-                         f"model expects context_dim={self.context_dim}.")
-      context = tf.cast(context, self.compute_dtype)
+      if not self.context_dim:
+        raise validation.InputError(
+            f"{owner} has no context (context_dim=0); got a context.")
+      context = validation.check_events(
+          context, [self.context_dim], self.compute_dtype, owner,
+          f"context vectors (context_dim={self.context_dim})", batch_ndims=1)
     return x, context
+
+  def _array_input(self, x, method):
+    """Arrays and lists for `fit`/`evaluate`, their shape checked up front.
+
+    A list of numbers becomes an array; a list of arrays is the `(x,
+    context)` pair. The error for anything else does not print it back.
+    """
+    owner = type(self).__name__
+    if isinstance(x, list):
+      if x and all(hasattr(v, "shape") for v in x):
+        x = tuple(x)
+      else:
+        try:
+          x = np.asarray(x, np.float32)
+        except (TypeError, ValueError):
+          raise validation.InputError(
+              f"{owner}.{method} takes an array `[batch, "
+              f"{', '.join(map(str, self.event_shape))}]`, an (x, context) "
+              f"pair or a tf.data.Dataset; got a list of "
+              f"{len(x)} items that is not one array.") from None
+    first = x[0] if isinstance(x, tuple) and len(x) == 2 else x
+    shape = getattr(first, "shape", None)
+    if shape is not None and tf.TensorShape(shape).is_fully_defined():
+      # The shape alone (no copy): one message before Keras batches it.
+      validation.check_shape(tf.TensorSpec(shape), self.event_shape, owner,
+                             "images" if self.dequantize else "examples",
+                             batch_ndims=1)
+    return x
 
   def _log_prob(self, x, context=None, bijector=None, seed=None):
     sol = flows.solve(bijector or self.eval_bijector, x, "inverse", context,
@@ -270,7 +205,6 @@ class FlowModel(keras.Model):
   def call(self, x, context=None, training=False):
     """log p(x) with the training flow (training) or the evaluation flow."""
     x, context = self._check(x, context)
-    x = tf.cast(x, self.compute_dtype)
     return self._log_prob(
         x, context, self.bijector if training else self.eval_bijector)[0]
 
@@ -294,11 +228,13 @@ class FlowModel(keras.Model):
       log p(x), or `(log p(x), nfe)`.
     """
     x, context = self._check(x, context)
-    x = tf.cast(x, self.compute_dtype)
 
     def fn(x, c, s):
-      logp, sol = self._log_prob(x, c, seed=s)
-      return logp, sol.nfe
+      def solve():
+        logp, sol = self._log_prob(x, c, seed=s)
+        return logp, tf.cast(sol.nfe, tf.int32)
+      return _unless_empty(x.shape[0], tf.shape(x)[0], solve, lambda: (
+          tf.zeros([0], x.dtype), tf.constant(0, tf.int32)))
 
     fn = self._compiled(("log_prob", context is not None, seed is not None),
                         fn)
@@ -308,7 +244,7 @@ class FlowModel(keras.Model):
 
   def bits_per_dim(self, images, seed=None):
     """bits/dim of each 8-bit image under one (seeded) dequantization."""
-    images, _ = self._check(images, images=True)
+    images, _ = self._check(images, raw_images=True)
     x = dequantize(images, seed=seed)
     return bits_per_dim(self.log_prob(x, seed=seed), self.event_size)
 
@@ -321,20 +257,28 @@ class FlowModel(keras.Model):
       seed: int seed for reproducible samples (the export's `sample(n,
         seed)` gives the same ones).
     """
+    n = validation.check_count(n, type(self).__name__)
     if seed is None:
       seed = int(np.random.randint(0, 2**31 - 1))
     if context is not None:
-      context = tf.cast(context, self.compute_dtype)
+      context = validation.check_events(
+          context, [self.context_dim], self.compute_dtype,
+          type(self).__name__, "context vectors", batch_ndims=1)
     fn = self._compiled(("sample", context is not None), self.sample_fn)
-    return fn(tf.convert_to_tensor(n, tf.int32),
-              tf.convert_to_tensor(seed, tf.int32), context)
+    return fn(n, tf.convert_to_tensor(seed, tf.int32), context)
 
   def sample_fn(self, n, seed, context=None):
     """The graph of `sample` (also traced by the SavedModel export)."""
-    z = tf.random.stateless_normal(
-        tf.concat([[n], self.event_shape], 0), tf.stack([seed, 0]),
-        dtype=self.compute_dtype)
-    x = flows.solve(self.eval_bijector, z, "forward", context).state
+    n = validation.check_count(n, type(self).__name__)
+    shape = tf.concat([[n], self.event_shape], 0)
+
+    def solve():
+      z = tf.random.stateless_normal(shape, tf.stack([seed, 0]),
+                                     dtype=self.compute_dtype)
+      return flows.solve(self.eval_bijector, z, "forward", context).state
+
+    x = _unless_empty(tf.get_static_value(n), n, solve,
+                      lambda: tf.zeros(shape, self.compute_dtype))
     return tf.clip_by_value(x, 0.0, 1.0) if self.dequantize else x
 
   # -- training ----------------------------------------------------------
@@ -343,32 +287,52 @@ class FlowModel(keras.Model):
     x, context, _ = keras.utils.unpack_x_y_sample_weight(data)
     if isinstance(x, (tuple, list)) and len(x) == 2 and context is None:
       x, context = x  # fit((x, context)) with arrays: Keras keeps the pair
-    x, context = self._check(x, context, images=self.dequantize)
+    x, context = self._check(x, context, raw_images=self.dequantize)
     if self.dequantize and x.dtype.is_integer:
       # Floats are taken as dequantized already (e.g. by a seeded pipeline).
       x = dequantize(x)
     return tf.cast(x, self.compute_dtype), context
 
+  def fit(self, x=None, y=None, *args, **kwargs):  # pylint: disable=keyword-arg-before-vararg
+    x = self._array_input(x, "fit")
+    try:
+      return super().fit(x, y, *args, **kwargs)
+    except Exception:
+      # A step that failed while tracing leaves a half-called tf.function
+      # that would refuse to create the optimizer's slots the next time.
+      self.train_function = self.test_function = None
+      raise
+
+  def evaluate(self, x=None, y=None, *args, **kwargs):  # pylint: disable=keyword-arg-before-vararg
+    x = self._array_input(x, "evaluate")
+    try:
+      return super().evaluate(x, y, *args, **kwargs)
+    except Exception:
+      self.test_function = None
+      raise
+
   def _report(self, logs):
-    if self.dequantize and "nll" in logs:
-      logs["bpd"] = bits_per_dim(-logs["nll"], self.event_size)
+    undeclared = sorted(set(logs) - set(self.trackers))
+    if undeclared:
+      raise ValueError(f"{self.objective!r} logged {undeclared}, which its "
+                       f"metrics(model) does not declare (as \"mean\" or "
+                       f"\"last\").")
     for name, value in logs.items():
       self.trackers[name].update_state(value)
     return step_logs({name: self.trackers[name].result() for name in logs})
 
   def train_step(self, data):
     x, context = self._unpack(data)
-    logs = minimize(self, lambda: self.objective.loss(self, x, context))
-    if "nfe_backward" in self.trackers:
-      logs["nfe_backward"] = tf.add_n(
-          [b.nfe_backward.read_value()
-           for b in flows.ffjord_blocks(self.bijector)])
-    return self._report(logs)
+    return self._report(self.objective.step(self, x, context))
 
   def test_step(self, data):
     x, context = self._unpack(data)
     logp, sol = self._log_prob(x, context)
-    return self._report({"nll": -tf.reduce_mean(logp), "nfe": sol.nfe})
+    nll = -tf.reduce_mean(logp)
+    logs = {"nll": nll, "nfe": sol.nfe}
+    if self.dequantize:
+      logs["bpd"] = bits_per_dim(-nll, self.event_size)
+    return self._report(logs)
 
   # -- saving ------------------------------------------------------------
 
@@ -396,9 +360,8 @@ class FlowModel(keras.Model):
     # Keras skips compile() on load for a custom compile unless these exist.
     config = super().get_compile_config()
     if config:
-      config = {**config, "objective": {
-          "class_name": type(self.objective).__name__,
-          "config": self.objective.get_config()}}
+      config = {**config, "objective":
+                keras.saving.serialize_keras_object(self.objective)}
     return config
 
   def compile_from_config(self, config):
@@ -406,8 +369,18 @@ class FlowModel(keras.Model):
     objective = config.pop("objective", None)
     config = keras.saving.deserialize_keras_object(config)
     if objective is not None:
-      objective = getattr(objectives, objective["class_name"])(
-          **objective["config"])
+      objective = objectives.deserialize(objective)
     self.compile(**config, objective=objective or "likelihood")
     if self.built:
       self.optimizer.build(self.trainable_variables)  # slots to load into
+
+
+def _unless_empty(static_rows, rows, solve, empty):
+  """`solve()`, or `empty()` for 0 rows: an empty batch needs no solve.
+
+  (An adaptive solver's error norm over no rows is NaN.) Decided in Python
+  when the row count is static, else by `tf.cond`.
+  """
+  if static_rows is not None:
+    return empty() if int(static_rows) == 0 else solve()
+  return tf.cond(rows > 0, solve, empty)

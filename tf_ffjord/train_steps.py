@@ -1,0 +1,109 @@
+"""Pieces of the custom Keras train steps of `FlowModel` and `VAE`: one optimizer step, step logs Keras can reduce, the two kinds of step metric."""
+
+import keras
+import tensorflow as tf
+
+__all__ = ["MEAN", "LAST", "METRIC_KINDS", "LastValue", "make_metric",
+           "minimize", "step_logs", "in_multi_worker_mode"]
+
+MEAN = "mean"  # the mean over the epoch (a loss)
+LAST = "last"  # the last step's value (a count such as the NFE)
+METRIC_KINDS = (MEAN, LAST)
+
+
+def in_multi_worker_mode(strategy=None):
+  """Whether `strategy` (default: the current one) spans several workers.
+
+  By the public route: a multi-worker strategy holds a cluster resolver, and
+  its cluster spec lists the chief and worker tasks. A
+  `MultiWorkerMirroredStrategy` without `TF_CONFIG` has one task: False.
+
+  #### Examples
+
+  >>> in_multi_worker_mode()
+  False
+  """
+  strategy = strategy or tf.distribute.get_strategy()
+  resolver = getattr(strategy, "cluster_resolver", None)
+  if resolver is None:
+    return False
+  spec = resolver.cluster_spec().as_dict()
+  return len(spec.get("chief", ())) + len(spec.get("worker", ())) > 1
+
+
+def minimize(model, loss_fn):
+  """One optimizer step of `model` on `loss_fn()` plus the model's own losses.
+
+  Under `tf.distribute` the gradients are summed over replicas, so the loss
+  is divided by the number of replicas: each replica's mean then counts as
+  its share of the global batch.
+
+  Args:
+    model: a compiled Keras model.
+    loss_fn: callable returning `(loss, aux)`; runs under the gradient tape.
+
+  Returns:
+    `aux`.
+  """
+  replicas = tf.distribute.get_strategy().num_replicas_in_sync
+  with tf.GradientTape() as tape:
+    loss, aux = loss_fn()
+    if model.losses:
+      loss += tf.add_n(model.losses)
+    scaled = loss / replicas
+  variables = model.trainable_variables
+  grads = tape.gradient(scaled, variables)
+  model.optimizer.apply_gradients(zip(grads, variables))
+  return aux
+
+
+def step_logs(logs):
+  """Step logs in the shape Keras can reduce under the current strategy.
+
+  Keras 3 averages multi-worker step logs with `strategy.reduce("MEAN", v,
+  axis=0)`, which fails on scalars; give them a length-1 axis there.
+  """
+  if in_multi_worker_mode():
+    return {k: tf.reshape(v, [1]) for k, v in logs.items()}
+  return logs
+
+
+@keras.saving.register_keras_serializable("tf_ffjord")
+class LastValue(keras.metrics.Metric):
+  """A metric that reports the last value it was given (e.g. the last NFE)."""
+
+  def __init__(self, name="last_value", **kwargs):
+    super().__init__(name=name, **kwargs)
+    # Under tf.distribute each replica keeps its own value; report their
+    # mean, not their sum.
+    self.value = self.add_variable(shape=(), initializer="zeros", name="value",
+                                   aggregation="mean")
+
+  def update_state(self, value):
+    self.value.assign(tf.cast(value, self.value.dtype))
+
+  def result(self):
+    return tf.convert_to_tensor(self.value)  # a tensor, also under tf.distribute
+
+  def reset_state(self):
+    self.value.assign(0.0)
+
+
+def make_metric(name, kind):
+  """The Keras metric of a step log: `MEAN` over the epoch or `LAST` value.
+
+  Raises:
+    ValueError: an unknown kind.
+
+  #### Examples
+
+  >>> type(make_metric("nfe", LAST)).__name__
+  'LastValue'
+  """
+  if kind == MEAN:
+    return keras.metrics.Mean(name=name)
+  if kind == LAST:
+    return LastValue(name=name)
+  raise ValueError(f"Unknown kind {kind!r} of metric {name!r}; expected one "
+                   f"of {METRIC_KINDS}.")
+
