@@ -47,7 +47,7 @@ class _Servable(tf.Module):
         seen.add(id(v))
         captured.append(v)
     self.model_variables = captured
-    dtype = tf.as_dtype(model.compute_dtype)
+    dtype = tf.as_dtype(model.variable_dtype)
     shape = [batch_size, *model.event_shape]
     x_spec = tf.TensorSpec(shape, dtype, name="x")
     z_spec = tf.TensorSpec(shape, dtype, name="z")

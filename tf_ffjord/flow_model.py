@@ -69,7 +69,7 @@ class FlowModel(keras.Model):
     self.eval_bijector = flows.with_options(bijector, **self.eval_options)
     # Keras does not look inside tf.Modules: track the flows' layers here.
     self.flow_layers = flows.keras_layers(bijector, self.eval_bijector)
-    self.base = standard_normal(self.event_shape, self.compute_dtype)
+    self.base = standard_normal(self.event_shape, self.variable_dtype)
     self.objective = objectives.MaximumLikelihood()
     object.__setattr__(self, "trackers", {})
     # Compiled graphs of log_prob and sample, out of Keras' tracking.
@@ -85,10 +85,10 @@ class FlowModel(keras.Model):
     del input_shape
     probe = flows.with_options(self.bijector, solver="euler", step_size=1.0,
                                trace="hutchinson")
-    x = tf.zeros([1, *self.event_shape], self.compute_dtype)
+    x = tf.zeros([1, *self.event_shape], self.variable_dtype)
     context = None
     if self.context_dim:
-      context = tf.zeros([1, self.context_dim], self.compute_dtype)
+      context = tf.zeros([1, self.context_dim], self.variable_dtype)
     flows.solve(probe, x, "inverse", context)
     self.built = True
 
@@ -151,7 +151,7 @@ class FlowModel(keras.Model):
       if x.dtype.is_floating:
         x = validation.check_finite(x, owner)
     else:
-      x = validation.check_events(x, self.event_shape, self.compute_dtype,
+      x = validation.check_events(x, self.event_shape, self.variable_dtype,
                                   owner, what, batch_ndims=1)
     # A shape Keras relaxed to an unknown rank is checked in the graph
     # (above, first): give the solve its static event shape.
@@ -165,7 +165,7 @@ class FlowModel(keras.Model):
         raise validation.InputError(
             f"{owner} has no context (context_dim=0); got a context.")
       context = validation.check_events(
-          context, [self.context_dim], self.compute_dtype, owner,
+          context, [self.context_dim], self.variable_dtype, owner,
           f"context vectors (context_dim={self.context_dim})", batch_ndims=1)
     return x, context
 
@@ -262,7 +262,7 @@ class FlowModel(keras.Model):
       seed = int(np.random.randint(0, 2**31 - 1))
     if context is not None:
       context = validation.check_events(
-          context, [self.context_dim], self.compute_dtype,
+          context, [self.context_dim], self.variable_dtype,
           type(self).__name__, "context vectors", batch_ndims=1)
     fn = self._compiled(("sample", context is not None), self.sample_fn)
     return fn(n, tf.convert_to_tensor(seed, tf.int32), context)
@@ -274,11 +274,11 @@ class FlowModel(keras.Model):
 
     def solve():
       z = tf.random.stateless_normal(shape, tf.stack([seed, 0]),
-                                     dtype=self.compute_dtype)
+                                     dtype=self.variable_dtype)
       return flows.solve(self.eval_bijector, z, "forward", context).state
 
     x = _unless_empty(tf.get_static_value(n), n, solve,
-                      lambda: tf.zeros(shape, self.compute_dtype))
+                      lambda: tf.zeros(shape, self.variable_dtype))
     return tf.clip_by_value(x, 0.0, 1.0) if self.dequantize else x
 
   # -- training ----------------------------------------------------------
@@ -291,7 +291,7 @@ class FlowModel(keras.Model):
     if self.dequantize and x.dtype.is_integer:
       # Floats are taken as dequantized already (e.g. by a seeded pipeline).
       x = dequantize(x)
-    return tf.cast(x, self.compute_dtype), context
+    return tf.cast(x, self.variable_dtype), context
 
   def fit(self, x=None, y=None, *args, **kwargs):  # pylint: disable=keyword-arg-before-vararg
     x = self._array_input(x, "fit")

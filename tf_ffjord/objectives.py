@@ -137,9 +137,9 @@ class MaximumLikelihood(Objective):
 
   def check(self, model):
     if "jacobian" in self.regularization and any(
-        b.trace != "hutchinson" for b in flows.ffjord_blocks(model.bijector)):
+        not b.trace.has_probe for b in flows.ffjord_blocks(model.bijector)):
       raise ValueError("The 'jacobian' regularizer reuses the Hutchinson "
-                       "probe: train with trace='hutchinson'.")
+                       "probe: train with a probing trace (trace='hutchinson').")
 
   def loss(self, model, x, context=None):
     sol = flows.solve(model.bijector, x, "inverse", context,

@@ -50,7 +50,9 @@ def minimize(model, loss_fn):
     loss, aux = loss_fn()
     if model.losses:
       loss += tf.add_n(model.losses)
-    scaled = loss / replicas
+    # A LossScaleOptimizer (Keras wraps one under mixed_float16) scales the
+    # loss here and unscales the gradients in apply_gradients.
+    scaled = model.optimizer.scale_loss(loss / replicas)
   variables = model.trainable_variables
   grads = tape.gradient(scaled, variables)
   model.optimizer.apply_gradients(zip(grads, variables))

@@ -143,7 +143,7 @@ class VAE(keras.Model):
     self.kl_warmup_steps = int(kl_warmup_steps)
     self.eval_trace = eval_trace
     self.ffjord_kwargs = dict(ffjord_kwargs)
-    self.prior = standard_normal([self.latent_dim], self.compute_dtype)
+    self.prior = standard_normal([self.latent_dim], self.variable_dtype)
     # Compiled IWAE log-weights, out of Keras' tracking.
     object.__setattr__(self, "_compiled_fns", {})
 
@@ -189,7 +189,7 @@ class VAE(keras.Model):
   # -- the pieces ----------------------------------------------------------
 
   def _check(self, x):  # binary images, cast to the model's dtype
-    return validation.check_events(x, self.image_shape, self.compute_dtype,
+    return validation.check_events(x, self.image_shape, self.variable_dtype,
                                    "VAE", "images", batch_ndims=1)
 
   def encode(self, x):
@@ -344,12 +344,12 @@ class VAE(keras.Model):
       `(x, noise)`: binary float images and `[batch, latent_dim]` noise.
     """
     x = tf.convert_to_tensor(images)
-    x = tf.cast(x, self.compute_dtype) / (255.0 if x.dtype == tf.uint8
+    x = tf.cast(x, self.variable_dtype) / (255.0 if x.dtype == tf.uint8
                                           else 1.0)
     noise = tf.random.stateless_normal(
         tf.stack([tf.shape(x)[0], self.latent_dim]),
         tf.random.experimental.stateless_fold_in(seed, 1),
-        dtype=self.compute_dtype)
+        dtype=self.variable_dtype)
     return binarize(x, seed), noise
 
   def train_step(self, data):
