@@ -8,6 +8,7 @@ import tensorflow as tf
 import tensorflow_probability as tfp
 from tensorflow_probability.python.internal import cache_util
 
+from tf_ffjord import bijector_input
 from tf_ffjord import divergence
 from tf_ffjord.end_time import EndTime
 from tf_ffjord import regularizers as regs
@@ -87,6 +88,10 @@ class FFJORD(tfb.Bijector):
       dynamics whose weights x batch is small, off for convolutional ones
       (see its docstring for the measurements).
     event_ndims: number of event dimensions (1 for vectors, 3 for images).
+    event_shape: the shape of one event, e.g. `[2]`; `None` takes it from
+      dynamics that know it (a built `ODENet`) or else from the first call.
+      Once known, a call of another shape raises a `ValueError` naming both
+      and leaves the flow unchanged (see `tf_ffjord.bijector_input`).
     validate_args: passed to `tfb.Bijector`.
     name: name scope.
 
@@ -99,8 +104,10 @@ class FFJORD(tfb.Bijector):
   TFP's variable tracking, so `bijector.trainable_variables`,
   `tfd.TransformedDistribution(base, bijector).trainable_variables` and
   those of a `tfb.Chain` list them (once the dynamics are built, e.g. after
-  the first solve). Like any TFP bijector it is dtype-generic: it solves in
-  the dtype of its input, so float64 data need float64 dynamics.
+  the first solve). Input follows `tf_ffjord.validation`: real numbers are
+  cast to the flow's dtype (a Keras net's variable dtype, else the input's
+  float dtype), other dtypes, wrong shapes and NaN/inf raise. Eager calls run
+  through a cached `tf.function` (no retrace per call).
 
   #### Examples
 
@@ -130,7 +137,8 @@ class FFJORD(tfb.Bijector):
                initial_time=0.0, trace="hutchinson", noise="rademacher",
                solver="dopri5", rtol=1e-5, atol=1e-5, max_num_steps=1000,
                step_size=0.25, gradient="auto", jit_compile="auto",
-               event_ndims=1, validate_args=False, name="ffjord"):
+               event_ndims=1, event_shape=None, validate_args=False,
+               name="ffjord"):
     parameters = dict(locals())
     if not callable(dynamics):
       raise TypeError("dynamics must be callable as f(t, z[, context]).")
@@ -181,6 +189,12 @@ class FFJORD(tfb.Bijector):
       self._gradient = gradient
       self._jit_compile = jit_compile
       self._event_ndims = int(event_ndims)
+      self._event_shape = None if event_shape is None else tf.TensorShape(
+          event_shape)
+      if (self._event_shape is not None
+          and self._event_shape.rank != self._event_ndims):
+        raise ValueError(f"event_shape {event_shape} must have event_ndims="
+                         f"{self._event_ndims} dimensions.")
       # The backward NFE of the last gradient: the adjoint's custom gradient
       # returns only gradients, so it reports through this variable. ON_READ
       # so that each replica keeps its own count under tf.distribute.
@@ -286,15 +300,8 @@ class FFJORD(tfb.Bijector):
 
   # -- the solve ---------------------------------------------------------
 
-  def _check_input(self, x):
-    x = tf.convert_to_tensor(x)
-    if not x.dtype.is_floating:
-      raise ValueError(f"FFJORD expects a float tensor, got dtype {x.dtype.name}.")
-    if x.shape.rank is not None and x.shape.rank < self._event_ndims:
-      raise ValueError(f"FFJORD expects at least {self._event_ndims} event "
-                       f"dimension(s), got shape {x.shape}.")
-    return tf.debugging.assert_all_finite(
-        x, "FFJORD input contains NaN or inf")
+  def _check_input(self, x, context=None):
+    return bijector_input.check_input(self, x, context)
 
   def solve(self, x, direction="inverse", context=None, seed=None,
             regularizers=()):
@@ -316,8 +323,8 @@ class FFJORD(tfb.Bijector):
       solve's evaluations (the backward NFE of a gradient is `nfe_backward`).
 
     Raises:
-      ValueError: a non-float dtype, too few dimensions, or an unknown
-        regularizer.
+      ValueError: a wrong event shape or rank, a dtype that is not a real
+        number (see `tf_ffjord.validation`), or an unknown regularizer.
       InvalidArgumentError: non-finite input, a solve beyond `max_num_steps`,
         or NaN/inf met in the solve.
     """
@@ -332,7 +339,13 @@ class FFJORD(tfb.Bijector):
       if r == "jacobian" and self._trace != "hutchinson":
         raise ValueError("The 'jacobian' regularizer needs trace="
                          "'hutchinson'.")
-    x = self._check_input(x)
+    if tf.executing_eagerly():  # one cached tf.function, not a retrace per call
+      return bijector_input.eager_solve(self, x, direction, context, seed,
+                                        regularizers)
+    if bijector_input.pads_empty_batches(self, x):  # TFP solvers: see there
+      return bijector_input.solve_padded(self, x, direction, context, seed,
+                                         regularizers)
+    x = self._check_input(x, context)
     dtype = x.dtype
     shape = tf.shape(x)
     event_shape = x.shape[x.shape.rank - self._event_ndims:]
