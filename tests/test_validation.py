@@ -222,3 +222,11 @@ def test_every_entry_point_casts_real_dtypes_alike(dtype):
     np.testing.assert_allclose(method(x, 1), method(ref, 1), rtol=1e-6)
   with pytest.raises(InputError, match="got dtype bool"):
     bij.inverse(np.zeros([2, 2], bool))
+
+
+def test_unknown_rank_is_refused_with_advice():
+  bij = FFJORD(Linear(), solver="euler", step_size=1.0, event_shape=[2])
+  fn = tf.function(bij.forward, input_signature=[tf.TensorSpec(None)])
+  with pytest.raises(InputError, match=r"known rank.*input_signature, e\.g\. "
+                     r"\[None, 2\]"):
+    fn(tf.zeros([1, 2]))

@@ -84,17 +84,24 @@ def check_input(bijector, x, context=None):
   """
   expected = event_shape(bijector)
   x = validation.real_input(x)
+  if x.shape.rank is None:
+    # The solve flattens the batch around a static event shape.
+    raise validation.InputError(
+        f"FFJORD expects events of shape {validation.format_shape(expected)}"
+        " in inputs of known rank; got a tensor of unknown rank (a "
+        "tf.function with reduce_retracing=True makes one from calls of "
+        "different ranks: give it an input_signature, e.g. "
+        f"[None, {', '.join('?' if d is None else str(d) for d in expected)}]"
+        ").")
   dtype = validation.flow_dtype(bijector.dynamics, x.dtype)
   x = validation.check_events(x, expected, dtype)
   ndims = expected.rank
-  seen = x.shape[x.shape.rank - ndims:] if x.shape.rank is not None else None
-  if seen is not None:
-    merged = expected.merge_with(seen)
-    if merged.is_fully_defined() and not expected.is_fully_defined():
-      object.__setattr__(bijector, "_event_shape", merged)
-    if context is not None:
-      context = tf.convert_to_tensor(context)
-    _build(bijector.dynamics, merged, dtype, context)
+  merged = expected.merge_with(x.shape[x.shape.rank - ndims:])
+  if merged.is_fully_defined() and not expected.is_fully_defined():
+    object.__setattr__(bijector, "_event_shape", merged)
+  if context is not None:
+    context = tf.convert_to_tensor(context)
+  _build(bijector.dynamics, merged, dtype, context)
   return x
 
 
