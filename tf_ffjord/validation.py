@@ -117,7 +117,7 @@ def flow_dtype(dynamics=None, input_dtype=None):
 
 
 def check_shape(x, event_shape, owner="FFJORD", what="events",
-                batch_ndims=None):
+                batch_ndims=None, in_graph=False):
   """Checks that `x` is `[*batch, *event_shape]`.
 
   Args:
@@ -126,6 +126,9 @@ def check_shape(x, event_shape, owner="FFJORD", what="events",
     owner: the name the error messages start with.
     what: what one event is called in the messages.
     batch_ndims: the number of batch dimensions (`None`: any, even 0).
+    in_graph: check in the graph even where the static shape fits: for
+      served functions, whose callers (a loaded signature, TF Serving) can
+      pass tensors of other shapes than the signature's.
 
   Returns:
     `x`, behind an in-graph check where the static shape cannot decide.
@@ -152,7 +155,8 @@ def check_shape(x, event_shape, owner="FFJORD", what="events",
     if not event.is_compatible_with(shape[shape.rank - k:]):
       raise fail
     known = [i for i, d in enumerate(event) if d is not None]
-    if all(shape[shape.rank - k + i] is not None for i in known):
+    if not in_graph and all(shape[shape.rank - k + i] is not None
+                            for i in known):
       return x
   dims = tf.shape(x)
   rank = tf.size(dims)
@@ -179,7 +183,7 @@ def check_finite(x, owner="FFJORD"):
 
 
 def check_events(x, event_shape, dtype=None, owner="FFJORD", what="events",
-                 batch_ndims=None, dynamics=None):
+                 batch_ndims=None, dynamics=None, in_graph=False):
   """Applies the whole policy to one batch of events.
 
   Args:
@@ -190,6 +194,7 @@ def check_events(x, event_shape, dtype=None, owner="FFJORD", what="events",
     what: what one event is called in the messages.
     batch_ndims: the number of batch dimensions (`None`: any).
     dynamics: used for the dtype when `dtype` is `None`.
+    in_graph: also check the shape in the graph (see `check_shape`).
 
   Returns:
     `x` as a tensor of the flow's dtype, behind the finiteness check.
@@ -211,7 +216,7 @@ def check_events(x, event_shape, dtype=None, owner="FFJORD", what="events",
   tf_ffjord.validation.InputError: FFJORD expects real numbers (floats or ints, cast to the flow's dtype); got dtype bool.
   """
   x = real_input(x, owner)
-  x = check_shape(x, event_shape, owner, what, batch_ndims)
+  x = check_shape(x, event_shape, owner, what, batch_ndims, in_graph)
   dtype = tf.as_dtype(dtype) if dtype is not None else flow_dtype(
       dynamics, x.dtype)
   if x.dtype != dtype:
