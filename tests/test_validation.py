@@ -230,3 +230,17 @@ def test_unknown_rank_is_refused_with_advice():
   with pytest.raises(InputError, match=r"known rank.*input_signature, e\.g\. "
                      r"\[None, 2\]"):
     fn(tf.zeros([1, 2]))
+
+
+def test_a_traced_width_mix_is_checked_in_the_graph():
+  bij = FFJORD(Linear(), trace="exact", solver="rk4", event_shape=[2])
+  fn = tf.function(lambda x: bij.solve(x).log_det,
+                   input_signature=[tf.TensorSpec([None, None])])
+  np.testing.assert_allclose(fn(tf.zeros([3, 2])), [0.2] * 3, atol=1e-5)
+  with pytest.raises(tf.errors.InvalidArgumentError,
+                     match=r"shape \[2\].*got shape\] \[3 5\]"):
+    fn(tf.zeros([3, 5]))
+  fresh = FFJORD(Linear(), solver="rk4")
+  with pytest.raises(InputError, match="does not know its event shape"):
+    tf.function(fresh.forward, input_signature=[tf.TensorSpec([None, None])])(
+        tf.zeros([1, 2]))

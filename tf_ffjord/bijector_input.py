@@ -97,8 +97,16 @@ def check_input(bijector, x, context=None):
   x = validation.check_events(x, expected, dtype)
   ndims = expected.rank
   merged = expected.merge_with(x.shape[x.shape.rank - ndims:])
-  if merged.is_fully_defined() and not expected.is_fully_defined():
+  if not merged.is_fully_defined():
+    raise validation.InputError(
+        f"FFJORD expects events of a static shape; got shape "
+        f"{validation.format_shape(x.shape)} and the flow does not know its "
+        "event shape yet: pass event_shape= or give tf.function an "
+        "input_signature with the event sizes.")
+  if not expected.is_fully_defined():
     object.__setattr__(bijector, "_event_shape", merged)
+  # The graph check above has run; give the solve the static event shape.
+  x = tf.ensure_shape(x, x.shape[:x.shape.rank - ndims].concatenate(merged))
   if context is not None:
     context = tf.convert_to_tensor(context)
   _build(bijector.dynamics, merged, dtype, context)
