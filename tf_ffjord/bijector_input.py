@@ -105,8 +105,10 @@ def check_input(bijector, x, context=None):
         "input_signature with the event sizes.")
   if not expected.is_fully_defined():
     object.__setattr__(bijector, "_event_shape", merged)
-  # The graph check above has run; give the solve the static event shape.
-  x = tf.ensure_shape(x, x.shape[:x.shape.rank - ndims].concatenate(merged))
+  # Give the solve the static event shape, with no runtime op of its own:
+  # an EnsureShape could fail before the check with the library's message.
+  x = tf.identity(x)
+  x.set_shape(x.shape[:x.shape.rank - ndims].concatenate(merged))
   if context is not None:
     context = tf.convert_to_tensor(context)
   _build(bijector.dynamics, merged, dtype, context)

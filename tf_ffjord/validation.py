@@ -57,6 +57,19 @@ def format_shape(shape):
   return "[" + ", ".join("?" if d is None else str(d) for d in shape) + "]"
 
 
+def _checked(x, ok, data, fallback):
+  """`x` if `ok` holds, else an `InvalidArgumentError` printing `data`.
+
+  The failing branch returns `fallback`, a harmless value (an empty batch):
+  graph optimizations may run ops downstream before the check, and these
+  must not fail first with an error of their own (a reshape's, say).
+  """
+  def fail():
+    with tf.control_dependencies([tf.debugging.Assert(False, data)]):
+      return tf.identity(fallback)
+  return tf.cond(ok, lambda: tf.identity(x), fail)
+
+
 def _expected(owner, what, event_shape, batch_ndims):
   event = tf.TensorShape(event_shape)
   batch = "batch..." if batch_ndims is None else ", ".join(["batch"] * batch_ndims)
@@ -166,9 +179,13 @@ def check_shape(x, event_shape, owner="FFJORD", what="events",
     tail = dims[tf.maximum(rank - k, 0):]
     tail = tf.concat([tf.fill([k - tf.minimum(rank, k)], -2), tail], 0)
     ok &= tf.reduce_all(tf.equal(tail, want) | tf.equal(want, -1))
-  check = tf.debugging.Assert(ok, [f"{message}; got shape", dims])
-  with tf.control_dependencies([check]):
-    return tf.identity(x)
+  fallback = x  # unknown rank: no harmless value of the same rank
+  if shape.rank is not None:  # an empty batch of events of the right shape
+    fallback = tf.zeros([0] * (shape.rank - k)
+                        + [0 if d is None else d for d in event], x.dtype)
+  checked = _checked(x, ok, [f"{message}; got shape", dims], fallback)
+  checked.set_shape(shape)
+  return checked
 
 
 def check_finite(x, owner="FFJORD"):
@@ -256,6 +273,4 @@ def check_count(n, owner="FFJORD"):
       raise InputError(f"{prefix}; got n = {int(value)}.")
     return tf.constant(int(value), tf.int32)
   n = tf.cast(n, tf.int32)
-  check = tf.debugging.Assert(n >= 0, [f"{prefix}; got n =", n])
-  with tf.control_dependencies([check]):
-    return tf.identity(n)
+  return _checked(n, n >= 0, [f"{prefix}; got n =", n], tf.constant(0))
