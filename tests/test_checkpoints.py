@@ -10,7 +10,7 @@ import pytest
 
 from tf_ffjord import FFJORDModel, ODENet, datasets
 from tf_ffjord.callbacks import TimeBudget
-from tf_ffjord.checkpoints import Checkpoint, CheckpointError
+from tf_ffjord.checkpoints import Checkpoint, CheckpointError, read_latest
 
 
 def _tiny(hidden=(8,), train_time=False):
@@ -136,6 +136,50 @@ def test_bad_state_file_is_named(saved, how):
   assert str(directory / "checkpoint.json") in str(e.value)
 
 
+def _edit_json(path, **changes):
+  payload = json.loads(pathlib.Path(path).read_text())
+  payload.update(changes)
+  pathlib.Path(path).write_text(json.dumps(payload))
+
+
+def _edit_weight(path):
+  """Adds 1 to one array of a weights file: valid HDF5, other values."""
+  with h5py.File(path, "r+") as f:
+    names = []
+    f.visititems(lambda n, o: names.append(n) if isinstance(o, h5py.Dataset)
+                 and o.shape else None)
+    f[names[0]][...] = f[names[0]][()] + 1
+
+
+@pytest.mark.parametrize("which", ["state", "progress", "weights"])
+def test_altered_but_valid_file_is_named(saved, which):
+  directory, prefix, _ = saved
+  if which == "state":  # points at the earlier checkpoint
+    path = str(directory / "checkpoint.json")
+    _edit_json(path, latest="ckpt-1")
+  elif which == "progress":  # an edited epoch, still valid JSON
+    path = prefix + ".json"
+    _edit_json(path, epoch=5)
+  else:
+    path = prefix + ".weights.h5"
+    _edit_weight(path)
+  with pytest.raises(CheckpointError, match="corrupted") as e:
+    Checkpoint(_tiny(), directory).restore()
+  assert path in str(e.value)
+  with pytest.raises(CheckpointError, match="corrupted"):
+    read_latest(directory)
+
+
+def test_json_without_checksum_is_refused(saved):
+  directory, prefix, _ = saved
+  payload = json.loads(pathlib.Path(prefix + ".json").read_text())
+  del payload["checksum"]
+  pathlib.Path(prefix + ".json").write_text(json.dumps(payload))
+  with pytest.raises(CheckpointError, match="no checksum") as e:
+    Checkpoint(_tiny(), directory).restore()
+  assert prefix + ".json" in str(e.value)
+
+
 def test_missing_weights_file_is_named(saved):
   directory, prefix, _ = saved
   pathlib.Path(prefix + ".weights.h5").unlink()
@@ -205,6 +249,8 @@ def test_callback_states_survive_a_restore(tmp_path):
   # The best weights (epoch 1's) come back from the second checkpoint.
   for a, b in zip(r_stop.best_weights, stop.best_weights):
     np.testing.assert_array_equal(a, b)
+  best = sorted((tmp_path / "ckpt").glob("best-*.weights.h5"))
+  assert [p.name for p in best] == ["best-1.weights.h5"]  # one kept
 
   # fit's on_train_begin resets the Keras callbacks; the Checkpoint after
   # them puts their state back, so the counters go on.
@@ -216,3 +262,9 @@ def test_callback_states_survive_a_restore(tmp_path):
   assert r_plateau.cooldown_counter == 1  # a second plateau: reduced again
   assert float(fresh.optimizer.learning_rate) == pytest.approx(2.5e-3)
   assert r_budget.elapsed > budget.elapsed
+
+  # An altered best-weights file is named too.
+  _edit_weight(str(best[0]))
+  with pytest.raises(CheckpointError, match="corrupted") as e:
+    Checkpoint(_tiny(), tmp_path / "ckpt", _callbacks()).restore()
+  assert str(best[0]) in str(e.value)

@@ -50,6 +50,22 @@ _SERVE = textwrap.dedent("""
     out["bad_shape_error"] = np.array("")
   except (TypeError, ValueError) as e:
     out["bad_shape_error"] = np.array(str(e)[:200])
+  for name in ("log_prob", "inverse"):  # what TF Serving calls
+    try:
+      m.signatures[name](x=tf.zeros([2, dim + 1]))
+      out[f"signature_{name}_error"] = np.array("")
+    except tf.errors.InvalidArgumentError as e:
+      out[f"signature_{name}_error"] = np.array(str(e)[:400])
+  empty = tf.zeros([0, dim])
+  out["empty_log_prob"] = m.signatures["log_prob"](x=empty)["log_prob"].numpy()
+  out["empty_z"] = m.signatures["inverse"](x=empty)["z"].numpy()
+  out["empty_x"] = m.forward(empty)["x"].numpy()
+  out["sample_0"] = m.sample(n=tf.constant(0), seed=tf.constant(3))["x"].numpy()
+  try:
+    m.sample(n=tf.constant(-1), seed=tf.constant(3))
+    out["sample_negative_error"] = np.array("")
+  except tf.errors.InvalidArgumentError as e:
+    out["sample_negative_error"] = np.array(str(e)[:300])
   try:
     m.log_prob(tf.constant([[float("nan")] + [0.0] * (dim - 1)]))
     out["nan_error"] = np.array("")
@@ -134,6 +150,13 @@ def test_saved_model_serves_without_tf_ffjord(tmp_path):
 
   assert str(out["bad_shape_error"])
   assert "NaN or inf" in str(out["nan_error"])
+  for name in ("log_prob", "inverse"):  # the library's message, served
+    assert ("FFJORDModel expects examples of shape [2] (inputs [batch, 2]); "
+            "got shape] [2 3]") in str(out[f"signature_{name}_error"])
+  assert out["empty_log_prob"].shape == (0,)
+  assert out["empty_z"].shape == out["empty_x"].shape == (0, 2)
+  assert out["sample_0"].shape == (0, 2)
+  assert "n >= 0; got n =] [-1]" in str(out["sample_negative_error"])
   sigs = json.loads(str(out["signatures"]))
   assert set(sigs) == {*export_lib.SIGNATURES, "serving_default"}
   assert sigs["log_prob"] == {"inputs": {"x": ["float32", [None, 2]]},
@@ -147,6 +170,25 @@ def test_saved_model_serves_without_tf_ffjord(tmp_path):
                                         "log_det": ["float32", [None]]}
   assert sigs["inverse"]["outputs"] == {"z": ["float32", [None, 2]],
                                         "log_det": ["float32", [None]]}
+
+
+def test_served_log_prob_is_thread_safe(tmp_path):
+  """8 threads x 50 calls give exactly the serial results."""
+  import concurrent.futures  # pylint: disable=g-import-not-at-top
+  model = _tiny_model(trace="exact")
+  _perturb(model)
+  served = tf.saved_model.load(str(model.export(tmp_path / "flow")))
+  log_prob = served.signatures["log_prob"]
+  rng = np.random.default_rng(2)
+  inputs = [tf.constant(rng.standard_normal([b, 2]).astype(np.float32))
+            for b in (1, 3, 8, 17) * 4]
+  serial = [log_prob(x=x)["log_prob"].numpy() for x in inputs]
+  with concurrent.futures.ThreadPoolExecutor(8) as pool:
+    got = list(pool.map(lambda i: (i, log_prob(x=inputs[i % 16])[
+        "log_prob"].numpy()), range(8 * 50)))
+  for i, value in got:
+    np.testing.assert_array_equal(value, serial[i % 16])
+  np.testing.assert_allclose(serial[0], model.log_prob(inputs[0]), atol=1e-5)
 
 
 def test_conditional_export_round_trip(tmp_path):

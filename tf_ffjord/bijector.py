@@ -8,6 +8,7 @@ import tensorflow_probability as tfp
 
 from tf_ffjord import _internal_apis
 from tf_ffjord import augmented
+from tf_ffjord import bijector_input
 from tf_ffjord import divergence
 from tf_ffjord import end_time
 from tf_ffjord import regularizers as regs
@@ -79,6 +80,10 @@ class FFJORD(tfb.Bijector):
       `"auto"` decides per solve by `solvers.use_xla`: on for GPUs; on CPU
       for dense dynamics whose weights x batch is small, off for conv ones.
     event_ndims: number of event dimensions (1 for vectors, 3 for images).
+    event_shape: the shape of one event, e.g. `[2]`; `None` takes it from
+      dynamics that know it (a built `ODENet`) or else from the first call.
+      Once known, a call of another shape raises a `ValueError` naming both
+      and leaves the flow unchanged (see `tf_ffjord.bijector_input`).
     validate_args: passed to `tfb.Bijector`.
     name: name scope.
 
@@ -91,8 +96,10 @@ class FFJORD(tfb.Bijector):
   TFP's variable tracking, so `bijector.trainable_variables`,
   `tfd.TransformedDistribution(base, bijector).trainable_variables` and
   those of a `tfb.Chain` list them (once the dynamics are built, e.g. after
-  the first solve). Like any TFP bijector it is dtype-generic: it solves in
-  the dtype of its input, so float64 data need float64 dynamics.
+  the first solve). Input follows `tf_ffjord.validation`: real numbers are
+  cast to the flow's dtype (a Keras net's variable dtype, else the input's
+  float dtype), other dtypes, wrong shapes and NaN/inf raise. Eager calls run
+  through a cached `tf.function` (no retrace per call).
 
   #### Examples
 
@@ -122,7 +129,8 @@ class FFJORD(tfb.Bijector):
                initial_time=0.0, trace="hutchinson", noise="rademacher",
                solver="dopri5", rtol=1e-5, atol=1e-5, max_num_steps=1000,
                step_size=0.25, gradient="auto", jit_compile="auto",
-               event_ndims=1, validate_args=False, name="ffjord"):
+               event_ndims=1, event_shape=None, validate_args=False,
+               name="ffjord"):
     parameters = dict(locals())
     if not callable(dynamics):
       raise TypeError("dynamics must be callable as f(t, z[, context]).")
@@ -144,6 +152,8 @@ class FFJORD(tfb.Bijector):
       self._requested_gradient = gradient
       self._jit_compile = jit_compile
       self._event_ndims = int(event_ndims)
+      self._event_shape = bijector_input.declared_event_shape(
+          event_shape, self._event_ndims)
       # The backward NFE of the last gradient: the adjoint's custom gradient
       # returns only gradients, so it reports through this variable. ON_READ
       # so that each replica keeps its own count under tf.distribute.
@@ -237,15 +247,8 @@ class FFJORD(tfb.Bijector):
 
   # -- the solve ---------------------------------------------------------
 
-  def _check_input(self, x):
-    x = tf.convert_to_tensor(x)
-    if not x.dtype.is_floating:
-      raise ValueError(f"FFJORD expects a float tensor, got dtype {x.dtype.name}.")
-    if x.shape.rank is not None and x.shape.rank < self._event_ndims:
-      raise ValueError(f"FFJORD expects at least {self._event_ndims} event "
-                       f"dimension(s), got shape {x.shape}.")
-    return tf.debugging.assert_all_finite(
-        x, "FFJORD input contains NaN or inf")
+  def _check_input(self, x, context=None):
+    return bijector_input.check_input(self, x, context)
 
   def solve(self, x, direction="inverse", context=None, seed=None,
             regularizers=()):
@@ -272,8 +275,8 @@ class FFJORD(tfb.Bijector):
       solve's evaluations (the backward NFE of a gradient is `nfe_backward`).
 
     Raises:
-      ValueError: a non-float dtype, too few dimensions, or an unknown
-        regularizer.
+      ValueError: a wrong event shape or rank, a dtype that is not a real
+        number (see `tf_ffjord.validation`), or an unknown regularizer.
       InvalidArgumentError: non-finite input, a solve beyond `max_num_steps`,
         or NaN/inf met in the solve.
     """
@@ -281,7 +284,13 @@ class FFJORD(tfb.Bijector):
       raise ValueError(f"direction must be 'inverse' or 'forward', got "
                        f"{direction!r}.")
     regularizers = regs.check(regularizers, self._trace)
-    x = self._check_input(x)
+    if tf.executing_eagerly():  # one cached tf.function, not a retrace per call
+      return bijector_input.eager_solve(self, x, direction, context, seed,
+                                        regularizers)
+    if bijector_input.pads_empty_batches(self, x):  # TFP solvers: see there
+      return bijector_input.solve_padded(self, x, direction, context, seed,
+                                         regularizers)
+    x = self._check_input(x, context)
     y0, batch_shape = augmented.flatten_batch(x, self._event_ndims)
     context = augmented.flatten_context(context, y0, x.shape.rank,
                                         self._event_ndims)
@@ -312,16 +321,10 @@ class FFJORD(tfb.Bijector):
         nfe=result.nfe)
 
   def _build_dynamics(self, event_shape, dtype, context_shape=None):
-    """Builds lazily-built dynamics for `event_shape` (`augmented.build_dynamics`).
+    """Builds lazy dynamics before the solve (`augmented.build_dynamics`).
 
-    So the weights exist before the solve (their number decides
-    `jit_compile="auto"`) and are never created inside a compiled loop;
-    then exposes them to TFP's variable tracking.
-
-    Args:
-      event_shape: `TensorShape` of one event.
-      dtype: the state's dtype.
-      context_shape: `TensorShape` of one context row, or `None`.
+    Their weights then decide `jit_compile="auto"` and are never created in a
+    compiled loop; they are exposed to TFP's variable tracking.
     """
     augmented.build_dynamics(self._dynamics, event_shape, dtype,
                              context_shape)

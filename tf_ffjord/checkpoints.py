@@ -1,7 +1,6 @@
 """`Checkpoint`: the one resumable training state (model, optimizer, epoch, callback states), as a Keras callback."""
 
-import hashlib
-import json
+import glob
 import os
 import shutil
 import tempfile
@@ -10,6 +9,13 @@ import h5py
 import keras
 import numpy as np
 import tensorflow as tf
+
+from tf_ffjord.checkpoint_files import CheckpointError
+from tf_ffjord.checkpoint_files import layout as _layout
+from tf_ffjord.checkpoint_files import read_json as _read_json
+from tf_ffjord.checkpoint_files import sha256 as _sha256
+from tf_ffjord.checkpoint_files import write_json as _write_json
+from tf_ffjord import train_steps
 
 __all__ = ["CheckpointError", "Checkpoint", "is_chief", "optimizer_steps",
            "read_latest"]
@@ -22,19 +28,17 @@ _KERAS_STATE = {
     keras.callbacks.ReduceLROnPlateau: ("wait", "best", "cooldown_counter"),
 }
 _STATE_FILE = "checkpoint.json"
-_BEST = "best.weights.h5"
-
-
-class CheckpointError(ValueError):
-  """A checkpoint file is corrupted, truncated, missing, or of another model."""
+# The best weights, one file per epoch that found a new best: the progress
+# file of each checkpoint names (and checksums) the one it restores, so a
+# kill between two saves never pairs a checkpoint with another best.
+_BEST = "best-{}.weights.h5"
 
 
 def _chief_and_id(strategy):
   """(is this process the chief, its task id) under a multi-worker strategy."""
-  resolver = getattr(strategy, "cluster_resolver", None)
-  multi = getattr(strategy.extended, "_in_multi_worker_mode", lambda: False)
-  if resolver is None or not multi():
+  if not train_steps.in_multi_worker_mode(strategy):
     return True, 0
+  resolver = strategy.cluster_resolver
   task_type, task_id = resolver.task_type, resolver.task_id or 0
   has_chief = "chief" in resolver.cluster_spec().as_dict()
   chief = task_type == "chief" or (task_type == "worker" and task_id == 0
@@ -63,23 +67,6 @@ def _unjson(value):
   return float(value) if value in ("inf", "-inf", "nan") else value
 
 
-def _write_json(path, payload):
-  """Writes JSON atomically: a kill leaves the old file or the new one."""
-  tmp = path + ".tmp"
-  with open(tmp, "w", encoding="utf-8") as f:
-    json.dump(payload, f)
-  os.replace(tmp, path)
-
-
-def _read_json(path, what):
-  try:
-    with open(path, encoding="utf-8") as f:
-      return json.load(f)
-  except (OSError, ValueError) as e:
-    raise CheckpointError(f"The {what} {path} is corrupted or truncated, or "
-                          f"unreadable ({type(e).__name__}: {e}).") from e
-
-
 def optimizer_steps(model):
   """The optimizer's step count (0 without one), under any strategy."""
   opt = getattr(model, "optimizer", None)
@@ -87,23 +74,6 @@ def optimizer_steps(model):
     return 0
   # Under a strategy the counter is a distributed variable: read a tensor.
   return int(tf.convert_to_tensor(opt.iterations.value))
-
-
-def _layout(path):
-  """{key: shape} of every array in a Keras weights file (reads them all)."""
-  layout = {}
-  with h5py.File(path, "r") as f:
-    f.visititems(lambda name, obj: layout.__setitem__(
-        name, np.shape(obj[()])) if isinstance(obj, h5py.Dataset) else None)
-  return layout
-
-
-def _sha256(path):
-  digest = hashlib.sha256()
-  with open(path, "rb") as f:
-    for chunk in iter(lambda: f.read(1 << 20), b""):
-      digest.update(chunk)
-  return digest.hexdigest()
 
 
 class Checkpoint(keras.callbacks.Callback):
@@ -117,13 +87,14 @@ class Checkpoint(keras.callbacks.Callback):
   `ReduceLROnPlateau`, and the state of any callback with
   `get_state()`/`set_state(dict)`, such as `TimeBudget`). With an
   `EarlyStopping(restore_best_weights=True)`, the best weights are kept in
-  `best.weights.h5`. `checkpoint.json` names the latest checkpoint.
+  `best-<epoch>.weights.h5`. `checkpoint.json` names the latest checkpoint.
 
   Every file is written to a temporary name and renamed, and
   `checkpoint.json` last, so a `kill -9` during a save leaves the previous
   checkpoint intact. `restore()` turns every unreadable file into a
-  `CheckpointError` that names it: the progress file records the weights
-  file's SHA-256, so flipped bytes are caught too, and a checkpoint whose
+  `CheckpointError` that names it: every JSON file holds the checksum of its
+  own content and the progress file the SHA-256 of the weights files, so an
+  edited epoch or flipped bytes are caught too, and a checkpoint whose
   arrays differ from what this model writes (another configuration) is
   refused. Under `MultiWorkerMirroredStrategy`
   every worker saves, but only the chief's files are kept.
@@ -171,6 +142,7 @@ class Checkpoint(keras.callbacks.Callback):
     self.steps = 0
     self._pending = {}
     self._saved_best = None
+    self._best_file = None
 
   # -- files ---------------------------------------------------------------
 
@@ -262,10 +234,11 @@ class Checkpoint(keras.callbacks.Callback):
       with model.distribute_strategy.scope():
         opt.build(model.trainable_variables)
     states = dict(progress.get("callbacks", {}))
-    best = os.path.join(self.directory, _BEST)
-    if os.path.exists(best) and any(
+    self._best_file = progress.get("best")
+    if self._best_file and any(
         getattr(cb, "restore_best_weights", False) for cb in self.tracked):
-      self._load_weights(best, "best")
+      self._load_weights(os.path.join(self.directory, self._best_file),
+                         "best", progress.get("best_sha256"))
       states["best_weights"] = model.get_weights()
     self._load_weights(prefix + ".weights.h5", "latest",
                        progress.get("sha256"))
@@ -315,13 +288,18 @@ class Checkpoint(keras.callbacks.Callback):
       best = getattr(cb, "best_weights", None)
       if best is not None and best is not self._saved_best:
         self._saved_best = best
-        self._save_weights(os.path.join(self._write_dir, _BEST))
+        self._best_file = _BEST.format(int(epoch))
+        self._save_weights(os.path.join(self._write_dir, self._best_file))
     name = f"ckpt-{int(epoch)}"
     prefix = os.path.join(self._write_dir, name)
     self._save_weights(prefix + ".weights.h5")
-    _write_json(prefix + ".json", {
-        "epoch": int(epoch), "callbacks": self._collect_states(),
-        "sha256": _sha256(prefix + ".weights.h5")})
+    progress = {"epoch": int(epoch), "callbacks": self._collect_states(),
+                "sha256": _sha256(prefix + ".weights.h5"),
+                "best": self._best_file}
+    if self._best_file:
+      progress["best_sha256"] = _sha256(
+          os.path.join(self._write_dir, self._best_file))
+    _write_json(prefix + ".json", progress)
     state_file = os.path.join(self._write_dir, _STATE_FILE)
     kept = []
     if os.path.exists(state_file):
@@ -334,11 +312,24 @@ class Checkpoint(keras.callbacks.Callback):
         path = os.path.join(self._write_dir, old + suffix)
         if os.path.exists(path):
           os.remove(path)
+    self._remove_unused_bests(kept[-self.max_to_keep:])
     self.epoch = int(epoch)
     self.steps = optimizer_steps(self._model_ref)
     if not self._chief:
       shutil.rmtree(self._write_dir, ignore_errors=True)
     return prefix
+
+  def _remove_unused_bests(self, kept):
+    used = {self._best_file}
+    for name in kept:
+      try:
+        used.add(_read_json(os.path.join(self._write_dir, name + ".json"),
+                            "checkpoint progress file").get("best"))
+      except CheckpointError:
+        pass  # restore names it; a save does not need it
+    for path in glob.glob(os.path.join(self._write_dir, _BEST.format("*"))):
+      if os.path.basename(path) not in used:
+        os.remove(path)
 
   def delete(self):
     """Removes the checkpoint directory (the chief's; other workers no-op)."""
@@ -371,9 +362,12 @@ def read_latest(directory):
   prefix = os.path.join(os.fspath(directory),
                         _read_json(state_file, "checkpoint state file")[
                             "latest"])
-  out = {"epoch": np.array(_read_json(prefix + ".json",
-                                      "checkpoint progress file")["epoch"])}
+  progress = _read_json(prefix + ".json", "checkpoint progress file")
+  out = {"epoch": np.array(progress["epoch"])}
   path = prefix + ".weights.h5"
+  if os.path.exists(path) and _sha256(path) != progress.get("sha256"):
+    raise CheckpointError(f"The weights file {path} is corrupted: its "
+                          "checksum does not match.")
   try:
     f = h5py.File(path, "r")
   except OSError as e:

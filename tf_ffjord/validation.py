@@ -57,6 +57,19 @@ def format_shape(shape):
   return "[" + ", ".join("?" if d is None else str(d) for d in shape) + "]"
 
 
+def _checked(x, ok, data, fallback):
+  """`x` if `ok` holds, else an `InvalidArgumentError` printing `data`.
+
+  The failing branch returns `fallback`, a harmless value (an empty batch):
+  graph optimizations may run ops downstream before the check, and these
+  must not fail first with an error of their own (a reshape's, say).
+  """
+  def fail():
+    with tf.control_dependencies([tf.debugging.Assert(False, data)]):
+      return tf.identity(fallback)
+  return tf.cond(ok, lambda: tf.identity(x), fail)
+
+
 def _expected(owner, what, event_shape, batch_ndims):
   event = tf.TensorShape(event_shape)
   batch = "batch..." if batch_ndims is None else ", ".join(["batch"] * batch_ndims)
@@ -117,7 +130,7 @@ def flow_dtype(dynamics=None, input_dtype=None):
 
 
 def check_shape(x, event_shape, owner="FFJORD", what="events",
-                batch_ndims=None):
+                batch_ndims=None, in_graph=False):
   """Checks that `x` is `[*batch, *event_shape]`.
 
   Args:
@@ -126,6 +139,9 @@ def check_shape(x, event_shape, owner="FFJORD", what="events",
     owner: the name the error messages start with.
     what: what one event is called in the messages.
     batch_ndims: the number of batch dimensions (`None`: any, even 0).
+    in_graph: check in the graph even where the static shape fits: for
+      served functions, whose callers (a loaded signature, TF Serving) can
+      pass tensors of other shapes than the signature's.
 
   Returns:
     `x`, behind an in-graph check where the static shape cannot decide.
@@ -152,7 +168,8 @@ def check_shape(x, event_shape, owner="FFJORD", what="events",
     if not event.is_compatible_with(shape[shape.rank - k:]):
       raise fail
     known = [i for i, d in enumerate(event) if d is not None]
-    if all(shape[shape.rank - k + i] is not None for i in known):
+    if not in_graph and all(shape[shape.rank - k + i] is not None
+                            for i in known):
       return x
   dims = tf.shape(x)
   rank = tf.size(dims)
@@ -162,9 +179,13 @@ def check_shape(x, event_shape, owner="FFJORD", what="events",
     tail = dims[tf.maximum(rank - k, 0):]
     tail = tf.concat([tf.fill([k - tf.minimum(rank, k)], -2), tail], 0)
     ok &= tf.reduce_all(tf.equal(tail, want) | tf.equal(want, -1))
-  check = tf.debugging.Assert(ok, [f"{message}; got shape", dims])
-  with tf.control_dependencies([check]):
-    return tf.identity(x)
+  fallback = x  # unknown rank: no harmless value of the same rank
+  if shape.rank is not None:  # an empty batch of events of the right shape
+    fallback = tf.zeros([0] * (shape.rank - k)
+                        + [0 if d is None else d for d in event], x.dtype)
+  checked = _checked(x, ok, [f"{message}; got shape", dims], fallback)
+  checked.set_shape(shape)
+  return checked
 
 
 def check_finite(x, owner="FFJORD"):
@@ -179,7 +200,7 @@ def check_finite(x, owner="FFJORD"):
 
 
 def check_events(x, event_shape, dtype=None, owner="FFJORD", what="events",
-                 batch_ndims=None, dynamics=None):
+                 batch_ndims=None, dynamics=None, in_graph=False):
   """Applies the whole policy to one batch of events.
 
   Args:
@@ -190,6 +211,7 @@ def check_events(x, event_shape, dtype=None, owner="FFJORD", what="events",
     what: what one event is called in the messages.
     batch_ndims: the number of batch dimensions (`None`: any).
     dynamics: used for the dtype when `dtype` is `None`.
+    in_graph: also check the shape in the graph (see `check_shape`).
 
   Returns:
     `x` as a tensor of the flow's dtype, behind the finiteness check.
@@ -211,7 +233,7 @@ def check_events(x, event_shape, dtype=None, owner="FFJORD", what="events",
   tf_ffjord.validation.InputError: FFJORD expects real numbers (floats or ints, cast to the flow's dtype); got dtype bool.
   """
   x = real_input(x, owner)
-  x = check_shape(x, event_shape, owner, what, batch_ndims)
+  x = check_shape(x, event_shape, owner, what, batch_ndims, in_graph)
   dtype = tf.as_dtype(dtype) if dtype is not None else flow_dtype(
       dynamics, x.dtype)
   if x.dtype != dtype:
@@ -251,6 +273,4 @@ def check_count(n, owner="FFJORD"):
       raise InputError(f"{prefix}; got n = {int(value)}.")
     return tf.constant(int(value), tf.int32)
   n = tf.cast(n, tf.int32)
-  check = tf.debugging.Assert(n >= 0, [f"{prefix}; got n =", n])
-  with tf.control_dependencies([check]):
-    return tf.identity(n)
+  return _checked(n, n >= 0, [f"{prefix}; got n =", n], tf.constant(0))

@@ -86,7 +86,8 @@ def error_norm(values, y0, y1, weights, rtol, atol):
     den.append(w * tf.cast(tf.size(v), v.dtype))
   if not num:
     return tf.zeros([], values[0].dtype)
-  return tf.sqrt(tf.add_n(num) / tf.add_n(den))
+  # An empty batch has no error to control: 0, not 0/0.
+  return tf.sqrt(tf.math.divide_no_nan(tf.add_n(num), tf.add_n(den)))
 
 
 def _first_step(fn, t0, y0, f0, direction, span, weights, c, order):
