@@ -4,6 +4,7 @@ import dataclasses
 import importlib.util
 import os
 import re
+import subprocess
 import sys
 
 import pytest
@@ -38,6 +39,12 @@ def python_blocks(text):
 
 
 PAGES_WITH_CODE = [p for p in _pages() if python_blocks(_read(p))]
+# Pages whose blocks are each whole programs, run one per fresh process (the
+# extension points must work without state left by other code).
+FRESH_PROCESS_PAGES = [os.path.join(DOCS, "guide", "extending.md")]
+FRESH_BLOCKS = [(os.path.relpath(page, ROOT), line, code)
+                for page in FRESH_PROCESS_PAGES
+                for line, code in python_blocks(_read(page))]
 
 
 def test_fence_finder_sees_blocks_and_skips_other_languages():
@@ -45,8 +52,11 @@ def test_fence_finder_sees_blocks_and_skips_other_languages():
   assert python_blocks(text) == [(3, "x = 1\n"), (9, "y = x\n")]
 
 
+IN_PROCESS_PAGES = [p for p in PAGES_WITH_CODE if p not in FRESH_PROCESS_PAGES]
+
+
 @pytest.mark.parametrize(
-    "page", PAGES_WITH_CODE, ids=[os.path.relpath(p, ROOT) for p in PAGES_WITH_CODE])
+    "page", IN_PROCESS_PAGES, ids=[os.path.relpath(p, ROOT) for p in IN_PROCESS_PAGES])
 def test_page_examples_run(page, tmp_path, monkeypatch):
   """A page's python blocks run in order in one fresh namespace, in an empty directory."""
   monkeypatch.chdir(tmp_path)  # files the examples write land here
@@ -54,6 +64,24 @@ def test_page_examples_run(page, tmp_path, monkeypatch):
   name = os.path.relpath(page, ROOT)
   for line, code in python_blocks(_read(page)):
     exec(compile(code, f"{name}, block at line {line}", "exec"), namespace)  # pylint: disable=exec-used
+
+
+def test_extending_page_has_its_three_examples():
+  assert len(FRESH_BLOCKS) == 3, [line for _, line, _ in FRESH_BLOCKS]
+
+
+@pytest.mark.parametrize("name, line, code", FRESH_BLOCKS,
+                         ids=[f"{n}:{line}" for n, line, _ in FRESH_BLOCKS])
+def test_block_runs_in_a_fresh_process(name, line, code, tmp_path,
+                                       subprocess_env):
+  """One block, as the page shows it, is the whole program of a new Python."""
+  env = dict(subprocess_env, TF_FFJORD_JIT_COMPILE="0")
+  done = subprocess.run([sys.executable, "-c", code], cwd=tmp_path, env=env,
+                        capture_output=True, text=True, timeout=300,
+                        check=False)
+  assert done.returncode == 0, (
+      f"{name}, block at line {line}, exited {done.returncode}:\n"
+      f"{done.stderr[-3000:]}")
 
 
 def _api_text():

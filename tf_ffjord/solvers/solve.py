@@ -152,11 +152,19 @@ def solve_tfp(solver, fn, y0, t0, t1, constants=None):
 
   Args:
     solver: a `tfp.math.ode.Solver` instance, e.g. `tfp.math.ode.BDF()`.
-    fn, y0, t0, t1, constants: as in `solve`.
+    fn: the dynamics, as in `solve`.
+    y0: initial state, as in `solve`.
+    t0: initial time.
+    t1: final time.
+    constants: optional dict of tensors passed to `fn` as keyword
+      arguments, as in `solve`.
 
   Returns:
     A `Result`; `nfe` is TFP's `num_ode_fn_evaluations`, `status` TFP's
     status (0 on success) and `last_step` NaN (TFP does not report it).
+
+  Raises:
+    TypeError: `solver` is not a `tfp.math.ode.Solver`.
   """
   if not isinstance(solver, tfp.math.ode.Solver):
     raise TypeError(f"Expected a tfp.math.ode.Solver, got "
