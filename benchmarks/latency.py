@@ -78,15 +78,9 @@ def _solver(args, trace):
               atol=args.rtol)
 
 
-def _train_tfp(args, spec, data, t0):
-  import keras  # pylint: disable=g-import-not-at-top
+def tfp_train_step(dist, optimizer):
+  """The TFP idiom's training step: a plain `tf.function` over the NLL."""
   import tensorflow as tf  # pylint: disable=g-import-not-at-top
-  import tensorflow_probability as tfp  # pylint: disable=g-import-not-at-top
-  from tf_ffjord import FFJORD  # pylint: disable=g-import-not-at-top
-  dist = tfp.distributions.TransformedDistribution(
-      tfp.distributions.MultivariateNormalDiag(tf.zeros(spec["dim"])),
-      FFJORD(_net(spec), **_solver(args, "hutchinson")))
-  optimizer = keras.optimizers.Adam(1e-3)
 
   @tf.function
   def train_step(x):
@@ -95,6 +89,19 @@ def _train_tfp(args, spec, data, t0):
     variables = dist.trainable_variables
     optimizer.apply_gradients(zip(tape.gradient(loss, variables), variables))
     return loss
+
+  return train_step
+
+
+def _train_tfp(args, spec, data, t0):
+  import keras  # pylint: disable=g-import-not-at-top
+  import tensorflow as tf  # pylint: disable=g-import-not-at-top
+  import tensorflow_probability as tfp  # pylint: disable=g-import-not-at-top
+  from tf_ffjord import FFJORD  # pylint: disable=g-import-not-at-top
+  dist = tfp.distributions.TransformedDistribution(
+      tfp.distributions.MultivariateNormalDiag(tf.zeros(spec["dim"])),
+      FFJORD(_net(spec), **_solver(args, "hutchinson")))
+  train_step = tfp_train_step(dist, keras.optimizers.Adam(1e-3))
 
   ends = []
   for x in data:

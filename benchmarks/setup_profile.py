@@ -55,6 +55,7 @@ def child(steps, grappler_off, out_path):
   import tensorflow_probability as tfp  # pylint: disable=g-import-not-at-top
   from tf_ffjord import FFJORD, ODENet  # pylint: disable=g-import-not-at-top
   from tf_ffjord.datasets import toy  # pylint: disable=g-import-not-at-top
+  from benchmarks.latency import tfp_train_step  # pylint: disable=g-import-not-at-top
   if grappler_off:
     tf.config.optimizer.set_experimental_options(
         {"disable_meta_optimizer": True})
@@ -71,13 +72,7 @@ def child(steps, grappler_off, out_path):
 
   loss_fn = tf.function(lambda x: -tf.reduce_mean(dist.log_prob(x)))
 
-  @tf.function
-  def train_step(x):
-    with tf.GradientTape() as tape:
-      loss = -tf.reduce_mean(dist.log_prob(x))
-    variables = dist.trainable_variables
-    optimizer.apply_gradients(zip(tape.gradient(loss, variables), variables))
-    return loss
+  train_step = tfp_train_step(dist, optimizer)
 
   lap = time.perf_counter()
   loss_fn.get_concrete_function(data[0])
