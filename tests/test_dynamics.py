@@ -34,13 +34,16 @@ def test_activations_and_config_round_trip(activation):
   np.testing.assert_allclose(g(0.3, x, c), y, atol=1e-6)
 
 
-def test_keras_save_and_load(tmp_path):
-  f = ODENet(hidden=(8,), layer="concatsquash")
+# A mixed-precision net keeps its policy through its config and `.keras`.
+@pytest.mark.parametrize("dtype", [None, "mixed_bfloat16"])
+def test_keras_save_and_load(tmp_path, dtype):
+  f = ODENet(hidden=(8,), layer="concatsquash", dtype=dtype)
   x = tf.random.normal([4, 2])
   y = f(0.5, x)
   path = str(tmp_path / "f.keras")
   f.save(path)
   g = keras.saving.load_model(path)
+  assert g.dtype_policy.name == (dtype or "float32")
   np.testing.assert_allclose(g(0.5, x), y, atol=1e-6)
 
 
