@@ -338,3 +338,37 @@ def test_auto_jit_compile_rule(monkeypatch):
   with pytest.raises(ValueError, match=r"TF_FFJORD_JIT_COMPILE must be auto, "
                      r"0 \(or false\) or 1 \(or true\), got 'sometimes'"):
     use_xla("auto", 5_000, 512)
+
+
+@pytest.mark.parametrize("declared", ["event_shape", "dim", None])
+def test_known_event_shape_builds_the_net_and_the_train_step_traces_once(
+    declared):
+  net = ODENet(hidden=(8,), **({"dim": 2} if declared == "dim" else {}))
+  flow = FFJORD(net, solver="rk4", step_size=0.5,
+                **({"event_shape": [2]} if declared == "event_shape" else {}))
+  dist = tfp.distributions.TransformedDistribution(
+      tfp.distributions.MultivariateNormalDiag(tf.zeros(2)), flow)
+  if declared is None:  # the width is unknown until the first call
+    assert not net.built and not dist.trainable_variables
+    return
+  assert net.built and len(dist.trainable_variables) == len(
+      net.trainable_weights) > 0
+  optimizer = tf.keras.optimizers.Adam(1e-2)
+  optimizer.build(dist.trainable_variables)
+
+  @tf.function
+  def step(x):
+    with tf.GradientTape() as tape:
+      loss = -tf.reduce_mean(dist.log_prob(x))
+    grads = tape.gradient(loss, dist.trainable_variables)
+    optimizer.apply_gradients(zip(grads, dist.trainable_variables))
+    return loss
+
+  before = [v.numpy() for v in dist.trainable_variables]
+  x = tf.random.stateless_normal([16, 2], seed=[0, 1])
+  step(x), step(x + 1.0)
+  # No variable is created inside the step, so TF traces it once (a step
+  # that creates variables is traced twice before its first run).
+  assert step.experimental_get_tracing_count() == 1
+  assert all(np.any(b != v.numpy())
+             for b, v in zip(before, dist.trainable_variables))

@@ -172,6 +172,7 @@ class FFJORD(tfb.Bijector):
                        is_constant_jacobian=False,
                        validate_args=validate_args, parameters=parameters,
                        name=scope)
+      self._build_declared()
       self._expose_variables()
 
   @classmethod
@@ -319,6 +320,21 @@ class FFJORD(tfb.Bijector):
         regularization={r: tf.reshape(v, batch_shape)
                         for r, v in zip(regularizers, final[2:])},
         nfe=result.nfe)
+
+  def _build_declared(self):
+    """Builds our nets now if the event shape is known (`event_shape=`, `dim`).
+
+    Then `optimizer.build(dist.trainable_variables)` works before the first
+    call, and a train step's `tf.function` that creates no variables traces
+    once, not twice.
+    """
+    context_dim = getattr(self._dynamics, "context_dim", None)
+    shape = bijector_input.event_shape(self)
+    if context_dim is None or not shape.is_fully_defined():
+      return
+    self._build_dynamics(shape, getattr(
+        self._dynamics, "variable_dtype", None) or tf.float32,
+                         [context_dim] if context_dim else None)
 
   def _build_dynamics(self, event_shape, dtype, context_shape=None):
     """Builds lazy dynamics before the solve (`augmented.build_dynamics`).

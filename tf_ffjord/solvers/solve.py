@@ -32,7 +32,7 @@ def _integrator(method, jit_compile, jit_compile_backward=None):
                                 first_step=first_step, record=record)
 
     if jit_compile and not record:  # the record's buffers grow: no XLA
-      loop = tf.function(loop, jit_compile=True)
+      loop = tf.function(loop, jit_compile=True, autograph=False)
     out = loop(t0, t1, list(ys), list(cs), first_step)
     return (list(out[0]),) + tuple(out[1:])
 
@@ -118,10 +118,18 @@ def solve(fn, y0, t0, t1, constants=None, method=tableaux.DOPRI5,
     t0 = tf.cast(t0, dtype)
     t1 = tf.cast(t1, dtype)
 
-    def flat_fn(t, ys, cs):
+    def traced_fn(t, ys, cs):
       out = fn(t, tf.nest.pack_sequence_as(state, ys),
                **tf.nest.pack_sequence_as(consts, cs))
       return [tf.convert_to_tensor(o) for o in tf.nest.flatten(out)]
+
+    # Traced once, then called: an RK step evaluates the dynamics 6-7 times
+    # (and the adjoint's VJP as often), and building the net's ops for each
+    # evaluation was most of a training step's tracing time.
+    traced_fn = tf.function(traced_fn, autograph=False)
+
+    def flat_fn(t, ys, cs):
+      return traced_fn(tf.cast(t, dtype), list(ys), list(cs))
 
     if (isinstance(adjoint, Backprop)
         and not isinstance(controller, ConstantStepSize)):
@@ -137,7 +145,7 @@ def solve(fn, y0, t0, t1, constants=None, method=tableaux.DOPRI5,
       # An eager tape would record the compiled loop with its while-loop
       # gradient accumulators, which cannot leave XLA; inside a graph the
       # loop's own gradient is never built (the adjoint replaces it).
-      integrate = tf.function(integrate)
+      integrate = tf.function(integrate, autograph=False)
     y1, nfe, status, h = integrate(t0, t1, flat_y, flat_c)
     y1 = check_status(status, y1, "forward",
                       getattr(controller, "max_num_steps", None))
