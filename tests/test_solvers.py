@@ -422,3 +422,31 @@ def test_bijector_jit_compile_matches_plain_graph(solver):
     assert got[3] > 0  # the backward solve reported its NFE
   if solver == "rk4":
     assert all(got[2] == 16 and got[3] == 16 for got in out.values())
+
+
+@pytest.mark.parametrize("mixed_dtypes", [False, True])
+@pytest.mark.parametrize("adjoint", [BacksolveAdjoint(seminorm=False),
+                                     InterpolatedAdjoint()])
+def test_adjoint_gradients_of_several_variables_match_backprop(
+    adjoint, mixed_dtypes):
+  # Several variables: their adjoints travel as one packed vector of the
+  # state's dtype, a float32 variable's too (in a float64 solve), and must
+  # come back as backprop's gradients, each in its variable's dtype.
+  w = tf.Variable([[0.3, -0.8], [0.6, 0.2]], dtype=tf.float64)
+  b = tf.Variable([0.1, -0.2], dtype=tf.float64)
+  s = tf.Variable(1.2, dtype=tf.float32 if mixed_dtypes else tf.float64)
+  fn = lambda t, y: tf.tanh(tf.linalg.matvec(w, y) + b) * tf.cast(
+      s, tf.float64) - 0.1 * t * y
+  y0 = tf.constant([[0.5, -0.7], [1.0, 0.3]], tf.float64)
+
+  def grads(adj):
+    with tf.GradientTape() as tape:
+      tape.watch(y0)
+      r = solve(fn, y0, 0.0, 1.5, adjoint=adj, **_dopri(1e-10))
+      v = tf.reduce_sum(tf.sin(r.state))
+    return [g.numpy() for g in tape.gradient(v, [y0, w, b, s])]
+
+  got, want = grads(adjoint), grads(Backprop())
+  assert got[3].dtype == s.dtype.as_numpy_dtype
+  for g, r in zip(got, want):
+    np.testing.assert_allclose(g, r, rtol=1e-6, atol=1e-8)

@@ -24,44 +24,43 @@ def _dynamics_vjp(fn, t, y, cs, train, a):
 
 
 class _Packed:
-  """The variables' adjoints as one flat vector.
+  """The variables' adjoints as one flat vector of the state's dtype.
 
   A backward solve carries one adjoint per variable, and every stage
   combination and error norm builds ops per state component: dozens of
-  them for a net's weights. Packed into one vector (where they share a
-  dtype) the loop is a few components wide, which traces and XLA-compiles
-  faster; the error norm (a weighted RMS over all elements) is unchanged.
+  them for a net's weights. Packed into one vector the loop is a few
+  components wide, which traces and XLA-compiles faster; the error norm (a
+  weighted RMS over all elements) is unchanged. The vector has the state's
+  dtype, so variables of another dtype (float32 weights in a float64 solve)
+  integrate with the state's step sizes and come back in their own dtype.
   """
 
-  def __init__(self, tensors):
-    self.shapes = [t.shape for t in tensors]
-    dtypes = {t.dtype for t in tensors}
-    self.packed = len(tensors) > 1 and len(dtypes) == 1 and all(
-        s.is_fully_defined() for s in self.shapes)
+  def __init__(self, variables, dtype):
+    self.shapes = [v.shape for v in variables]
+    self.dtypes = [v.dtype for v in variables]
+    self.dtype = dtype
+    self.sizes = [s.num_elements() for s in self.shapes]
 
-  def zeros(self, tensors):
-    """The initial adjoints: zeros, packed or one per tensor."""
-    if self.packed:
-      return [tf.zeros([sum(s.num_elements() for s in self.shapes)],
-                       tensors[0].dtype)]
-    return [tf.zeros_like(t) for t in tensors]
+  def zeros(self):
+    """The initial adjoints: one zero vector (none without variables)."""
+    return [tf.zeros([sum(self.sizes)], self.dtype)] if self.shapes else []
 
   def pack(self, grads):
-    """`grads` (one per tensor) as the state's parameter components."""
-    if self.packed:
-      return [tf.concat([tf.reshape(g, [-1]) for g in grads], 0)]
-    return list(grads)
+    """`grads` (one per variable) as the state's parameter component."""
+    if not self.shapes:
+      return []
+    return [tf.concat([tf.reshape(tf.cast(g, self.dtype), [-1])
+                       for g in grads], 0)]
 
   def unpack(self, parts):
-    """The parameter components back as one tensor per tensor."""
-    if not self.packed:
-      return list(parts)
-    sizes = [s.num_elements() for s in self.shapes]
-    return [tf.reshape(p, s) for p, s in
-            zip(tf.split(parts[0], sizes), self.shapes)]
+    """The parameter component back as one tensor per variable."""
+    if not self.shapes:
+      return []
+    return [tf.cast(tf.reshape(p, s), d) for p, s, d in zip(
+        tf.split(parts[0], self.sizes), self.shapes, self.dtypes)]
 
   def __len__(self):
-    return 1 if self.packed else len(self.shapes)
+    return 1 if self.shapes else 0
 
 
 def _with_variable_grads(grads, params, variables):
@@ -146,7 +145,7 @@ class BacksolveAdjoint:
         train = [v for v in variables if v.dtype.is_floating]
         dy = [tf.zeros_like(y) if d is None else d
               for y, d in zip(y1, dys[:n_y])]
-        params = _Packed(train)
+        params = _Packed(train, y1[0].dtype)
         n_p = n_c + len(params)
 
         def aug_fn(t, aug, cs):
@@ -155,7 +154,7 @@ class BacksolveAdjoint:
           return (f + [-gi for gi in g[:n_y + n_c]]
                   + params.pack([-gi for gi in g[n_y + n_c:]]))
 
-        aug0 = y1 + dy + [tf.zeros_like(c) for c in cs] + params.zeros(train)
+        aug0 = y1 + dy + [tf.zeros_like(c) for c in cs] + params.zeros()
         back = controller
         if not isinstance(controller, ConstantStepSize):
           back = dataclasses.replace(controller, error_weights=(
@@ -230,7 +229,7 @@ class InterpolatedAdjoint:
         train = [v for v in variables if v.dtype.is_floating]
         dy = [tf.zeros_like(y) if d is None else d
               for y, d in zip(y1, dys[:n_y])]
-        params = _Packed(train)
+        params = _Packed(train, y1[0].dtype)
         n_p = n_c + len(params)
 
         def aug_fn(t, aug, consts):
@@ -240,7 +239,7 @@ class InterpolatedAdjoint:
           return ([-gi for gi in g[:n_y + n_c]]
                   + params.pack([-gi for gi in g[n_y + n_c:]]))
 
-        aug0 = dy + [tf.zeros_like(c) for c in cs] + params.zeros(train)
+        aug0 = dy + [tf.zeros_like(c) for c in cs] + params.zeros()
         back = dataclasses.replace(controller, error_weights=(
             tuple(controller.weights(n_y)) + (0.0,) * n_p))
         backward = getattr(run, "backward", run)
