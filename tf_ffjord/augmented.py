@@ -4,9 +4,10 @@ import collections
 
 import tensorflow as tf
 
+from tf_ffjord import contract
 from tf_ffjord import regularizers as regs
 
-__all__ = ["Solution", "AugmentedODE", "build_dynamics", "flatten_batch", "flatten_context"]
+__all__ = ["Solution", "AugmentedODE", "flatten_batch", "flatten_context"]
 
 
 Solution = collections.namedtuple(
@@ -19,33 +20,6 @@ Fields:
   regularization: dict name -> integral of the regularizer, per example.
   nfe: dynamics evaluations of this solve (int32 scalar).
 """
-
-
-def build_dynamics(dynamics, event_shape, dtype, context_shape=None):
-  """Builds lazily-built Keras dynamics for `event_shape`, outside any graph.
-
-  One evaluation on zeros under `tf.init_scope`. Does nothing for built or
-  non-Keras dynamics, or while the event (or context) shape is unknown.
-
-  Args:
-    dynamics: `f(t, z)` or `f(t, z, context)`.
-    event_shape: `TensorShape` of one event.
-    dtype: the state's dtype.
-    context_shape: `TensorShape` of one context row, or `None`.
-  """
-  event_shape = tf.TensorShape(event_shape)
-  if (getattr(dynamics, "built", True) is not False
-      or not event_shape.is_fully_defined()
-      or not (context_shape is None
-              or tf.TensorShape(context_shape).is_fully_defined())):
-    return
-  with tf.init_scope():
-    z = tf.zeros([1, *event_shape], dtype)
-    t = tf.zeros([], dtype)
-    if context_shape is None:
-      dynamics(t, z)
-    else:
-      dynamics(t, z, tf.zeros([1, *context_shape], dtype))
 
 
 def flatten_batch(x, event_ndims):
@@ -119,10 +93,7 @@ class AugmentedODE:
   def __call__(self, s, state, time_length, context=None):
     t = self.time(s, time_length)
     scale = self.sign * time_length
-    if context is None:
-      fn = lambda z: scale * self.dynamics(t, z)
-    else:
-      fn = lambda z: scale * self.dynamics(t, z, context)
+    fn = lambda z: scale * contract.call(self.dynamics, t, z, context)
     f, trace, probe = self.estimator(fn, state[0], self.noise,
                                      self.event_ndims)
     if self.on_evaluation is not None:

@@ -9,6 +9,7 @@ import tensorflow_probability as tfp
 from tf_ffjord import _internal_apis
 from tf_ffjord import augmented
 from tf_ffjord import bijector_input
+from tf_ffjord import contract
 from tf_ffjord import divergence
 from tf_ffjord import end_time
 from tf_ffjord import regularizers as regs
@@ -133,7 +134,9 @@ class FFJORD(tfb.Bijector):
                name="ffjord"):
     parameters = dict(locals())
     if not callable(dynamics):
-      raise TypeError("dynamics must be callable as f(t, z[, context]).")
+      raise contract.DynamicsError(
+          f"{contract.CONTRACT}; got {type(dynamics).__name__}, which is not "
+          "callable.")
     estimator = divergence.make_estimator(trace, noise)
     solver = solvers.make_solver(
         solver, rtol=rtol, atol=atol, max_num_steps=max_num_steps,
@@ -142,6 +145,10 @@ class FFJORD(tfb.Bijector):
     solvers.use_xla(jit_compile, 0, 1)  # validates the option
     with tf.name_scope(name) as scope:
       self._dynamics = dynamics
+      # Variables that neither Keras nor tf.Module tracking sees (a function
+      # closing over a net), found by the first call on zeros (`_probe`).
+      object.__setattr__(self, "_found_variables", [])
+      object.__setattr__(self, "_probed", False)
       # Copies rebuild from `parameters`: give them a learned T itself, not
       # the float it started from.
       self._time_length = parameters["time_length"] = end_time.resolve(
@@ -201,7 +208,8 @@ class FFJORD(tfb.Bijector):
     already hold these weights through the Keras layers themselves.
     """
     object.__setattr__(self, "_keras_variables",
-                       tracking.backing_variables(self.keras_layers))
+                       tracking.backing_variables(self.keras_layers)
+                       + self._found_variables)
 
   @property
   def time_length(self):
@@ -284,6 +292,7 @@ class FFJORD(tfb.Bijector):
     if direction not in ("inverse", "forward"):
       raise ValueError(f"direction must be 'inverse' or 'forward', got "
                        f"{direction!r}.")
+    contract.check_signature(self._dynamics, context is not None)
     regularizers = regs.check(regularizers, self._trace)
     if tf.executing_eagerly():  # one cached tf.function, not a retrace per call
       return bijector_input.eager_solve(self, x, direction, context, seed,
@@ -322,28 +331,54 @@ class FFJORD(tfb.Bijector):
         nfe=result.nfe)
 
   def _build_declared(self):
-    """Builds our nets now if the event shape is known (`event_shape=`, `dim`).
+    """Builds Keras dynamics now if the event shape is known (`event_shape=`, `dim`).
 
     Then `optimizer.build(dist.trainable_variables)` works before the first
-    call, and a train step's `tf.function` that creates no variables traces
-    once, not twice.
+    call, a train step's `tf.function` that creates no variables traces
+    once, not twice, and a net that breaks the contract says so at once.
+    Our nets know their context width; a user's net is built without a
+    context unless its call needs one (then the first solve builds it).
     """
-    context_dim = getattr(self._dynamics, "context_dim", None)
+    if not isinstance(self._dynamics, keras.layers.Layer):
+      return  # a function's dtype is known at the first solve only
     shape = bijector_input.event_shape(self)
-    if context_dim is None or not shape.is_fully_defined():
-      return
-    self._build_dynamics(shape, getattr(
-        self._dynamics, "variable_dtype", None) or tf.float32,
-                         [context_dim] if context_dim else None)
+    context_dim = getattr(self._dynamics, "context_dim", None)
+    if context_dim is None:  # a user's net
+      try:
+        contract.check_signature(self._dynamics, with_context=False)
+      except contract.DynamicsError:
+        return
+      context_dim = 0
+    if shape.is_fully_defined():
+      self._build_dynamics(shape, getattr(
+          self._dynamics, "variable_dtype", None) or tf.float32,
+                           [context_dim] if context_dim else None)
 
   def _build_dynamics(self, event_shape, dtype, context_shape=None):
-    """Builds lazy dynamics before the solve (`augmented.build_dynamics`).
+    """Builds lazy dynamics, checks their contract, finds their variables.
 
-    Their weights then decide `jit_compile="auto"` and are never created in a
-    compiled loop; they are exposed to TFP's variable tracking.
+    Keras nets that are not built yet, and once any other dynamics, are
+    called on zeros outside any graph (`contract.probe`): weights are never
+    created in a compiled loop, they decide `jit_compile="auto"`, and they
+    are exposed to TFP's variable tracking with those a function reads.
     """
-    augmented.build_dynamics(self._dynamics, event_shape, dtype,
-                             context_shape)
+    event_shape = tf.TensorShape(event_shape)
+    if not event_shape.is_fully_defined() or not (
+        context_shape is None
+        or tf.TensorShape(context_shape).is_fully_defined()):
+      return
+    dynamics = self._dynamics
+    if isinstance(dynamics, keras.layers.Layer):
+      if not dynamics.built:
+        contract.probe(dynamics, event_shape, dtype, context_shape)
+    elif not self._probed:
+      read = contract.probe(dynamics, event_shape, dtype, context_shape)
+      own = {id(v) for v in getattr(dynamics, "trainable_variables", ())}
+      object.__setattr__(self, "_found_variables",
+                         [v for v in read if id(v) not in own])
+      object.__setattr__(self, "_probed", True)
+      if not read and not own:
+        contract.warn_no_variables(dynamics)
     self._expose_variables()
 
   def _integrate(self, ode, state0, constants):

@@ -24,8 +24,18 @@ def _integrator(method, jit_compile, jit_compile_backward=None):
   """
 
   def run(fn, t0, t1, ys, cs, controller, first_step=None, record=False):
+    # One evaluation unit (the dynamics, or the adjoint's dynamics with its
+    # VJP) is traced once and called at every stage: building its ops for
+    # each of a step's 6-7 stages was most of a step's tracing time. The
+    # unit must hold its own gradient: a VJP taken from outside of a traced
+    # function passes the function's shape intermediates (a concat's axis,
+    # a broadcast's shapes) across the call as tensors, and XLA's constant
+    # analysis then demands every input of the compiled loop, the weights
+    # included, as a compile-time constant: a recompile per training step.
+    unit = tf.function(fn, autograph=False)
+
     def loop(t0, t1, ys, cs, first_step):
-      step_fn = lambda t, y: fn(t, y, cs)
+      step_fn = lambda t, y: unit(t, y, cs)
       if isinstance(controller, ConstantStepSize):
         return integrate_fixed(step_fn, t0, t1, ys, method, controller)
       return integrate_adaptive(step_fn, t0, t1, ys, method, controller,
@@ -118,18 +128,10 @@ def solve(fn, y0, t0, t1, constants=None, method=tableaux.DOPRI5,
     t0 = tf.cast(t0, dtype)
     t1 = tf.cast(t1, dtype)
 
-    def traced_fn(t, ys, cs):
-      out = fn(t, tf.nest.pack_sequence_as(state, ys),
-               **tf.nest.pack_sequence_as(consts, cs))
-      return [tf.convert_to_tensor(o) for o in tf.nest.flatten(out)]
-
-    # Traced once, then called: an RK step evaluates the dynamics 6-7 times
-    # (and the adjoint's VJP as often), and building the net's ops for each
-    # evaluation was most of a training step's tracing time.
-    traced_fn = tf.function(traced_fn, autograph=False)
-
     def flat_fn(t, ys, cs):
-      return traced_fn(tf.cast(t, dtype), list(ys), list(cs))
+      out = fn(tf.cast(t, dtype), tf.nest.pack_sequence_as(state, list(ys)),
+               **tf.nest.pack_sequence_as(consts, list(cs)))
+      return [tf.convert_to_tensor(o) for o in tf.nest.flatten(out)]
 
     if (isinstance(adjoint, Backprop)
         and not isinstance(controller, ConstantStepSize)):
