@@ -74,7 +74,9 @@ def eval_chains(net, x, event_ndims, xla, chain=20):
   with respect to the state and the weights.
   """
   eps = divergence.sample_noise(tf.shape(x), x.dtype)
-  variables = [getattr(v, "value", v) for v in net.trainable_variables]
+  # Keras weights hold their tf.Variable in `.value`; tf.Variables are theirs.
+  variables = [v if isinstance(v, tf.Variable) else v.value
+               for v in net.trainable_variables]
 
   def fv(i, z):
     # The time varies as in a solve (a constant would let XLA fold the time
