@@ -130,3 +130,55 @@ def test_user_estimator_in_fit_and_evaluate():
                       trace="exact")
   ref = -float(tf.reduce_mean(exact.log_prob(x)))
   assert nll == pytest.approx(ref, rel=1e-4)
+
+
+# Dynamics that ignore (part of) the state: TFP's own FFJORD test uses the
+# translation f = 1. Their Jacobian has zero (or partly zero) columns that
+# the tape calls "unconnected"; the trace is the analytic one, not an error.
+B = np.array([[0.7, 0.0, 0.4], [0.3, -0.2, 0.0], [0.0, 0.0, 0.0]])
+
+
+def _ignoring():
+  """(name, f, exact trace) of dynamics that ignore all or part of y."""
+  def partial(y):  # uses y[:, :3] only: trace of B's used block, 0.5
+    used = tf.linalg.matvec(tf.constant(B, y.dtype), y[:, :3])
+    return tf.concat([used, tf.zeros_like(y[:, 3:])], -1)
+  return [("ones_like", tf.ones_like, 0.0),
+          ("constant_of_batch", lambda y: tf.zeros_like(y) + 2.0, 0.0),
+          ("partial", partial, 0.5)]
+
+
+@pytest.mark.parametrize("dim", [5, divergence.LOOP_MAX_DIM + 4])
+@pytest.mark.parametrize("graph", [False, True])
+@pytest.mark.parametrize("dtype", [tf.float32, tf.float64])
+def test_traces_of_dynamics_that_ignore_the_state(dtype, graph, dim):
+  y = tf.random.stateless_normal([3, dim], [4, dim], dtype=dtype)
+  for name, fn, expected in _ignoring():
+    ests = [Exact(), Hutchinson(), Hutchinson("gaussian", probes=3)]
+    for est in ests:
+      noise = est.sample(tf.shape(y), dtype, seed=tf.constant([1, 2]))
+      call = lambda y, noise: est(fn, y, noise)[:2]
+      if graph:
+        call = tf.function(call)
+      f, tr = call(y, noise)
+      np.testing.assert_allclose(f, fn(y), err_msg=name)
+      if name == "partial" and not est.is_exact:
+        # eps^T B eps over the used block, probe by probe: no zero-fill bias.
+        eps = np.reshape(noise.numpy(), [-1, 3, dim])[..., :3]
+        want = np.einsum("kbi,ij,kbj->b", eps, B, eps) / eps.shape[0]
+        np.testing.assert_allclose(tr, want, rtol=1e-5, err_msg=name)
+      else:
+        np.testing.assert_allclose(tr, np.full([3], expected), atol=1e-6,
+                                   err_msg=f"{name} {est}")
+      assert tr.dtype == dtype
+
+
+@pytest.mark.parametrize("trace", ["exact", "hutchinson"])
+def test_flow_of_a_translation_has_zero_log_det(trace):
+  # TFP's testBijector on our own class: f = 1 moves every point by T.
+  bij = FFJORD(lambda t, z: tf.ones_like(z), time_length=1.0, trace=trace)
+  x = np.zeros((2, 5), np.float64)
+  np.testing.assert_allclose(bij.inverse(x), x + 1.0, atol=1e-6)
+  np.testing.assert_allclose(bij.forward(x + 1.0), x, atol=1e-6)
+  np.testing.assert_allclose(bij.inverse_log_det_jacobian(x, 1), [0.0, 0.0])
+  np.testing.assert_allclose(bij.forward_log_det_jacobian(x, 1), [0.0, 0.0])

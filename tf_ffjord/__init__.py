@@ -2,6 +2,7 @@
 
 from tf_ffjord import datasets
 from tf_ffjord.bijector import FFJORD, Solution
+from tf_ffjord.tfp_compat import TFPFFJORD
 from tf_ffjord.divergence import Exact, Hutchinson, TraceEstimator
 from tf_ffjord.conv import ConvODENet
 from tf_ffjord.dynamics import ODENet
@@ -18,6 +19,6 @@ __all__ = [
     "FFJORDModel", "ImageFlow", "MaximumLikelihood", "FlowMatching",
     "LogitTransform", "Squeeze", "ODENVP", "dequantize", "bits_per_dim",
     "make_solver", "Solver", "Tableau", "TraceEstimator", "Exact",
-    "Hutchinson", "datasets",
+    "Hutchinson", "TFPFFJORD", "datasets",
 ]
 __version__ = "0.2.0"

@@ -14,6 +14,9 @@ __all__ = ["TRACES", "NOISES", "TraceEstimator", "Exact", "Hutchinson",
            "exact", "uses_pfor", "LOOP_MAX_DIM"]
 
 TRACES = ("hutchinson", "exact")
+# Dynamics that ignore (part of) the state, e.g. a translation f = 1, have no
+# gradient path from f to z: their Jacobian, and so its trace, is zero.
+_ZERO = tf.UnconnectedGradients.ZERO
 NOISES = ("rademacher", "gaussian")
 
 
@@ -79,7 +82,7 @@ def hutchinson(fn, y, eps, event_ndims=1):
   with tf.GradientTape() as tape:
     tape.watch(y)
     f = fn(y)
-  vjp = tape.gradient(f, y, output_gradients=eps)
+  vjp = tape.gradient(f, y, output_gradients=eps, unconnected_gradients=_ZERO)
   trace = tf.reduce_sum(vjp * eps, axis=_event_axes(y, event_ndims))
   return f, trace, vjp
 
@@ -117,11 +120,13 @@ def exact(fn, y, event_ndims=1):
     f = fn(tf.reshape(flat, tf.concat([[batch], event_shape], 0)))
     f_flat = tf.reshape(f, [batch, dim])
   if dim > LOOP_MAX_DIM:
-    return f, tf.linalg.trace(tape.batch_jacobian(f_flat, flat)), None
+    return f, tf.linalg.trace(tape.batch_jacobian(
+        f_flat, flat, unconnected_gradients=_ZERO)), None
   trace = tf.zeros([batch], f_flat.dtype)
   for i in range(dim):
     unit = tf.one_hot(tf.fill([batch], i), dim, dtype=f_flat.dtype)
-    trace += tape.gradient(f_flat, flat, output_gradients=unit)[:, i]
+    trace += tape.gradient(f_flat, flat, output_gradients=unit,
+                           unconnected_gradients=_ZERO)[:, i]
   return f, trace, None
 
 
@@ -276,7 +281,8 @@ class Hutchinson(TraceEstimator):
     with tf.GradientTape(persistent=True) as tape:
       tape.watch(y)
       f = fn(y)
-    vjps = [tape.gradient(f, y, output_gradients=noise[k])
+    vjps = [tape.gradient(f, y, output_gradients=noise[k],
+                          unconnected_gradients=_ZERO)
             for k in range(self.probes)]
     trace = tf.add_n([tf.reduce_sum(v * noise[k], axis=axes)
                       for k, v in enumerate(vjps)]) / self.probes
