@@ -65,7 +65,9 @@ print("ok")
     (images, ["--data", "cifar10"], "runs/images/cifar10"),
     (vae, ["--flow", "maf"], "runs/vae/mnist-maf"),
 ])
-def test_default_out_names_the_data(module, argv, out):
+def test_default_out_names_the_data(module, argv, out, tmp_path,
+                                    monkeypatch):
+  monkeypatch.chdir(tmp_path)  # (a run of the developer's is no concern)
   config_cls = {toy: toy.ToyConfig, tabular: tabular.TabularConfig,
                 images: images.ImagesConfig, vae: vae.VAEConfig}[module]
   config, _ = cli.parse(config_cls, "", argv,

@@ -166,7 +166,7 @@ def run(config, strategy=None):
   from tf_ffjord.datasets import batches  # pylint: disable=g-import-not-at-top
   from tf_ffjord.datasets import images as image_data  # pylint: disable=g-import-not-at-top
   from tf_ffjord.images import dequantize  # pylint: disable=g-import-not-at-top
-  from training import plots_images, run as run_lib, tensorboard  # pylint: disable=g-import-not-at-top
+  from training import plots_images, run as run_lib, summaries  # pylint: disable=g-import-not-at-top
   problem = check(config)
   if problem:
     raise ValueError(problem)
@@ -179,11 +179,11 @@ def run(config, strategy=None):
     x_train = x_train[:config.train_size]
   with strategy.scope():
     model = build_model(config, x_train.shape[1:])
-  observers = tensorboard.callbacks(config.tensorboard, chief)
+  observers = summaries.callbacks(config.tensorboard, chief)
   if observers:  # a grid of samples at every validation, and at the end
     grid = lambda seed: plots_images.image_grid(
         model.sample(16, seed=seed).numpy(), nrow=4)
-    observers.append(tensorboard.SampleImages(
+    observers.append(summaries.SampleImages(
         config.tensorboard, grid, config.seed, config.steps_per_epoch))
   validation = None
   if config.val_size:

@@ -253,7 +253,7 @@ def run(config, strategy=None):
     The metrics dict, also written to `<out>/metrics.json`.
   """
   from tf_ffjord.datasets import batches  # pylint: disable=g-import-not-at-top
-  from training import run as run_lib, tensorboard  # pylint: disable=g-import-not-at-top
+  from training import run as run_lib, summaries  # pylint: disable=g-import-not-at-top
   strategy = strategy or tf.distribute.get_strategy()
   runs.claim(config, write=run_lib.is_chief(strategy))
   splits = load_splits(config)
@@ -277,7 +277,7 @@ def run(config, strategy=None):
           splits.train, config.batch_size, config.seed, start),
       config.out, config.steps, config.steps_per_epoch,
       time_budget=config.time_budget, validation_data=val,
-      callbacks=_schedule(config), observers=tensorboard.callbacks(
+      callbacks=_schedule(config), observers=summaries.callbacks(
           config.tensorboard, run_lib.is_chief(strategy)))
   # EarlyStopping has restored the best weights: test them (and validate
   # them again, which shows they are the best of the curve).

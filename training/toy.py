@@ -146,7 +146,7 @@ def run(config, strategy=None):
     `multiworker` only the chief writes files).
   """
   from tf_ffjord.datasets import batches, toy  # pylint: disable=g-import-not-at-top
-  from training import run as run_lib, tensorboard  # pylint: disable=g-import-not-at-top
+  from training import run as run_lib, summaries  # pylint: disable=g-import-not-at-top
   strategy = strategy or tf.distribute.get_strategy()
   chief = run_lib.is_chief(strategy)
   runs.claim(config, write=chief)
@@ -158,7 +158,7 @@ def run(config, strategy=None):
           sample, config.batch_size, config.seed, start),
       config.out, config.steps, config.steps_per_epoch,
       time_budget=config.time_budget,
-      observers=tensorboard.callbacks(config.tensorboard, chief))
+      observers=summaries.callbacks(config.tensorboard, chief))
   test = toy.sample(config.data, config.test_size, seed=config.seed + 10_000)
   ev = run_lib.evaluate(model, test, config.eval_batch_size, config.seed)
   curve = run_lib.read_curve(config.out)
@@ -180,7 +180,7 @@ def run(config, strategy=None):
     metrics["grid_mass"] = plot_density(
         model, test, os.path.join(config.out, "density.png"))
     if config.tensorboard:
-      tensorboard.write_png(config.tensorboard, "density",
+      summaries.write_png(config.tensorboard, "density",
                             os.path.join(config.out, "density.png"),
                             trained["steps"])
   if config.export:  # every worker takes part (see on_every_worker)

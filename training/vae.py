@@ -252,7 +252,7 @@ def run(config, strategy=None):
       more than the training images.
   """
   from tf_ffjord.vae import binarize  # pylint: disable=g-import-not-at-top
-  from training import run as run_lib, tensorboard  # pylint: disable=g-import-not-at-top
+  from training import run as run_lib, summaries  # pylint: disable=g-import-not-at-top
   strategy = strategy or tf.distribute.get_strategy()
   replicas = strategy.num_replicas_in_sync
   if config.batch_size % replicas:
@@ -275,7 +275,7 @@ def run(config, strategy=None):
                         config.epochs * steps_per_epoch, steps_per_epoch,
                         time_budget=config.time_budget,
                         verbose=config.progress,
-                        observers=tensorboard.callbacks(
+                        observers=summaries.callbacks(
                             config.tensorboard, run_lib.is_chief(strategy)))
   curve = run_lib.read_curve(config.out)
   last = curve[-1] if curve else {}
