@@ -56,7 +56,7 @@ def _vae_case(tmp_path):
           "8", "--solver", "euler", "--step-size", "1.0", "--trace", "exact",
           "--gradient", "backprop", "--epochs", "1", "--batch-size", "50",
           "--eval-batch-size", "4", "--iwae-samples", "2",
-          "--iwae-test-size", "2", "--iwae-chunk", "2", "--verbose", "0"]
+          "--iwae-test-size", "2", "--iwae-chunk", "2", "--progress", "0"]
 
 
 def _tabular_case(tmp_path):

@@ -187,7 +187,7 @@ def test_data_defaults_are_the_papers_and_every_flag_is_explained():
                         check=tabular.check)
   assert (config.num_blocks, config.hdim_factor, config.nhidden,
           config.activation, config.batch_size, config.out) == (
-              5, 10, 3, "tanh", 10000, "runs/power")
+              5, 10, 3, "tanh", 10000, "runs/tabular/power")
   config, _ = cli.parse(tabular.TabularConfig, "",
                         ["--data", "bsds300", "--batch-size", "7"],
                         data_defaults=tabular.DATA_DEFAULTS)

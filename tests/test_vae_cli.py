@@ -31,7 +31,7 @@ def _args(root, out, *extra):
           "--decoder-hidden", "8", "--maf-hidden", "8", "--cnf-hidden", "8",
           "--batch-size", "50", "--eval-batch-size", "8",
           "--iwae-samples", "4", "--iwae-test-size", "4", "--iwae-chunk", "2",
-          "--verbose", "0", *extra]
+          "--progress", "0", *extra]
 
 
 def _run(args, stub_evaluation=False, monkeypatch=None):

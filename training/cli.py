@@ -1,22 +1,29 @@
-"""Experiment configs as command lines: one dataclass per experiment, shared solver/evaluation flags, checks at parse time, presets, `--strategy`, `--precision`."""
+"""Experiment configs as command lines: one dataclass per experiment, shared solver/evaluation flags, checks at parse time, presets, `--strategy`, `--precision`.
+
+Parsing (and `--help`) imports neither TensorFlow nor tf_ffjord: the flags'
+choices come from `training.choices`, and TensorFlow starts, quietly unless
+`--verbose`, once the flags are good.
+"""
 
 import argparse
+import contextlib
 import dataclasses
+import importlib
+import importlib.util
 import os
+import re
+import sys
 
-import keras
-import tensorflow as tf
-
-from tf_ffjord import divergence, solvers
-from tf_ffjord.bijector import GRADIENTS
+from training import choices, runs
 
 __all__ = ["option", "default", "field_metadata", "RunConfig",
            "SolverConfig", "EvalConfig", "parse", "use_strategy", "use_precision", "check_out",
-           "STRATEGIES", "PRECISIONS", "SOLVERS", "LOGICAL_CPUS_ENV"]
+           "start_tensorflow", "lazy", "STRATEGIES", "PRECISIONS", "SOLVERS",
+           "LOGICAL_CPUS_ENV"]
 
 STRATEGIES = ("default", "mirrored", "multiworker")
 PRECISIONS = ("float32", "mixed_bfloat16", "mixed_float16")
-SOLVERS = solvers.ADAPTIVE_SOLVERS + solvers.FIXED_SOLVERS
+SOLVERS = choices.SOLVERS
 
 # Testing aid: `--strategy mirrored` over N logical CPU devices of one
 # physical CPU (how the tests get 2 replicas on a machine without GPUs).
@@ -24,6 +31,20 @@ LOGICAL_CPUS_ENV = "TF_FFJORD_LOGICAL_CPUS"
 
 _TRUE = ("true", "1", "yes", "y", "on")
 _FALSE = ("false", "0", "no", "n", "off")
+
+
+class lazy:  # pylint: disable=invalid-name
+  """A module imported at its first attribute access: `tf = cli.lazy("tensorflow")`.
+
+  The CLI modules name TensorFlow and Keras at the top, as usual, but import
+  them only when a function uses them, after the flags are parsed.
+  """
+
+  def __init__(self, name):
+    self._name = name
+
+  def __getattr__(self, attr):
+    return getattr(importlib.import_module(self._name), attr)
 
 
 def option(default, help, choices=None, low=None, high=None,  # pylint: disable=redefined-builtin
@@ -68,9 +89,21 @@ class RunConfig:
   data: str = option("8gaussians", "name of the data set")
   data_root: str = option("../shared/data", "directory that holds the data "
                           "files (ignored by the 2-D toys)")
-  out: str = option("runs/run", "output directory: checkpoints, metrics, "
-                    "plots, SavedModel; rerunning with the same --out "
-                    "resumes")
+  out: str = option("runs/run/{data}", "output directory ({data}: the data "
+                    "set's name): checkpoints, metrics, plots, SavedModel, "
+                    "config.json; rerunning with the same --out resumes a "
+                    "run of the same configuration")
+  overwrite: bool = option(False, "start afresh in --out even if it holds "
+                           "a run (of any configuration): the old run's "
+                           "files move into <out>/replaced-N, nothing is "
+                           "deleted")
+  verbose: bool = option(False, "show TensorFlow's own log lines (C++ and "
+                         "absl logs, XLA's ignored asserts), hidden by "
+                         "default")
+  tensorboard: str = option("", "also write TensorBoard logs to this "
+                            "directory: the training logs every epoch and "
+                            "the experiment's images (needs the tensorboard "
+                            "package; empty: none)")
   objective: str = option("likelihood", "training objective: maximum "
                           "likelihood through ODE solves, or simulation-free "
                           "flow matching", choices=("likelihood",
@@ -96,6 +129,14 @@ class RunConfig:
                           "computation in bfloat16 or float16)",
                           choices=PRECISIONS)
 
+  def __post_init__(self):
+    # "{name}" in --out stands for that field's value (runs/toy/{data}).
+    fields = {f.name for f in dataclasses.fields(self)}
+    self.out = re.sub(
+        r"\{(\w+)\}", lambda m: str(getattr(self, m.group(1)))
+        if m.group(1) in fields and m.group(1) != "out" else m.group(0),
+        self.out)
+
 
 @dataclasses.dataclass
 class SolverConfig:
@@ -114,12 +155,12 @@ class SolverConfig:
                          "ODE (constant memory; interpolated: on dopri5's "
                          "dense output) or backprop through the solver "
                          "(auto: an adjoint for adaptive solvers, backprop "
-                         "for fixed-grid ones)", choices=GRADIENTS)
+                         "for fixed-grid ones)", choices=choices.GRADIENTS)
   trace: str = option("hutchinson", "trace estimator of training (exact "
                       "costs one gradient pass per dimension)",
-                      choices=divergence.TRACES)
+                      choices=choices.TRACES)
   noise: str = option("rademacher", "Hutchinson probe distribution",
-                      choices=divergence.NOISES)
+                      choices=choices.NOISES)
 
   def ffjord_options(self):
     """The `FFJORD` options of the training flow."""
@@ -140,7 +181,7 @@ class EvalConfig:
   eval_trace: str = option("exact", "trace estimator of evaluation (the "
                            "exact likelihood; hutchinson: one probe per "
                            "example, for large events)",
-                           choices=divergence.TRACES)
+                           choices=choices.TRACES)
 
   def eval_options(self):
     """The `FFJORD` options of the evaluation flow (`eval_options=`)."""
@@ -204,8 +245,10 @@ def _parser(config_cls, defaults, description, presets):
   for field in dataclasses.fields(config_cls):
     meta = field_metadata(config_cls, field.name)
     value = defaults[field.name]
+    extra = {}
     if isinstance(field.default, bool):
       kind = _bool
+      extra = dict(nargs="?", const=True)  # a bare --overwrite is true
     elif isinstance(field.default, tuple):
       kind = _checked(_ints, meta)
     else:
@@ -214,7 +257,7 @@ def _parser(config_cls, defaults, description, presets):
                         default=value, choices=meta.get("choices"),
                         help=meta.get("help", ""),
                         metavar=None if meta.get("choices") else
-                        field.name.upper())
+                        field.name.upper(), **extra)
   parser.add_argument(
       "--strategy", choices=STRATEGIES, default="default",
       help="default: one device; mirrored: all local GPUs; multiworker: the "
@@ -231,7 +274,9 @@ def parse(config_cls, description, argv=None, presets=None,
   (argparse's convention), never a traceback later. The defaults come from
   the dataclass, then from `data_defaults[--data]` (per-dataset settings),
   then from `--preset NAME` (a function `config -> dict` of overrides, whose
-  docstring is its help); the other flags apply last.
+  docstring is its help); the other flags apply last. A `--out` that holds
+  a run of another configuration is refused too (see `training.runs`), all
+  before TensorFlow is imported (`start_tensorflow`).
 
   Args:
     config_cls: the experiment's config dataclass.
@@ -261,11 +306,66 @@ def parse(config_cls, description, argv=None, presets=None,
   args.pop("preset", None)
   strategy_name = args.pop("strategy")
   config = config_cls(**args)
-  problem = check_out(config.out) if hasattr(config, "out") else None
+  problem = None
+  if hasattr(config, "out"):
+    problem = check_out(config.out) or runs.check(config)
   problem = problem or (check(config) if check else None)
+  if not problem and getattr(config, "tensorboard", ""):
+    if importlib.util.find_spec("tensorboard") is None:
+      problem = ("--tensorboard needs the tensorboard package: pip install "
+                 "tensorboard")
   if problem:
     parser.error(problem)
+  start_tensorflow(getattr(config, "verbose", False))
   return config, use_strategy(strategy_name)
+
+
+@contextlib.contextmanager
+def _stderr_to_devnull():
+  """Sends file descriptor 2 (C++ writes too) to /dev/null for a while."""
+  sys.stderr.flush()
+  saved = os.dup(2)
+  null = os.open(os.devnull, os.O_WRONLY)
+  os.dup2(null, 2)
+  try:
+    yield
+  finally:
+    sys.stderr.flush()
+    os.dup2(saved, 2)
+    os.close(saved)
+    os.close(null)
+
+
+def start_tensorflow(verbose=False):
+  """Imports TensorFlow, without its log lines unless `verbose`.
+
+  Quiet (the default) sets `TF_CPP_MIN_LOG_LEVEL=3` unless the environment
+  sets it (which silences the C++ logs: the failed `cuInit` on machines
+  without a GPU, XLA's "Ignoring Assert operator" for every
+  `tf.debugging` assert in compiled code), hides what TensorFlow's
+  libraries print while they load (absl's "All log messages before
+  absl::InitializeLog()" and the lines that follow it come before any log
+  level is read), and sets the Python loggers of TensorFlow and absl to
+  errors. The log level takes effect only if TensorFlow was not imported
+  yet. `verbose` sets `TF_CPP_MIN_LOG_LEVEL=0`: every line comes back.
+
+  Returns:
+    The `tensorflow` module.
+  """
+  if verbose:
+    os.environ["TF_CPP_MIN_LOG_LEVEL"] = "0"
+  else:
+    os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "3")
+  if verbose or "tensorflow" in sys.modules:
+    import tensorflow as tf  # pylint: disable=g-import-not-at-top
+  else:
+    with _stderr_to_devnull():
+      import tensorflow as tf  # pylint: disable=g-import-not-at-top
+  if not verbose:
+    from absl import logging as absl_logging  # pylint: disable=g-import-not-at-top
+    absl_logging.set_verbosity(absl_logging.ERROR)
+    tf.get_logger().setLevel("ERROR")
+  return tf
 
 
 def check_out(out):
@@ -302,6 +402,7 @@ def use_precision(name):
   if name not in PRECISIONS:
     raise ValueError(f"Unknown precision {name!r}; expected one of "
                      f"{PRECISIONS}.")
+  import keras  # pylint: disable=g-import-not-at-top
   keras.mixed_precision.set_global_policy(name)
 
 
@@ -327,6 +428,7 @@ def use_strategy(name):
   if name not in STRATEGIES:
     raise ValueError(f"Unknown strategy {name!r}; expected one of "
                      f"{STRATEGIES}.")
+  import tensorflow as tf  # pylint: disable=g-import-not-at-top
   if name == "default":
     return tf.distribute.get_strategy()
   if name == "mirrored":
@@ -352,6 +454,7 @@ def _logical_cpus():
   if n < 1:
     raise ValueError(f"{LOGICAL_CPUS_ENV} must be a positive integer, got "
                      f"{value!r}.")
+  import tensorflow as tf  # pylint: disable=g-import-not-at-top
   cpu = tf.config.list_physical_devices("CPU")[0]
   # (Listing logical devices would start TensorFlow: ask the config.)
   configured = tf.config.get_logical_device_configuration(cpu) or [None]

@@ -3,17 +3,15 @@
 import dataclasses
 import os
 
-import keras
 import numpy as np
-import tensorflow as tf
 
-from tf_ffjord import ImageFlow
-from tf_ffjord.datasets import batches
-from tf_ffjord.datasets import images as image_data
-from tf_ffjord.images import dequantize
-from tf_ffjord.models import NETS
-from tf_ffjord.objectives import FlowMatching, MaximumLikelihood
-from training import cli, plots_images, run as run_lib
+from training import choices, cli, runs
+
+# Parsing the flags and --help import neither TensorFlow nor tf_ffjord:
+# keras and tf load at first use, tf_ffjord and training.run in the
+# functions that use them.
+keras = cli.lazy("keras")
+tf = cli.lazy("tensorflow")
 
 __all__ = ["ImagesConfig", "PRESETS", "PAPER_BPD", "check", "build_model",
            "run", "main"]
@@ -27,11 +25,12 @@ FILES = {"mnist": "mnist.npz", "fashion-mnist": "fashion-mnist",
 class ImagesConfig(cli.RunConfig, cli.SolverConfig, cli.EvalConfig):
   """One image experiment; the defaults train the paper's multiscale model at CPU size."""
   data: str = cli.option("mnist", "image data set, read from --data-root",
-                         choices=image_data.DATASETS)
-  out: str = cli.option("runs/images", "output directory: checkpoints, "
-                        "curve.csv, metrics.json, samples.png, curve.png, "
-                        "saved_model/; rerunning with the same --out "
-                        "resumes")
+                         choices=choices.IMAGE_DATASETS)
+  out: str = cli.option("runs/images/{data}", "output directory ({data}: "
+                        "the data set's name): checkpoints, curve.csv, "
+                        "metrics.json, samples.png, curve.png, "
+                        "saved_model/, config.json; rerunning with the same "
+                        "--out resumes a run of the same configuration")
   batch_size: int = cli.option(64, "images per training step (the global "
                                "batch under --strategy)", positive=True)
   eval_batch_size: int = cli.option(500, "images per evaluation solve",
@@ -40,7 +39,7 @@ class ImagesConfig(cli.RunConfig, cli.SolverConfig, cli.EvalConfig):
   steps_per_epoch: int = cli.option(50, "steps between checkpoints (and "
                                     "validations)", positive=True)
   net: str = cli.option("conv", "dynamics network of every CNF block",
-                        choices=NETS)
+                        choices=choices.NETS)
   dims: tuple = cli.option((32, 32), "hidden channels of the conv net, or "
                            "channels per level of the U-Net", positive=True)
   strides: tuple = cli.option((), "conv net: one stride per layer (1, 2, -2);"
@@ -126,6 +125,8 @@ def check(config):
 
 def build_model(config, event_shape):
   """The compiled `ImageFlow` of an `ImagesConfig` (in the current strategy)."""
+  from tf_ffjord import ImageFlow  # pylint: disable=g-import-not-at-top
+  from tf_ffjord.objectives import FlowMatching, MaximumLikelihood  # pylint: disable=g-import-not-at-top
   cli.use_precision(config.precision)
   keras.utils.set_random_seed(config.seed)
   flow_matching = config.objective == "flow_matching"
@@ -162,17 +163,28 @@ def run(config, strategy=None):
     The metrics dict, also written to `<out>/metrics.json` (under
     `multiworker` only the chief writes files).
   """
+  from tf_ffjord.datasets import batches  # pylint: disable=g-import-not-at-top
+  from tf_ffjord.datasets import images as image_data  # pylint: disable=g-import-not-at-top
+  from tf_ffjord.images import dequantize  # pylint: disable=g-import-not-at-top
+  from training import plots_images, run as run_lib, summaries  # pylint: disable=g-import-not-at-top
   problem = check(config)
   if problem:
     raise ValueError(problem)
   strategy = strategy or tf.distribute.get_strategy()
-  os.makedirs(config.out, exist_ok=True)
+  chief = run_lib.is_chief(strategy)
+  runs.claim(config, write=chief)
   (x_train, _), (x_test, _) = image_data.load(
       config.data, os.path.join(config.data_root, FILES[config.data]))
   if config.train_size:
     x_train = x_train[:config.train_size]
   with strategy.scope():
     model = build_model(config, x_train.shape[1:])
+  observers = summaries.callbacks(config.tensorboard, chief)
+  if observers:  # a grid of samples at every validation, and at the end
+    grid = lambda seed: plots_images.image_grid(
+        model.sample(16, seed=seed).numpy(), nrow=4)
+    observers.append(summaries.SampleImages(
+        config.tensorboard, grid, config.seed, config.steps_per_epoch))
   validation = None
   if config.val_size:
     x_val = dequantize(x_test[:config.val_size], seed=[config.seed, 7])
@@ -183,7 +195,7 @@ def run(config, strategy=None):
           transform=lambda x, seed: dequantize(x, seed=seed)),
       config.out, config.steps, config.steps_per_epoch,
       time_budget=config.time_budget, validation_data=validation,
-      validation_freq=config.val_every)
+      validation_freq=config.val_every, observers=observers)
   eval_images = x_test[:config.eval_size] if config.eval_size else x_test
   ev = run_lib.evaluate(model, eval_images, config.eval_batch_size,
                         config.seed)
@@ -210,7 +222,9 @@ def run(config, strategy=None):
   if config.export:  # every worker takes part (see on_every_worker)
     run_lib.on_every_worker(model.export,
                             os.path.join(config.out, "saved_model"), strategy)
-  if run_lib.is_chief(strategy):
+  if observers:
+    observers[-1].write(trained["steps"])
+  if chief:
     samples = model.sample(64, seed=config.seed).numpy()
     plots_images.save_grid(os.path.join(config.out, "samples.png"), samples)
     plots_images.plot_curve(os.path.join(config.out, "curve.png"), curve,

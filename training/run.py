@@ -55,7 +55,8 @@ class CurveLogger(keras.callbacks.Callback):
 
 
 def fit(model, train_data, out, steps, steps_per_epoch, time_budget=0.0,
-        validation_data=None, validation_freq=1, callbacks=(), verbose=2):
+        validation_data=None, validation_freq=1, callbacks=(), verbose=2,
+        observers=()):
   """Trains a compiled model with `fit`, resuming from `<out>/checkpoints`.
 
   Training runs as epochs of `steps_per_epoch` steps (the last partial one is
@@ -80,6 +81,7 @@ def fit(model, train_data, out, steps, steps_per_epoch, time_budget=0.0,
     callbacks: Keras callbacks whose progress is checkpointed too
       (`EarlyStopping`, `ReduceLROnPlateau`, ...).
     verbose: Keras verbosity.
+    observers: callbacks without progress to checkpoint (`TensorBoard`).
 
   Returns:
     A dict: `epochs` and `steps` done in all, `seconds` of training,
@@ -102,7 +104,7 @@ def fit(model, train_data, out, steps, steps_per_epoch, time_budget=0.0,
   early_stopped = any(getattr(cb, "stopped_epoch", 0) for cb in callbacks)
   if budget.exhausted or early_stopped:
     epochs = initial_epoch  # a finished run: restore, don't train
-  logs = [*stateful, ckpt]
+  logs = [*stateful, ckpt, *observers]
   if is_chief():
     logs.append(CurveLogger(os.path.join(out, "curve.csv")))
   options = tf.data.Options()

@@ -38,15 +38,15 @@ import math
 import os
 import sys
 
-import keras
 import numpy as np
-import tensorflow as tf
 
-from tf_ffjord import FFJORDModel, ODENet
-from tf_ffjord.datasets import batches, tabular
-from tf_ffjord.dynamics import ACTIVATIONS, LAYER_TYPES
-from tf_ffjord.objectives import FlowMatching, MaximumLikelihood
-from training import cli, run as run_lib
+from training import choices, cli, runs
+
+# Parsing the flags and --help import neither TensorFlow nor tf_ffjord:
+# keras and tf load at first use, tf_ffjord and training.run in the
+# functions that use them.
+keras = cli.lazy("keras")
+tf = cli.lazy("tensorflow")
 
 __all__ = ["TabularConfig", "DATA_DEFAULTS", "PAPER_NLL", "PRESETS", "check",
            "load_splits", "whitening", "build_model", "gaussian_nll", "run",
@@ -65,9 +65,6 @@ DATA_DEFAULTS = {
     "bsds300": dict(activation="softplus", hdim_factor=20, nhidden=3,
                     num_blocks=2, batch_size=10000),
 }
-for _name, _defaults in DATA_DEFAULTS.items():
-  _defaults["out"] = f"runs/{_name}"
-
 # The paper's test NLL in nats (FFJORD, Table 2).
 PAPER_NLL = {"power": -0.46, "gas": -8.59, "hepmass": 14.92,
              "miniboone": 10.43, "bsds300": -157.40}
@@ -78,10 +75,12 @@ class TabularConfig(cli.RunConfig, cli.SolverConfig, cli.EvalConfig):
   """One tabular experiment; the per-data-set defaults are `DATA_DEFAULTS`."""
   data: str = cli.option("miniboone", "tabular data set (MAF's "
                          "preprocessing); also picks the paper's model and "
-                         "batch for it", choices=tabular.NAMES)
-  out: str = cli.option("runs/miniboone", "output directory: checkpoints, "
-                        "curve.csv, metrics.json, saved_model/; rerunning "
-                        "with the same --out resumes")
+                         "batch for it", choices=choices.TABULAR_NAMES)
+  out: str = cli.option("runs/tabular/{data}", "output directory ({data}: "
+                        "the data set's name): checkpoints, curve.csv, "
+                        "metrics.json, saved_model/, config.json; rerunning "
+                        "with the same --out resumes a run of the same "
+                        "configuration")
   batch_size: int = cli.option(1000, "examples per training step (the global "
                                "batch under --strategy)", positive=True)
   weight_decay: float = cli.option(1e-6, "decoupled weight decay (as AdamW: "
@@ -112,9 +111,9 @@ class TabularConfig(cli.RunConfig, cli.SolverConfig, cli.EvalConfig):
   num_blocks: int = cli.option(1, "stacked FFJORD blocks, each with its own "
                                "dynamics and end time", positive=True)
   layer: str = cli.option("concatsquash", "time-conditioned layer type of "
-                          "the dynamics", choices=tuple(LAYER_TYPES))
+                          "the dynamics", choices=choices.LAYER_TYPES)
   activation: str = cli.option("softplus", "activation between layers",
-                               choices=ACTIVATIONS)
+                               choices=choices.ACTIVATIONS)
   time_length: float = cli.option(1.0, "integration time T of each block "
                                   "(its initial value when learned)",
                                   positive=True)
@@ -152,8 +151,9 @@ def fm(config):
             "steps": 82_000, "steps_per_epoch": 4000, "time_budget": 1500,
             "max_val": 2000, "max_test": 10_000, "n_val": 10_000,
             "n_test": 10_000}
-  return {**recipe, "hdim_factor": max(1, round(256 / tabular.DIMS.get(
-      config.data, 43))), "batch_size": 256, "steps": 75_000,
+  dim = choices.TABULAR_DIMS.get(config.data, 43)
+  return {**recipe, "hdim_factor": max(1, round(256 / dim)),
+          "batch_size": 256, "steps": 75_000,
           "steps_per_epoch": 5000, "time_budget": 400}
 
 
@@ -173,6 +173,7 @@ def check(config):
 
 def load_splits(config):
   """The data set's `Splits`, with validation and test cut to --max-val/test."""
+  from tf_ffjord.datasets import tabular  # pylint: disable=g-import-not-at-top
   kwargs = {}
   if config.data == "bsds300":
     kwargs = dict(n_train=config.n_train, n_val=config.n_val,
@@ -194,6 +195,8 @@ def build_model(config, dim, whitening=None):
 
   `whitening` is `(mean, scale_tril)` of the data when `config.whiten`.
   """
+  from tf_ffjord import FFJORDModel, ODENet  # pylint: disable=g-import-not-at-top
+  from tf_ffjord.objectives import FlowMatching, MaximumLikelihood  # pylint: disable=g-import-not-at-top
   cli.use_precision(config.precision)
   keras.utils.set_random_seed(config.seed)
   flow_matching = config.objective == "flow_matching"
@@ -249,8 +252,10 @@ def run(config, strategy=None):
   Returns:
     The metrics dict, also written to `<out>/metrics.json`.
   """
+  from tf_ffjord.datasets import batches  # pylint: disable=g-import-not-at-top
+  from training import run as run_lib, summaries  # pylint: disable=g-import-not-at-top
   strategy = strategy or tf.distribute.get_strategy()
-  os.makedirs(config.out, exist_ok=True)
+  runs.claim(config, write=run_lib.is_chief(strategy))
   splits = load_splits(config)
   dim = splits.train.shape[1]
   print(f"{config.data}: D={dim}, train/val/test {len(splits.train)}/"
@@ -272,7 +277,8 @@ def run(config, strategy=None):
           splits.train, config.batch_size, config.seed, start),
       config.out, config.steps, config.steps_per_epoch,
       time_budget=config.time_budget, validation_data=val,
-      callbacks=_schedule(config))
+      callbacks=_schedule(config), observers=summaries.callbacks(
+          config.tensorboard, run_lib.is_chief(strategy)))
   # EarlyStopping has restored the best weights: test them (and validate
   # them again, which shows they are the best of the curve).
   val_nll = model.evaluate(val, verbose=0, return_dict=True)["nll"]

@@ -3,15 +3,15 @@
 import dataclasses
 import os
 
-import keras
 import numpy as np
-import tensorflow as tf
 
-from tf_ffjord import FFJORDModel, ODENet
-from tf_ffjord.datasets import batches, toy
-from tf_ffjord.dynamics import ACTIVATIONS, LAYER_TYPES
-from tf_ffjord.objectives import FlowMatching, MaximumLikelihood
-from training import cli, run as run_lib
+from training import choices, cli, runs
+
+# Parsing the flags and --help import neither TensorFlow nor tf_ffjord:
+# keras and tf load at first use, tf_ffjord and training.run in the
+# functions that use them.
+keras = cli.lazy("keras")
+tf = cli.lazy("tensorflow")
 
 __all__ = ["ToyConfig", "PRESETS", "build_model", "plot_density", "run",
            "main"]
@@ -27,10 +27,13 @@ class ToyConfig(cli.RunConfig, cli.SolverConfig, cli.EvalConfig):
   dopri5 at 1e-3 in training (1e-5 in evaluation), Adam 1e-2 with cosine
   decay over 500 steps. `--preset paper` restores the paper code's settings.
   """
-  data: str = cli.option("8gaussians", "toy density", choices=toy.NAMES)
-  out: str = cli.option("runs/toy", "output directory: checkpoints, "
-                        "metrics.json, density.png, saved_model/; rerunning "
-                        "with the same --out resumes")
+  data: str = cli.option("8gaussians", "toy density",
+                         choices=choices.TOY_NAMES)
+  out: str = cli.option("runs/toy/{data}", "output directory ({data}: the "
+                        "toy's name): checkpoints, metrics.json, "
+                        "density.png, saved_model/, config.json; rerunning "
+                        "with the same --out resumes a run of the same "
+                        "configuration")
   lr: float = cli.option(1e-2, "Adam learning rate (the start of the cosine "
                          "decay)", positive=True)
   steps: int = cli.option(500, "training steps", positive=True)
@@ -43,9 +46,9 @@ class ToyConfig(cli.RunConfig, cli.SolverConfig, cli.EvalConfig):
   dims: tuple = cli.option((64, 64, 64), "hidden widths of the dynamics MLP",
                            positive=True)
   layer: str = cli.option("concatsquash", "time-conditioned layer type",
-                          choices=tuple(LAYER_TYPES))
+                          choices=choices.LAYER_TYPES)
   activation: str = cli.option("tanh", "activation between layers",
-                               choices=ACTIVATIONS)
+                               choices=choices.ACTIVATIONS)
   rtol: float = cli.default(1e-3)
   atol: float = cli.default(1e-3)
   trace: str = cli.default("exact")
@@ -75,6 +78,8 @@ PRESETS = {"paper": paper}
 
 def build_model(config):
   """The compiled `FFJORDModel` of a `ToyConfig` (in the current strategy)."""
+  from tf_ffjord import FFJORDModel, ODENet  # pylint: disable=g-import-not-at-top
+  from tf_ffjord.objectives import FlowMatching, MaximumLikelihood  # pylint: disable=g-import-not-at-top
   cli.use_precision(config.precision)
   keras.utils.set_random_seed(config.seed)
   flow_matching = config.objective == "flow_matching"
@@ -140,8 +145,11 @@ def run(config, strategy=None):
     The metrics dict, also written to `<out>/metrics.json` (under
     `multiworker` only the chief writes files).
   """
+  from tf_ffjord.datasets import batches, toy  # pylint: disable=g-import-not-at-top
+  from training import run as run_lib, summaries  # pylint: disable=g-import-not-at-top
   strategy = strategy or tf.distribute.get_strategy()
-  os.makedirs(config.out, exist_ok=True)
+  chief = run_lib.is_chief(strategy)
+  runs.claim(config, write=chief)
   with strategy.scope():
     model = build_model(config)
   sample = lambda n, seed: toy.sample(config.data, n, seed=seed)
@@ -149,7 +157,8 @@ def run(config, strategy=None):
       model, lambda start: batches.sampled_batches(
           sample, config.batch_size, config.seed, start),
       config.out, config.steps, config.steps_per_epoch,
-      time_budget=config.time_budget)
+      time_budget=config.time_budget,
+      observers=summaries.callbacks(config.tensorboard, chief))
   test = toy.sample(config.data, config.test_size, seed=config.seed + 10_000)
   ev = run_lib.evaluate(model, test, config.eval_batch_size, config.seed)
   curve = run_lib.read_curve(config.out)
@@ -167,10 +176,13 @@ def run(config, strategy=None):
     metrics["above_entropy"] = ev["nll"] - metrics["entropy"]
   except NotImplementedError:
     pass
-  chief = run_lib.is_chief(strategy)
   if config.plot and chief:
     metrics["grid_mass"] = plot_density(
         model, test, os.path.join(config.out, "density.png"))
+    if config.tensorboard:
+      summaries.write_png(config.tensorboard, "density",
+                            os.path.join(config.out, "density.png"),
+                            trained["steps"])
   if config.export:  # every worker takes part (see on_every_worker)
     run_lib.on_every_worker(model.export,
                             os.path.join(config.out, "saved_model"), strategy)
@@ -186,6 +198,7 @@ def main(argv=None):
         f" nats (entropy {metrics.get('entropy', float('nan')):.3f}), "
         f"{metrics['steps']} steps, {metrics['seconds']:.0f} s of training "
         f"-> {config.out}")
+  return metrics
 
 
 if __name__ == "__main__":

@@ -6,14 +6,15 @@ import os
 import sys
 import time
 
-import keras
 import numpy as np
-import tensorflow as tf
 
-from tf_ffjord.datasets import batches, images
-from tf_ffjord.dynamics import ACTIVATIONS
-from tf_ffjord.vae import POSTERIORS, VAE, binarize
-from training import cli, run as run_lib
+from training import choices, cli, runs
+
+# Parsing the flags and --help import neither TensorFlow nor tf_ffjord:
+# keras and tf load at first use, tf_ffjord and training.run in the
+# functions that use them.
+keras = cli.lazy("keras")
+tf = cli.lazy("tensorflow")
 
 __all__ = ["VAEConfig", "load_images", "build_model", "train_data",
            "evaluate", "write_pictures", "run", "main", "PAPER_NEG_ELBO"]
@@ -37,10 +38,13 @@ class VAEConfig(cli.RunConfig, cli.SolverConfig):
                          "<data-root>/<name>.npz (keras' mnist.npz layout) "
                          "or IDX files in <data-root>/<name>/",
                          choices=("mnist", "fashion-mnist"))
-  out: str = cli.option("runs/vae", "output directory: checkpoints, "
-                        "curve.csv, metrics.json, reconstructions.png, "
-                        "samples.png, vae.weights.h5; rerunning with the "
-                        "same --out resumes")
+  out: str = cli.option("runs/vae/{data}-{flow}", "output directory "
+                        "({data}, {flow}: the data set's and the "
+                        "posterior's names): checkpoints, curve.csv, "
+                        "metrics.json, reconstructions.png, samples.png, "
+                        "vae.weights.h5, config.json; rerunning with the "
+                        "same --out resumes a run of the same "
+                        "configuration")
   objective: str = cli.option("elbo", "training objective: the VAE "
                               "maximizes its evidence lower bound (its only "
                               "objective)", choices=("elbo",))
@@ -55,7 +59,7 @@ class VAEConfig(cli.RunConfig, cli.SolverConfig):
   flow: str = cli.option("ffjord", "posterior flow on the encoder's "
                          "Gaussian: none (the Gaussian alone), maf (IAF "
                          "steps over conditional MADEs) or ffjord (an "
-                         "amortized CNF)", choices=POSTERIORS)
+                         "amortized CNF)", choices=choices.POSTERIORS)
   latent_dim: int = cli.option(32, "dimensions of the latent z",
                                positive=True)
   context_dim: int = cli.option(32, "width of the encoder features h(x) "
@@ -66,7 +70,7 @@ class VAEConfig(cli.RunConfig, cli.SolverConfig):
   decoder_hidden: tuple = cli.option((256, 512), "hidden widths of the "
                                      "decoder MLP", positive=True)
   activation: str = cli.option("elu", "activation of the encoder, decoder "
-                               "and MADEs", choices=ACTIVATIONS)
+                               "and MADEs", choices=choices.ACTIVATIONS)
   maf_steps: int = cli.option(4, "IAF steps of the maf posterior",
                               positive=True)
   maf_hidden: tuple = cli.option((256,), "hidden widths of each MADE",
@@ -75,7 +79,7 @@ class VAEConfig(cli.RunConfig, cli.SolverConfig):
                                  "posterior's dynamics", positive=True)
   cnf_activation: str = cli.option("softplus", "activation of the ffjord "
                                    "posterior's dynamics",
-                                   choices=ACTIVATIONS)
+                                   choices=choices.ACTIVATIONS)
   time_length: float = cli.option(0.5, "integration time T of the ffjord "
                                   "posterior", positive=True)
   solver: str = cli.default("rk4")
@@ -95,8 +99,8 @@ class VAEConfig(cli.RunConfig, cli.SolverConfig):
                                    positive=True)
   iwae_chunk: int = cli.option(100, "importance samples drawn per compiled "
                                "call (bounds memory)", positive=True)
-  verbose: int = cli.option(2, "Keras output: 0 none, 1 a progress bar, 2 "
-                            "a line per epoch", choices=(0, 1, 2))
+  progress: int = cli.option(2, "Keras output: 0 none, 1 a progress bar, 2 "
+                             "a line per epoch", choices=(0, 1, 2))
 
 
 def load_images(name, root):
@@ -113,6 +117,7 @@ def load_images(name, root):
     FileNotFoundError: neither exists; the message names both.
     ValueError: a malformed file (named by the loader), or color images.
   """
+  from tf_ffjord.datasets import images  # pylint: disable=g-import-not-at-top
   npz, idx = os.path.join(root, f"{name}.npz"), os.path.join(root, name)
   if not os.path.exists(npz) and not os.path.isdir(idx):
     raise FileNotFoundError(
@@ -128,6 +133,7 @@ def load_images(name, root):
 
 def build_model(config, input_shape=(28, 28)):
   """The compiled `VAE` of a `VAEConfig` (in the current strategy)."""
+  from tf_ffjord.vae import VAE  # pylint: disable=g-import-not-at-top
   cli.use_precision(config.precision)
   keras.utils.set_random_seed(config.seed)
   kwargs = {}
@@ -153,6 +159,7 @@ def train_data(vae, x_train, config):
   posterior noise from step k's seed (`VAE.training_batch`), so it is the
   same after a resume and under every strategy.
   """
+  from tf_ffjord.datasets import batches  # pylint: disable=g-import-not-at-top
   return lambda start: batches.epoch_batches(
       x_train, config.batch_size, config.seed, start,
       transform=vae.training_batch)
@@ -244,6 +251,8 @@ def run(config, strategy=None):
     ValueError: a batch that does not split evenly over the replicas, or
       more than the training images.
   """
+  from tf_ffjord.vae import binarize  # pylint: disable=g-import-not-at-top
+  from training import run as run_lib, summaries  # pylint: disable=g-import-not-at-top
   strategy = strategy or tf.distribute.get_strategy()
   replicas = strategy.num_replicas_in_sync
   if config.batch_size % replicas:
@@ -258,14 +267,16 @@ def run(config, strategy=None):
                      f"{len(x_train)} training images.")
   # One fixed binarization of the test set.
   x_test = binarize(x_test, seed=[config.seed, 2019]).numpy()
-  os.makedirs(config.out, exist_ok=True)
+  runs.claim(config, write=run_lib.is_chief(strategy))
   with strategy.scope():
     vae = build_model(config, x_train.shape[1:])
   steps_per_epoch = len(x_train) // config.batch_size
   trained = run_lib.fit(vae, train_data(vae, x_train, config), config.out,
                         config.epochs * steps_per_epoch, steps_per_epoch,
                         time_budget=config.time_budget,
-                        verbose=config.verbose)
+                        verbose=config.progress,
+                        observers=summaries.callbacks(
+                            config.tensorboard, run_lib.is_chief(strategy)))
   curve = run_lib.read_curve(config.out)
   last = curve[-1] if curve else {}
   metrics = {
