@@ -16,7 +16,10 @@ Eager calls run one `tf.function` per bijector and call signature (direction,
 regularizers, seed and context present, dtype, batch rank) with the batch
 sizes left open: after the first call, a repeated eager call neither
 retraces nor rebuilds anything, and costs about what a `tf.function` call
-does. As under `tf.function`, the dynamics are traced once per signature.
+does, whatever its batch size. As under `tf.function`, the dynamics are
+traced once per signature. Under `jit_compile="auto"` these calls run
+plain (`solvers.xla.any_batch_size`): XLA would compile again for every
+new batch size.
 
 Empty batches are legal with every solver. The library's own solvers take
 them as they are; a `tfp.math.ode.Solver` would loop for ever on one (the
@@ -27,6 +30,7 @@ one row of zeros, solved and then dropped.
 import tensorflow as tf
 
 from tf_ffjord import validation
+from tf_ffjord.solvers import xla
 
 __all__ = ["check_input", "declared_event_shape", "eager_solve", "event_shape",
            "pads_empty_batches", "solve_padded"]
@@ -141,8 +145,9 @@ def eager_solve(bijector, x, direction, context=None, seed=None,
       rest = list(rest)
       ctx = rest.pop(0) if has_context else None
       sd = rest.pop(0) if has_seed else None
-      return bijector.solve(x, direction, context=ctx, seed=sd,
-                            regularizers=regularizers)
+      with xla.any_batch_size():  # one trace for every batch size, no compile per size
+        return bijector.solve(x, direction, context=ctx, seed=sd,
+                              regularizers=regularizers)
 
     cache[key] = tf.function(run, input_signature=specs, autograph=False)
   return cache[key](*args)

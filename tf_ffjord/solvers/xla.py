@@ -37,15 +37,17 @@ XLA's compile time outweighs a short run (the test suite, a debugging
 session), `1` to compile everywhere. An explicit `True` or `False` wins.
 """
 
+import contextlib
 import math
 import os
+import threading
 
 import tensorflow as tf
 
 from tf_ffjord import _internal_apis
 
 __all__ = ["use_xla", "num_weights", "device_type", "in_xla_context",
-           "CPU_MAX_WORK", "JIT_ENV"]
+           "any_batch_size", "CPU_MAX_WORK", "JIT_ENV"]
 
 # Above this many weights x batch rows, dense dynamics run plain on CPU.
 CPU_MAX_WORK = 4e8
@@ -53,6 +55,29 @@ CPU_MAX_WORK = 4e8
 JIT_ENV = "TF_FFJORD_JIT_COMPILE"
 _ENV_VALUES = {"auto": "auto", "0": False, "false": False, "1": True,
                "true": True}
+
+
+_SCOPE = threading.local()
+
+
+@contextlib.contextmanager
+def any_batch_size():
+  """Solves traced in this scope will serve calls of every batch size: "auto" runs them plain.
+
+  XLA compiles a program per input shape: seconds for each new batch size,
+  for a gain of milliseconds per call. In-process calls (an eager
+  `dist.log_prob`, `FlowModel.log_prob`) come in every size, so their one
+  shape-polymorphic trace runs plain under `jit_compile="auto"`; training
+  steps, whose batch size repeats, follow the rule of `use_xla`. The scope
+  is read while a solve is traced; an explicit `True` or
+  `TF_FFJORD_JIT_COMPILE=1` still compiles.
+  """
+  outer = getattr(_SCOPE, "active", False)
+  _SCOPE.active = True
+  try:
+    yield
+  finally:
+    _SCOPE.active = outer
 
 
 def num_weights(dynamics):
@@ -90,7 +115,8 @@ def use_xla(jit_compile, weights, batch, event_ndims=1, device="CPU"):
 
   Returns:
     A bool: `jit_compile` itself if it is a bool; for `"auto"`, the value of
-    `TF_FFJORD_JIT_COMPILE` if it is `0` or `1`, else True on GPUs and TPUs,
+    `TF_FFJORD_JIT_COMPILE` if it is `0` or `1`, else False inside
+    `any_batch_size()` (in-process calls), else True on GPUs and TPUs,
     and on CPU for dense dynamics (`event_ndims == 1`) with
     `weights * batch <= CPU_MAX_WORK` (an unknown batch counts as 1).
 
@@ -118,6 +144,8 @@ def use_xla(jit_compile, weights, batch, event_ndims=1, device="CPU"):
                      f"got {env!r}.")
   if _ENV_VALUES[env] != "auto":
     return _ENV_VALUES[env]
+  if getattr(_SCOPE, "active", False):  # see any_batch_size
+    return False
   if device != "CPU":
     return True
   if event_ndims > 1:
