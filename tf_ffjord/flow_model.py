@@ -85,6 +85,7 @@ class FlowModel(keras.Model):
     self.base = standard_normal(self.event_shape, density.dtype(self))
     self.objective = objectives.MaximumLikelihood()
     object.__setattr__(self, "trackers", {})
+    object.__setattr__(self, "_monitored", [])
     # Compiled graphs of log_prob and sample, out of Keras' tracking.
     object.__setattr__(self, "_compiled_fns", {})
     self.build()
@@ -136,13 +137,15 @@ class FlowModel(keras.Model):
     object.__setattr__(self, "trackers", {
         name: make_metric(name, kind, lower_is_better=name in _LOWER_IS_BETTER)
         for name, kind in kinds.items()})
+    # Then the directions of the losses, so that EarlyStopping & co.
+    # monitor nll, val_nll, bpd... in their default mode="auto".
+    object.__setattr__(self, "_monitored",
+                       monitorable(list(self.trackers.values())))
     super().compile(optimizer=optimizer, **kwargs)
 
   @property
   def metrics(self):
-    # Then the directions of the losses, so that EarlyStopping & co.
-    # monitor nll, val_nll, bpd... in their default mode="auto".
-    return monitorable(list(self.trackers.values()))
+    return list(self._monitored)
 
   @property
   def evaluation_metrics(self):
