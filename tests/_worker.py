@@ -33,7 +33,7 @@ def train(spec):
   import keras  # pylint: disable=g-import-not-at-top
   import numpy as np  # pylint: disable=g-import-not-at-top
   import tensorflow as tf  # pylint: disable=g-import-not-at-top
-  from tf_ffjord import FFJORDModel, ODENet  # pylint: disable=g-import-not-at-top
+  from tf_ffjord import FFJORDModel, ODENet, density  # pylint: disable=g-import-not-at-top
   from tf_ffjord.divergence import replica_seed  # pylint: disable=g-import-not-at-top
 
   # The same global seed in every process: any per-replica difference must
@@ -79,8 +79,8 @@ def train(spec):
 
   @tf.function
   def probe():
-    return hutch._log_prob(x0, None, hutch.bijector,  # pylint: disable=protected-access
-                           seed=replica_seed())[0]
+    return density.log_prob(hutch, x0, None, bijector=hutch.bijector,
+                            seed=replica_seed())[0]
 
   local = strategy.experimental_local_results(strategy.run(probe))
   out["hutchinson"] = np.stack([v.numpy() for v in local])

@@ -241,7 +241,7 @@ def test_image_flow_bits_per_dim_falls():
   history = model.fit(x, batch_size=64, epochs=4, verbose=0)
   after = float(tf.reduce_mean(model.bits_per_dim(held_out, seed=[0, 1])))
   bpd = history.history["bpd"]
-  assert set(history.history) == {"nll", "bpd", "nfe", "nfe_backward"}
+  assert set(history.history) == {"loss", "nll", "bpd", "nfe", "nfe_backward"}
   assert history.history["nfe"][-1] == 3 * 4  # 3 blocks x one rk4 step
   assert bpd[-1] < bpd[0] - 1.0, bpd
   assert after < before - 1.0, (before, after)

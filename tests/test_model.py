@@ -126,7 +126,7 @@ def test_fit_lowers_test_nll_on_8gaussians():
   hist = model.fit(toy.sample("8gaussians", 256 * 300, seed=0),
                    batch_size=256, epochs=1, verbose=0)
   after = -float(np.mean(model.log_prob(test)))
-  assert set(hist.history) == {"nll", "nfe", "nfe_backward"}
+  assert set(hist.history) == {"loss", "nll", "nfe", "nfe_backward"}
   assert hist.history["nfe"][-1] == 16  # rk4, 4 steps
   assert after < before - 1.0, (before, after)
   assert after < 3.9
@@ -210,7 +210,7 @@ def test_flow_matching_trains_a_one_block_image_cnf():
   model.compile(keras.optimizers.Adam(1e-2), objective="flow_matching")
   x = np.random.default_rng(0).integers(0, 256, (64, 4, 4, 1), np.uint8)
   hist = model.fit(x, batch_size=32, epochs=5, verbose=0)
-  assert set(hist.history) == {"fm_loss"}
+  assert set(hist.history) == {"loss", "fm_loss"}
   assert hist.history["fm_loss"][-1] < hist.history["fm_loss"][0]
   ev = model.evaluate(x, batch_size=64, verbose=0, return_dict=True)
   assert np.isfinite(ev["bpd"]) and ev["nfe"] > 0

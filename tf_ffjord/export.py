@@ -4,7 +4,9 @@ import types
 
 import tensorflow as tf
 
+from tf_ffjord import density
 from tf_ffjord import flows
+from tf_ffjord import solvers
 from tf_ffjord import validation
 
 __all__ = ["SIGNATURES", "export_model"]
@@ -23,24 +25,33 @@ def _function(fn, input_signature):
 class _Servable(tf.Module):
   """The exported object: the variables and one tf.function per signature.
 
-  Serves a `FlowModel`: `log_prob`, `forward`, `inverse` and `sample` run
-  its evaluation flow, `log_prob_hutchinson` its flow with the Hutchinson
-  trace and a caller-given seed. Only variables and traced graphs are
-  saved, so loading needs TensorFlow and nothing else (no tf_ffjord, TFP or
-  Keras).
+  Serves a `FlowModel` through `tf_ffjord.density`, as the model itself
+  computes: `log_prob`, `forward`, `inverse` and `sample` run its
+  evaluation flow, `log_prob_hutchinson` the same flow with the Hutchinson
+  trace and a caller-given seed; inputs and outputs are in the model's
+  variable dtype. Only variables and traced graphs are saved, so loading
+  needs TensorFlow and nothing else (no tf_ffjord, TFP or Keras).
   """
 
-  def __init__(self, model, batch_size=None, jit_compile=False):
+  def __init__(self, model, batch_size=None, jit_compile=False,
+               custom_gradients=False):
     super().__init__(name="ffjord_servable")
     options = {} if jit_compile == "model" else {"jit_compile": jit_compile}
+    if not custom_gradients and all(
+        isinstance(b.solver, solvers.Solver)
+        for b in flows.ffjord_blocks(model.eval_bijector)):
+      # Traced without the adjoint's custom gradient, which the SavedModel
+      # would not keep (and loading would warn about): the same forward
+      # computation, differentiable by plain backprop through the solve.
+      options["gradient"] = "backprop"
     # A SimpleNamespace is not trackable: the model and its bijectors stay
     # out of the saved object graph, which then only holds the variables
     # below and the traced functions.
     self._m = types.SimpleNamespace(
         model=model,
         flow=flows.with_options(model.eval_bijector, **options),
-        hutchinson=flows.with_options(model.bijector, trace="hutchinson",
-                                      **options),
+        hutchinson=flows.with_options(model.eval_bijector,
+                                      trace="hutchinson", **options),
         owner=type(model).__name__,
         what="images" if model.dequantize else "examples")
     # Every captured variable: the Keras weights, and the bijectors' own
@@ -53,7 +64,7 @@ class _Servable(tf.Module):
         seen.add(id(v))
         captured.append(v)
     self.model_variables = captured
-    dtype = tf.as_dtype(model.variable_dtype)
+    dtype = density.dtype(model)
     shape = [batch_size, *model.event_shape]
     x_spec = tf.TensorSpec(shape, dtype, name="x")
     z_spec = tf.TensorSpec(shape, dtype, name="z")
@@ -72,18 +83,22 @@ class _Servable(tf.Module):
                                          [x_spec, seed_spec, *ctx])
     self.sample = _function(self._sample, [n_spec, seed_spec, *ctx_n])
 
+  def _context(self, context):
+    m = self._m
+    return validation.check_events(
+        context, [m.model.context_dim], density.dtype(m.model), m.owner,
+        "contexts", batch_ndims=1, in_graph=True)
+
   def _check(self, x, context=None):
     # The library's policy, with the shape checked in the graph too: a
     # loaded signature (and TF Serving) passes tensors of any shape.
     m = self._m
     x = validation.check_events(
-        x, m.model.event_shape, m.model.compute_dtype, m.owner, m.what,
+        x, m.model.event_shape, density.dtype(m.model), m.owner, m.what,
         batch_ndims=1, in_graph=True)
     if context is None:
       return x, None
-    context = validation.check_events(
-        context, [m.model.context_dim], m.model.compute_dtype, m.owner,
-        "contexts", batch_ndims=1, in_graph=True)
+    context = self._context(context)
     rows = tf.debugging.assert_equal(
         tf.shape(context)[0], tf.shape(x)[0],
         message=f"{m.owner} expects one context row per example")
@@ -103,31 +118,23 @@ class _Servable(tf.Module):
   def _log_prob(self, x, context=None):
     # Calls the traced `inverse` graph, so the solve is traced once.
     out = self.inverse(x) if context is None else self.inverse(x, context)
-    return {"log_prob": self._m.model.base.log_prob(out["z"])
-                        + out["log_det"]}
+    return {"log_prob": density.density(self._m.model, out["z"],
+                                        out["log_det"])}
 
   def _log_prob_hutchinson(self, x, seed, context=None):
     x, context = self._check(x, context)
-    sol = flows.solve(self._m.hutchinson, x, "inverse", context,
-                      seed=tf.stack([seed, 0]))
-    return {"log_prob": self._m.model.base.log_prob(sol.state)
-                        + sol.log_det}
+    logp, _ = density.log_prob(self._m.model, x, context,
+                               bijector=self._m.hutchinson,
+                               seed=tf.stack([seed, 0]))
+    return {"log_prob": logp}
 
   def _sample(self, n, seed, context=None):
     n = validation.check_count(n, self._m.owner)
     if context is not None:
-      context = validation.check_events(
-          context, [self._m.model.context_dim], self._m.model.compute_dtype,
-          self._m.owner, "contexts", batch_ndims=1, in_graph=True)
-    # The same samples as `model.sample(n, seed=seed)` (its flow, unless
-    # the export serves another `jit_compile`).
-    z = tf.random.stateless_normal(
-        tf.concat([[n], self._m.model.event_shape], 0), tf.stack([seed, 0]),
-        dtype=self._m.model.compute_dtype)
-    x = flows.solve(self._m.flow, z, "forward", context).state
-    if self._m.model.dequantize:
-      x = tf.clip_by_value(x, 0.0, 1.0)
-    return {"x": x}
+      context = self._context(context)
+    # The same samples as `model.sample(n, seed=seed)`.
+    return {"x": density.sample(self._m.model, n, seed, context,
+                                bijector=self._m.flow)}
 
 
 def export_model(model, path, batch_size=None, custom_gradients=False,
@@ -137,8 +144,10 @@ def export_model(model, path, batch_size=None, custom_gradients=False,
   The SavedModel loads with `tf.saved_model.load(path)` in a process that has
   only TensorFlow. Every signature is also a callable attribute of the loaded
   object (e.g. `loaded.log_prob(x)`); all return dicts of tensors. With
-  `B` the batch size, `E` the event shape and `float32` the model's compute
-  dtype:
+  `B` the batch size, `E` the event shape and `float32` the model's variable
+  dtype (`float32` under the mixed policies too, `float64` under
+  `float64`), which is also the dtype of `model.log_prob` and
+  `model.sample`:
 
   | signature | inputs | outputs |
   | --- | --- | --- |
@@ -153,6 +162,19 @@ def export_model(model, path, batch_size=None, custom_gradients=False,
   log|det d output / d input|. Image models take dequantized images in
   [0, 1] (log-density in nats), and `forward`/`inverse` include their logit
   transform. A stack of blocks runs block 0 first in `inverse`.
+
+  The signatures compute what the model computes (`tf_ffjord.density`):
+  the evaluation flow (`model.eval_options`, by default at rtol = atol =
+  1e-5 whatever the training tolerance), and `log_prob_hutchinson` that
+  flow with the Hutchinson trace. `sample(n, seed)` gives the samples of
+  `model.sample(n, seed=seed)`.
+
+  Gradients: by default the solves are saved without the adjoint's custom
+  gradient (a SavedModel would not keep it, and loading would warn): the
+  loaded functions are differentiable by plain backpropagation through
+  the saved solver steps, which is exact for the discretized solve and
+  costs memory in the number of steps. `custom_gradients=True` saves the
+  model's own gradient (the adjoint) instead.
 
   Every function checks its input at the boundary with the library's policy
   (`tf_ffjord.validation`): a wrong shape fails with the library's message
@@ -177,9 +199,10 @@ def export_model(model, path, batch_size=None, custom_gradients=False,
     model: a `tf_ffjord.FlowModel` (e.g. `FFJORDModel`, `ImageFlow`).
     path: output directory.
     batch_size: fix the batch dimension of the signatures (`None`: any).
-    custom_gradients: also serialize the adjoint gradient, so that the
-      loaded functions can be differentiated. Much slower to save with
-      adaptive solvers, and not needed for serving.
+    custom_gradients: serialize the model's gradient (the adjoint) with
+      the functions, instead of saving them for plain backpropagation.
+      Much slower to save with adaptive solvers, and not needed for
+      serving.
     jit_compile: the served flows' `jit_compile`: `False` (default, see
       above), `True`, `"auto"`, or `"model"` to serve the model's
       evaluation flow as it is.
@@ -194,8 +217,8 @@ def export_model(model, path, batch_size=None, custom_gradients=False,
   >>> loaded.log_prob(tf.zeros([3, 2]))["log_prob"].shape  # doctest: +SKIP
   TensorShape([3])
   """
-  return _save(_Servable(model, batch_size, jit_compile), path,
-               custom_gradients)
+  return _save(_Servable(model, batch_size, jit_compile, custom_gradients),
+               path, custom_gradients)
 
 
 def _save(servable, path, custom_gradients):

@@ -4,10 +4,11 @@ import keras
 import numpy as np
 import tensorflow as tf
 
-from tf_ffjord import flows, objectives, validation
+from tf_ffjord import density, flows, objectives, regularizers, validation
 from tf_ffjord.distributions import standard_normal
-from tf_ffjord.images import bits_per_dim, dequantize
-from tf_ffjord.train_steps import LAST, MEAN, make_metric, step_logs
+from tf_ffjord.images import dequantize
+from tf_ffjord.train_steps import (LAST, MEAN, make_metric, monitorable,
+                                   step_logs)
 
 __all__ = ["FlowModel"]
 
@@ -20,18 +21,30 @@ class FlowModel(keras.Model):
   regularizers, `FlowMatching`, or a user's), which owns the train step, its
   logs and their kinds, and its XLA rule; `fit` runs it; `evaluate` reports
   the exact-likelihood `nll` (nats), the forward `nfe` and, for image models,
-  `bpd`, computed with `eval_bijector`. Every entry point checks its input by
-  `tf_ffjord.validation`'s policy; empty batches are legal. `FFJORDModel` and
-  `ImageFlow` are constructors of it: they only build the bijector.
+  `bpd`, computed with `eval_bijector`. Both also log `loss`, the objective's
+  loss (on validation data: `Objective.validation_loss`), so Keras' callbacks
+  work with their defaults (`monitor="val_loss"`); `nll`, `bpd` and the
+  losses are known to be minimized, so monitoring them needs no `mode`.
+  Every entry point checks its input by `tf_ffjord.validation`'s policy;
+  empty batches are legal. `FFJORDModel` and `ImageFlow` are constructors
+  of it: they only build the bijector.
+
+  Scores are scores: `evaluate`, `log_prob`, `sample` and the export solve
+  the evaluation flow at its own tolerance, `eval_options`' `rtol` and
+  `atol`, 1e-5 by default (the paper's) whatever the training tolerance.
+  Inputs, states, log-densities and samples are in the variable dtype
+  (float32 under a mixed policy; see `tf_ffjord.density`).
 
   Args:
     bijector: the flow; `forward` maps base samples to data (an `FFJORD`,
       a `tfb.Chain` of blocks and fixed transforms, or an `ODENVP`).
     event_shape: shape of one example.
     eval_options: `FFJORD` options of the evaluation copy of the flow
-      (`evaluate`, `log_prob`, `sample`, export), which shares the weights;
-      default the exact trace for events of up to 64 values, otherwise the
-      training settings.
+      (`evaluate`, `log_prob`, `sample`, export), which shares the weights.
+      Over the defaults: `rtol` and `atol` 1e-5 (whatever the training
+      ones) and, when `eval_options` is not given, the exact trace for
+      events of up to 64 values; other options are the training ones.
+      The model's config holds the result.
     context_dim: width of the conditioning vector (0: none); `fit` then
       takes `(x, context)` pairs.
     dequantize: the data are 8-bit images: `fit` and `evaluate` dequantize
@@ -47,7 +60,9 @@ class FlowModel(keras.Model):
   >>> model.compile(keras.optimizers.Adam(1e-3))
   >>> x = datasets.toy.sample("8gaussians", 64, seed=0)
   >>> sorted(model.fit(x, batch_size=32, verbose=0).history)
-  ['nfe', 'nfe_backward', 'nll']
+  ['loss', 'nfe', 'nfe_backward', 'nll']
+  >>> model.eval_options
+  {'rtol': 1e-05, 'atol': 1e-05, 'trace': 'exact'}
   >>> model.log_prob(x[:3]).shape
   TensorShape([3])
   """
@@ -62,16 +77,15 @@ class FlowModel(keras.Model):
     self.event_size = int(np.prod(self.event_shape))
     self.context_dim = int(context_dim)
     self.dequantize = bool(dequantize)
-    if eval_options is None:
-      eval_options = {"trace": "exact"} if self.event_size <= 64 else {}
-    self.eval_options = dict(eval_options)
+    self.eval_options = density.eval_options(eval_options, self.event_size)
     self.bijector = bijector
     self.eval_bijector = flows.with_options(bijector, **self.eval_options)
     # Keras does not look inside tf.Modules: track the flows' layers here.
     self.flow_layers = flows.keras_layers(bijector, self.eval_bijector)
-    self.base = standard_normal(self.event_shape, self.variable_dtype)
+    self.base = standard_normal(self.event_shape, density.dtype(self))
     self.objective = objectives.MaximumLikelihood()
     object.__setattr__(self, "trackers", {})
+    object.__setattr__(self, "_monitored", [])
     # Compiled graphs of log_prob and sample, out of Keras' tracking.
     object.__setattr__(self, "_compiled_fns", {})
     self.build()
@@ -85,10 +99,10 @@ class FlowModel(keras.Model):
     del input_shape
     probe = flows.with_options(self.bijector, solver="euler", step_size=1.0,
                                trace="hutchinson")
-    x = tf.zeros([1, *self.event_shape], self.variable_dtype)
+    x = tf.zeros([1, *self.event_shape], density.dtype(self))
     context = None
     if self.context_dim:
-      context = tf.zeros([1, self.context_dim], self.variable_dtype)
+      context = tf.zeros([1, self.context_dim], density.dtype(self))
     flows.solve(probe, x, "inverse", context)
     self.built = True
 
@@ -114,24 +128,29 @@ class FlowModel(keras.Model):
     kwargs["jit_compile"] = objective.jit_compile(
         self, kwargs.get("jit_compile", "auto"))
     self.objective = objective
-    # The objective's metrics, then evaluate's: nll, nfe (and bpd). Made at
-    # compile, after the model is built (and so locked to Keras tracking):
-    # `metrics` lists them.
-    kinds = dict(objective.metrics(self))
+    # `loss`, the objective's metrics, then evaluate's: nll, nfe (and bpd).
+    # Made at compile, after the model is built (and so locked to Keras
+    # tracking): `metrics` lists them.
+    kinds = {"loss": MEAN, **objective.metrics(self)}
     for name, kind in self.evaluation_metrics.items():
       kinds.setdefault(name, kind)
     object.__setattr__(self, "trackers", {
-        name: make_metric(name, kind) for name, kind in kinds.items()})
+        name: make_metric(name, kind, lower_is_better=name in _LOWER_IS_BETTER)
+        for name, kind in kinds.items()})
+    # Then the directions of the losses, so that EarlyStopping & co.
+    # monitor nll, val_nll, bpd... in their default mode="auto".
+    object.__setattr__(self, "_monitored",
+                       monitorable(list(self.trackers.values())))
     super().compile(optimizer=optimizer, **kwargs)
 
   @property
   def metrics(self):
-    return list(self.trackers.values())
+    return list(self._monitored)
 
   @property
   def evaluation_metrics(self):
-    """`{name: kind}` of `evaluate`'s logs: `nll`, `nfe` (and `bpd`)."""
-    kinds = {"nll": MEAN, "nfe": LAST}
+    """`{name: kind}` of `evaluate`'s logs: `loss`, `nll`, `nfe` (and `bpd`)."""
+    kinds = {"loss": MEAN, "nll": MEAN, "nfe": LAST}
     return {**kinds, "bpd": MEAN} if self.dequantize else kinds
 
   # -- densities ---------------------------------------------------------
@@ -151,7 +170,7 @@ class FlowModel(keras.Model):
       if x.dtype.is_floating:
         x = validation.check_finite(x, owner)
     else:
-      x = validation.check_events(x, self.event_shape, self.variable_dtype,
+      x = validation.check_events(x, self.event_shape, density.dtype(self),
                                   owner, what, batch_ndims=1)
     # A shape Keras relaxed to an unknown rank is checked in the graph
     # (above, first): give the solve its static event shape.
@@ -165,7 +184,7 @@ class FlowModel(keras.Model):
         raise validation.InputError(
             f"{owner} has no context (context_dim=0); got a context.")
       context = validation.check_events(
-          context, [self.context_dim], self.variable_dtype, owner,
+          context, [self.context_dim], density.dtype(self), owner,
           f"context vectors (context_dim={self.context_dim})", batch_ndims=1)
     return x, context
 
@@ -197,16 +216,11 @@ class FlowModel(keras.Model):
                              batch_ndims=1)
     return x
 
-  def _log_prob(self, x, context=None, bijector=None, seed=None):
-    sol = flows.solve(bijector or self.eval_bijector, x, "inverse", context,
-                      seed=seed)
-    return self.base.log_prob(sol.state) + sol.log_det, sol
-
   def call(self, x, context=None, training=False):
     """log p(x) with the training flow (training) or the evaluation flow."""
     x, context = self._check(x, context)
-    return self._log_prob(
-        x, context, self.bijector if training else self.eval_bijector)[0]
+    return density.log_prob(
+        self, x, context, self.bijector if training else self.eval_bijector)[0]
 
   def _compiled(self, key, fn):
     if key not in self._compiled_fns:
@@ -215,6 +229,9 @@ class FlowModel(keras.Model):
 
   def log_prob(self, x, context=None, seed=None, return_nfe=False):
     """log p(x) in nats per example, by the evaluation flow, compiled.
+
+    The evaluation flow solves at its own tolerance (`eval_options`,
+    default rtol = atol = 1e-5), not the training one.
 
     Args:
       x: `[batch, *event_shape]` float data (dequantized, in [0, 1], for
@@ -231,9 +248,9 @@ class FlowModel(keras.Model):
 
     def fn(x, c, s):
       def solve():
-        logp, sol = self._log_prob(x, c, seed=s)
+        logp, sol = density.log_prob(self, x, c, seed=s)
         return logp, tf.cast(sol.nfe, tf.int32)
-      return _unless_empty(x.shape[0], tf.shape(x)[0], solve, lambda: (
+      return density.unless_empty(x.shape[0], tf.shape(x)[0], solve, lambda: (
           tf.zeros([0], x.dtype), tf.constant(0, tf.int32)))
 
     fn = self._compiled(("log_prob", context is not None, seed is not None),
@@ -245,11 +262,13 @@ class FlowModel(keras.Model):
   def bits_per_dim(self, images, seed=None):
     """bits/dim of each 8-bit image under one (seeded) dequantization."""
     images, _ = self._check(images, raw_images=True)
-    x = dequantize(images, seed=seed)
-    return bits_per_dim(self.log_prob(x, seed=seed), self.event_size)
+    x = density.dequantize(self, dequantize(images, seed=seed))
+    return density.bits_per_dim(self, self.log_prob(x, seed=seed))
 
   def sample(self, n, context=None, seed=None):
     """Draws `n` samples by integrating base samples forward.
+
+    By the evaluation flow, at its tolerance (see `log_prob`).
 
     Args:
       n: number of samples.
@@ -262,7 +281,7 @@ class FlowModel(keras.Model):
       seed = int(np.random.randint(0, 2**31 - 1))
     if context is not None:
       context = validation.check_events(
-          context, [self.context_dim], self.variable_dtype,
+          context, [self.context_dim], density.dtype(self),
           type(self).__name__, "context vectors", batch_ndims=1)
     fn = self._compiled(("sample", context is not None), self.sample_fn)
     return fn(n, tf.convert_to_tensor(seed, tf.int32), context)
@@ -270,16 +289,7 @@ class FlowModel(keras.Model):
   def sample_fn(self, n, seed, context=None):
     """The graph of `sample` (also traced by the SavedModel export)."""
     n = validation.check_count(n, type(self).__name__)
-    shape = tf.concat([[n], self.event_shape], 0)
-
-    def solve():
-      z = tf.random.stateless_normal(shape, tf.stack([seed, 0]),
-                                     dtype=self.variable_dtype)
-      return flows.solve(self.eval_bijector, z, "forward", context).state
-
-    x = _unless_empty(tf.get_static_value(n), n, solve,
-                      lambda: tf.zeros(shape, self.variable_dtype))
-    return tf.clip_by_value(x, 0.0, 1.0) if self.dequantize else x
+    return density.sample(self, n, seed, context)
 
   # -- training ----------------------------------------------------------
 
@@ -288,10 +298,7 @@ class FlowModel(keras.Model):
     if isinstance(x, (tuple, list)) and len(x) == 2 and context is None:
       x, context = x  # fit((x, context)) with arrays: Keras keeps the pair
     x, context = self._check(x, context, raw_images=self.dequantize)
-    if self.dequantize and x.dtype.is_integer:
-      # Floats are taken as dequantized already (e.g. by a seeded pipeline).
-      x = dequantize(x)
-    return tf.cast(x, self.variable_dtype), context
+    return density.dequantize(self, x), context
 
   def fit(self, x=None, y=None, *args, **kwargs):  # pylint: disable=keyword-arg-before-vararg
     x = self._array_input(x, "fit")
@@ -327,11 +334,14 @@ class FlowModel(keras.Model):
 
   def test_step(self, data):
     x, context = self._unpack(data)
-    logp, sol = self._log_prob(x, context)
+    logp, sol = density.log_prob(self, x, context)
     nll = -tf.reduce_mean(logp)
     logs = {"nll": nll, "nfe": sol.nfe}
     if self.dequantize:
-      logs["bpd"] = bits_per_dim(-nll, self.event_size)
+      logs["bpd"] = density.bits_per_dim(self, -nll)
+    loss = self.objective.validation_loss(self, x, context, logs)
+    if loss is not None:
+      logs["loss"] = loss
     return self._report(logs)
 
   # -- saving ------------------------------------------------------------
@@ -346,8 +356,9 @@ class FlowModel(keras.Model):
     Args:
       path: output directory.
       batch_size: fix the batch dimension of the signatures (`None`: any).
-      custom_gradients: also save the adjoint gradient (slow to save; not
-        needed for serving).
+      custom_gradients: save the adjoint gradient (slow to save; not
+        needed for serving); by default the loaded functions differentiate
+        by plain backpropagation through the solve.
 
     Returns:
       `path`.
@@ -375,12 +386,6 @@ class FlowModel(keras.Model):
       self.optimizer.build(self.trainable_variables)  # slots to load into
 
 
-def _unless_empty(static_rows, rows, solve, empty):
-  """`solve()`, or `empty()` for 0 rows: an empty batch needs no solve.
-
-  (An adaptive solver's error norm over no rows is NaN.) Decided in Python
-  when the row count is static, else by `tf.cond`.
-  """
-  if static_rows is not None:
-    return empty() if int(static_rows) == 0 else solve()
-  return tf.cond(rows > 0, solve, empty)
+# Logs for which lower is better, whatever objective logs them.
+_LOWER_IS_BETTER = frozenset(("loss", "nll", "bpd", "fm_loss",
+                              *regularizers.REGULARIZERS))

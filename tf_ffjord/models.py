@@ -59,7 +59,7 @@ class FFJORDModel(FlowModel):
   >>> model.compile(keras.optimizers.Adam(1e-3))
   >>> x = datasets.toy.sample("8gaussians", 64, seed=0)
   >>> sorted(model.fit(x, batch_size=32, epochs=1, verbose=0).history)
-  ['nfe', 'nfe_backward', 'nll']
+  ['loss', 'nfe', 'nfe_backward', 'nll']
   >>> FFJORDModel((3,), num_blocks=2, solver="rk4").bijector.name
   'chain_of_ffjord_0_of_ffjord_1'
   """
@@ -174,7 +174,7 @@ class ImageFlow(FlowModel):
   >>> model.compile(keras.optimizers.Adam(1e-3))
   >>> x = np.random.randint(0, 256, (16, 8, 8, 1)).astype("uint8")
   >>> sorted(model.fit(x, batch_size=8, verbose=0).history)
-  ['bpd', 'nfe', 'nfe_backward', 'nll']
+  ['bpd', 'loss', 'nfe', 'nfe_backward', 'nll']
   """
 
   def __init__(self, event_shape=(28, 28, 1), net="conv", dims=(64, 64, 64),

@@ -3,10 +3,9 @@
 import keras
 import tensorflow as tf
 
-from tf_ffjord import divergence, flows, solvers
+from tf_ffjord import density, divergence, flows, solvers
 from tf_ffjord import regularizers as regs
 from tf_ffjord.flow_matching import flow_matching_loss
-from tf_ffjord.images import bits_per_dim
 from tf_ffjord.train_steps import LAST, MEAN, minimize
 
 __all__ = ["Objective", "MaximumLikelihood", "FlowMatching", "get",
@@ -25,7 +24,10 @@ class Objective:
   runs at `compile` and raises on a model the objective cannot train;
   `jit_compile(model, requested)` decides whether Keras may XLA-compile the
   train step; `step(model, x, context)` is the whole train step (by default
-  one optimizer step on `loss`), for logs read after the gradient.
+  one optimizer step on `loss`, logging it as `loss` beside the objective's
+  logs), for logs read after the gradient; `validation_loss(model, x,
+  context, logs)` is the `loss` that `evaluate` logs (by default `loss` on
+  the batch), so that `val_loss` is the objective's.
 
   Objectives are Keras-serializable: with `get_config` (the constructor's
   arguments) and the `keras.saving.register_keras_serializable` decorator,
@@ -75,8 +77,36 @@ class Objective:
     raise NotImplementedError
 
   def step(self, model, x, context=None):
-    """One training step; returns its logs (`metrics(model)` names them)."""
-    return minimize(model, lambda: self.loss(model, x, context))
+    """One training step; returns its logs (`metrics(model)` names them).
+
+    The default logs the loss minimized (with the model's own losses) as
+    `loss`, which Keras' callbacks monitor by default (as `val_loss`).
+    """
+    loss, logs = minimize(model, lambda: self.loss(model, x, context),
+                          return_loss=True)
+    return {"loss": loss, **logs}
+
+  def validation_loss(self, model, x, context, logs):
+    """The objective's loss on a validation batch (`val_loss`), or None.
+
+    Args:
+      model: the model.
+      x: the batch (dequantized).
+      context: its context, or None.
+      logs: the evaluation logs of the batch: `nll`, `nfe` (and `bpd`), by
+        the evaluation flow.
+
+    Returns:
+      A scalar, by default `loss(model, x, context)` plus the model's own
+      losses, as in training; None for no `loss` log (an objective that
+      only defines `step`).
+    """
+    del logs
+    try:
+      loss = self.loss(model, x, context)[0]
+    except NotImplementedError:
+      return None
+    return loss + tf.add_n(model.losses) if model.losses else loss
 
   def get_config(self):
     return {}
@@ -98,8 +128,11 @@ class MaximumLikelihood(Objective):
   regularizers (Finlay et al. 2020) are integrated along the same solves as
   extra ODE states, so they cost no extra dynamics evaluations; each adds
   weight x its mean integral to the loss and is logged as a metric. Logs:
-  `nll`, the forward `nfe` and adjoint `nfe_backward` of the last step,
-  `bpd` for image models, and each regularizer.
+  `loss`, `nll`, the forward `nfe` and adjoint `nfe_backward` of the last
+  step, `bpd` for image models, and each regularizer. Without
+  regularizers the loss is the NLL, and `val_loss` is the validation
+  `nll` by the evaluation flow (no second solve); with them, the loss of
+  the training flow on the validation batch.
 
   Args:
     regularization: dict name -> weight over `tf_ffjord.regularizers`
@@ -142,10 +175,10 @@ class MaximumLikelihood(Objective):
                        "probe: train with a probing trace (trace='hutchinson').")
 
   def loss(self, model, x, context=None):
-    sol = flows.solve(model.bijector, x, "inverse", context,
-                      seed=divergence.replica_seed(),
-                      regularizers=tuple(self.regularization))
-    nll = -tf.reduce_mean(model.base.log_prob(sol.state) + sol.log_det)
+    logp, sol = density.log_prob(model, x, context, bijector=model.bijector,
+                                 seed=divergence.replica_seed(),
+                                 regularizers=tuple(self.regularization))
+    nll = -tf.reduce_mean(logp)
     loss = nll
     logs = {"nll": nll, "nfe": sol.nfe}
     for name, weight in self.regularization.items():
@@ -161,8 +194,13 @@ class MaximumLikelihood(Objective):
         [b.nfe_backward.read_value()
          for b in flows.ffjord_blocks(model.bijector)])
     if getattr(model, "dequantize", False):
-      logs["bpd"] = bits_per_dim(-logs["nll"], model.event_size)
+      logs["bpd"] = density.bits_per_dim(model, -logs["nll"])
     return logs
+
+  def validation_loss(self, model, x, context, logs):
+    if not self.regularization and not model.losses:
+      return logs["nll"]  # the loss itself, by the exact evaluation solve
+    return super().validation_loss(model, x, context, logs)
 
   def get_config(self):
     return {"regularization": self.regularization}

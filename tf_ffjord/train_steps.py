@@ -1,10 +1,13 @@
-"""Pieces of the custom Keras train steps of `FlowModel` and `VAE`: one optimizer step, step logs Keras can reduce, the two kinds of step metric."""
+"""Pieces of the custom Keras train steps of `FlowModel` and `VAE`: one optimizer step, step logs Keras can reduce, the two kinds of step metric and their direction."""
 
 import keras
+# Private: the one container Keras' callbacks read directions from (see
+# `monitorable`).
+from keras.src.trainers import compile_utils
 import tensorflow as tf
 
 __all__ = ["MEAN", "LAST", "METRIC_KINDS", "LastValue", "make_metric",
-           "minimize", "step_logs", "in_multi_worker_mode"]
+           "monitorable", "minimize", "step_logs", "in_multi_worker_mode"]
 
 MEAN = "mean"  # the mean over the epoch (a loss)
 LAST = "last"  # the last step's value (a count such as the NFE)
@@ -31,7 +34,7 @@ def in_multi_worker_mode(strategy=None):
   return len(spec.get("chief", ())) + len(spec.get("worker", ())) > 1
 
 
-def minimize(model, loss_fn):
+def minimize(model, loss_fn, return_loss=False):
   """One optimizer step of `model` on `loss_fn()` plus the model's own losses.
 
   Under `tf.distribute` the gradients are summed over replicas, so the loss
@@ -41,9 +44,10 @@ def minimize(model, loss_fn):
   Args:
     model: a compiled Keras model.
     loss_fn: callable returning `(loss, aux)`; runs under the gradient tape.
+    return_loss: also return the loss minimized (with the model's losses).
 
   Returns:
-    `aux`.
+    `aux`, or `(loss, aux)`.
   """
   replicas = tf.distribute.get_strategy().num_replicas_in_sync
   with tf.GradientTape() as tape:
@@ -56,7 +60,7 @@ def minimize(model, loss_fn):
   variables = model.trainable_variables
   grads = tape.gradient(scaled, variables)
   model.optimizer.apply_gradients(zip(grads, variables))
-  return aux
+  return (loss, aux) if return_loss else aux
 
 
 def step_logs(logs):
@@ -91,8 +95,14 @@ class LastValue(keras.metrics.Metric):
     self.value.assign(0.0)
 
 
-def make_metric(name, kind):
+def make_metric(name, kind, lower_is_better=False):
   """The Keras metric of a step log: `MEAN` over the epoch or `LAST` value.
+
+  Args:
+    name: the log's name.
+    kind: `MEAN` or `LAST`.
+    lower_is_better: mark the metric as one to minimize, for the callbacks
+      that monitor it (see `monitorable`).
 
   Raises:
     ValueError: an unknown kind.
@@ -103,9 +113,59 @@ def make_metric(name, kind):
   'LastValue'
   """
   if kind == MEAN:
-    return keras.metrics.Mean(name=name)
-  if kind == LAST:
-    return LastValue(name=name)
-  raise ValueError(f"Unknown kind {kind!r} of metric {name!r}; expected one "
-                   f"of {METRIC_KINDS}.")
+    metric = keras.metrics.Mean(name=name)
+  elif kind == LAST:
+    metric = LastValue(name=name)
+  else:
+    raise ValueError(f"Unknown kind {kind!r} of metric {name!r}; expected "
+                     f"one of {METRIC_KINDS}.")
+  if lower_is_better:
+    # Keras' own losses and error metrics set this private attribute, the
+    # one Keras reads (see `monitorable`).
+    metric._direction = "down"  # pylint: disable=protected-access
+  return metric
+
+
+def monitorable(metrics):
+  """`metrics`, then one entry through which Keras' callbacks see directions.
+
+  Keras 3 has no public way to say that a custom metric is to be minimized.
+  `EarlyStopping`, `ModelCheckpoint` and `ReduceLROnPlateau` in their
+  default `mode="auto"` know `loss` by name, and otherwise read the private
+  `_direction` of the metrics that `model.metrics` holds inside Keras'
+  private metric containers (`keras.src.trainers.compile_utils`), and fail
+  for any other name. So a model's `metrics` ends with one such container
+  of its metrics marked by `make_metric(..., lower_is_better=True)`: it has
+  no state and reports nothing (`reset_state`, `result` are no-ops), so
+  the model's logs, `evaluate`'s list order and saving are as before.
+  `tests/test_keras_habits.py` fails if Keras changes this.
+
+  Args:
+    metrics: the model's metrics, in order.
+
+  Returns:
+    A new list.
+  """
+  down = [m for m in metrics if getattr(m, "_direction", None) == "down"]
+  if not down:
+    return list(metrics)
+  return [*metrics, _Directions(down)]
+
+
+class _Directions(compile_utils.MetricsList):
+  """The directions of metrics, for Keras' callbacks; no state, no logs."""
+
+  def __init__(self, metrics):
+    super().__init__([], name="directions")
+    # Untracked: the metrics' variables stay theirs alone.
+    object.__setattr__(self, "metrics", list(metrics))
+
+  def update_state(self, *args, **kwargs):
+    del args, kwargs
+
+  def reset_state(self):
+    pass
+
+  def result(self):
+    return {}
 

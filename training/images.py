@@ -209,6 +209,7 @@ def run(config, strategy=None):
       "eval": (f"{config.eval_solver} rtol={config.eval_rtol:g} atol="
                f"{config.eval_atol:g}, {config.eval_trace} trace"),
       "eval_nfe": ev["nfe"], "eval_seconds": ev["seconds"],
+      "eval_options": ev["eval_options"],
       "seconds": trained["seconds"], "steps": trained["steps"],
       "epochs": trained["steps"] * config.batch_size / len(x_train),
       "stop_reason": trained["stop_reason"],

@@ -148,7 +148,8 @@ def evaluate(model, x, batch_size, seed=0, context=None):
   Returns:
     A dict: `nll` (nats per example) and `nll_stderr`, `bpd` and
     `bpd_stderr` for image models, `nfe` (mean forward NFE per batch),
-    `examples` and `seconds`.
+    `examples`, `seconds`, and `eval_options`, the evaluation flow's
+    options (its `rtol` and `atol`: the tolerance of the score).
   """
   start = time.time()
   logps, nfes = [], []
@@ -167,7 +168,8 @@ def evaluate(model, x, batch_size, seed=0, context=None):
          "nll_stderr": float(logp.std(ddof=1) / math.sqrt(n)) if n > 1
          else float("nan"),
          "nfe": float(np.mean(nfes)), "examples": n,
-         "seconds": time.time() - start}
+         "seconds": time.time() - start,
+         "eval_options": dict(model.eval_options)}
   if model.dequantize:
     bpd = bits_per_dim(logp, model.event_size).numpy().astype(np.float64)
     out["bpd"] = float(bpd.mean())

@@ -236,13 +236,13 @@ def gaussian_nll(train_x, test_x):
 def _schedule(config):
   """The paper's schedule as Keras callbacks, on the validation NLL (with a
   cosine decay, early stopping only)."""
-  stop = keras.callbacks.EarlyStopping(monitor="val_nll", mode="min",
+  stop = keras.callbacks.EarlyStopping(monitor="val_nll",
                                        patience=config.patience,
                                        restore_best_weights=True)
   if config.lr_schedule == "cosine":
     return [stop]
   return [keras.callbacks.ReduceLROnPlateau(
-      monitor="val_nll", mode="min", factor=0.1,
+      monitor="val_nll", factor=0.1,
       patience=max(1, config.patience // 3), min_lr=config.lr / 100), stop]
 
 
@@ -294,7 +294,8 @@ def run(config, strategy=None):
       "test_nll_stderr": ev["nll_stderr"],
       "paper_nll": PAPER_NLL[config.data], "gaussian_test_nll": gauss,
       "gaussian_test_nll_stderr": gauss_se, "eval_nfe": ev["nfe"],
-      "eval_seconds": ev["seconds"], "val_nll": float(val_nll),
+      "eval_seconds": ev["seconds"], "eval_options": ev["eval_options"],
+      "val_nll": float(val_nll),
       "best_val_nll": best.get("val_nll"),
       "best_epoch": int(best.get("epoch", -1)) + 1,
       "epochs": trained["epochs"],

@@ -165,7 +165,8 @@ def run(config, strategy=None):
   metrics = {
       "data": config.data, "test_nll": ev["nll"],
       "test_nll_stderr": ev["nll_stderr"], "eval_nfe": ev["nfe"],
-      "eval_seconds": ev["seconds"], "seconds": trained["seconds"],
+      "eval_seconds": ev["seconds"], "eval_options": ev["eval_options"],
+      "seconds": trained["seconds"],
       "steps": trained["steps"], "stop_reason": trained["stop_reason"],
       "end_times": model.end_times, "config": dataclasses.asdict(config)}
   for key in ("nfe", "nfe_backward", "fm_loss"):
