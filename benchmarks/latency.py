@@ -148,6 +148,17 @@ def _timed(fn, repeats):
   return times[0], statistics.median(times[1:]) if repeats else None
 
 
+def _new_batch_sizes(log_prob, x):
+  """Seconds of first calls with three batch sizes not seen before."""
+  n = int(x.shape[0])
+  times = []
+  for size in (n // 2, n // 4 + 1, 3 * n // 4 - 1):
+    start = time.perf_counter()
+    log_prob(x[:size]).numpy()
+    times.append(time.perf_counter() - start)
+  return times
+
+
 def _log_prob(args, spec, data, t0):
   import tensorflow as tf  # pylint: disable=g-import-not-at-top
   import tensorflow_probability as tfp  # pylint: disable=g-import-not-at-top
@@ -158,11 +169,13 @@ def _log_prob(args, spec, data, t0):
       tfp.distributions.MultivariateNormalDiag(tf.zeros(spec["dim"])),
       FFJORD(_net(spec), **_solver(args, "exact")))
   out["tfp_eager"] = _timed(lambda: dist.log_prob(x), args.eager_repeats)
+  out["tfp_eager_new_batch"] = _new_batch_sizes(dist.log_prob, x)
   fn = tf.function(dist.log_prob)
   out["tfp_function"] = _timed(lambda: fn(x), args.repeats)
   model = FFJORDModel((spec["dim"],), dynamics=_net(spec),
                       **_solver(args, "hutchinson"))  # evaluates exactly
   out["model_eager"] = _timed(lambda: model.log_prob(x), args.eager_repeats)
+  out["model_eager_new_batch"] = _new_batch_sizes(model.log_prob, x)
   fn = tf.function(model.log_prob)
   out["model_function"] = _timed(lambda: fn(x), args.repeats)
   start = time.perf_counter()
@@ -262,6 +275,9 @@ def format_table(results):
                   "model_function"):
         rows += [(f"{key}: first call", r[key][0]),
                  (f"{key}: steady", r[key][1])]
+        if f"{key}_new_batch" in r:
+          rows.append((f"{key}: a new batch size (median of 3 first calls)",
+                       statistics.median(r[f"{key}_new_batch"])))
       rows.append(("export", r["export_s"]))
     else:
       rows += [("load", r["load_s"]),

@@ -9,6 +9,8 @@ from tf_ffjord import (FFJORDModel, FlowMatching, ImageFlow,
                        MaximumLikelihood, ODENet, flows)
 from tf_ffjord.datasets import toy
 
+import user_dynamics
+
 
 def vector_model(**kwargs):
   kwargs = {"solver": "rk4", "step_size": 0.25, "time_length": 0.5,
@@ -18,6 +20,10 @@ def vector_model(**kwargs):
 
 # Every kind of model: (builder, training data).
 MODELS = {
+    "user-keras-layer": lambda: (
+        vector_model(dynamics=user_dynamics.TimeMLP(2, hidden=(16,)),
+                     trace="exact"),
+        toy.sample("moons", 32, seed=0)),
     "one-block-exact": lambda: (
         vector_model(trace="exact", train_time=True),
         toy.sample("8gaussians", 32, seed=0)),

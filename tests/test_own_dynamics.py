@@ -222,3 +222,9 @@ def test_user_net_steps_compile_once(kind, subprocess_env):
   first, _, later = out.stderr.partition("FIRST STEP DONE")
   assert "Compilation of XLA executable" in first  # the log is there
   assert "Compilation of XLA executable" not in later
+
+
+@pytest.mark.parametrize("kind", ["module", "function"])
+def test_ffjord_model_asks_for_keras_dynamics(kind):
+  with pytest.raises(DynamicsError, match="Keras layers or models.*FFJORD"):
+    FFJORDModel((2,), dynamics=user_dynamics.make(kind, 2, hidden=(4,)))

@@ -7,6 +7,7 @@ import tensorflow as tf
 from tf_ffjord import density, flows, objectives, regularizers, validation
 from tf_ffjord.distributions import standard_normal
 from tf_ffjord.images import dequantize
+from tf_ffjord.solvers import xla
 from tf_ffjord.train_steps import (LAST, MEAN, make_metric, monitorable,
                                    step_logs)
 
@@ -222,9 +223,20 @@ class FlowModel(keras.Model):
     return density.log_prob(
         self, x, context, self.bijector if training else self.eval_bijector)[0]
 
-  def _compiled(self, key, fn):
+  def _compiled(self, key, fn, input_signature=None):
+    """`fn` as a cached `tf.function` for in-process calls of any batch size.
+
+    Traced under `solvers.xla.any_batch_size()`: with `jit_compile="auto"`
+    its solves run plain, so a new batch size reuses the trace instead of
+    waiting for an XLA compile of its own.
+    """
     if key not in self._compiled_fns:
-      self._compiled_fns[key] = tf.function(fn, reduce_retracing=True)
+      def traced(*args):
+        with xla.any_batch_size():
+          return fn(*args)
+      self._compiled_fns[key] = tf.function(
+          traced, input_signature=input_signature,
+          reduce_retracing=input_signature is None)
     return self._compiled_fns[key]
 
   def log_prob(self, x, context=None, seed=None, return_nfe=False):
@@ -253,10 +265,22 @@ class FlowModel(keras.Model):
       return density.unless_empty(x.shape[0], tf.shape(x)[0], solve, lambda: (
           tf.zeros([0], x.dtype), tf.constant(0, tf.int32)))
 
-    fn = self._compiled(("log_prob", context is not None, seed is not None),
-                        fn)
-    logp, nfe = fn(x, context, None if seed is None
-                   else tf.convert_to_tensor(seed, tf.int32))
+    has_context, has_seed = context is not None, seed is not None
+    args = [x] + ([context] if has_context else []) + (
+        [tf.convert_to_tensor(seed, tf.int32)] if has_seed else [])
+    # Every batch size from the first call on: one trace, no retrace.
+    specs = [tf.TensorSpec([None, *a.shape[1:]], a.dtype) for a in args[:1 + has_context]]
+    specs += [tf.TensorSpec([2], tf.int32)] if has_seed else []
+
+    def unpacked(x, *rest):
+      rest = list(rest)
+      return fn(x, rest.pop(0) if has_context else None,
+                rest.pop(0) if has_seed else None)
+
+    compiled = self._compiled(("log_prob", has_context, has_seed,
+                               tuple((tuple(s.shape), s.dtype) for s in specs)),
+                              unpacked, specs)
+    logp, nfe = compiled(*args)
     return (logp, nfe) if return_nfe else logp
 
   def bits_per_dim(self, images, seed=None):

@@ -6,6 +6,7 @@ import tensorflow_probability as tfp
 
 from tf_ffjord import flows
 from tf_ffjord.bijector import FFJORD
+from tf_ffjord.contract import DynamicsError
 from tf_ffjord.conv import ConvODENet
 from tf_ffjord.dynamics import ODENet
 from tf_ffjord.images import LogitTransform
@@ -83,6 +84,15 @@ class FFJORDModel(FlowModel):
                      name=f"odenet_{i}") for i in range(int(num_blocks))]
     if not nets:
       raise ValueError("FFJORDModel needs at least one block.")
+    for net in nets:
+      if not isinstance(net, keras.layers.Layer):
+        # Keras trains, saves and checkpoints Keras weights only.
+        raise DynamicsError(
+            f"FFJORDModel's dynamics must be Keras layers or models (their "
+            f"call(self, t, z) is the ODE's f); got {type(net).__name__}. "
+            "Write the net as a keras.layers.Layer, or train a tf.Module or "
+            "a function with tf_ffjord.FFJORD in a TFP-style loop (see the "
+            "Extending guide, 'Your own dynamics').")
     blocks = [FFJORD(net, time_length=float(time_length),
                      train_time=bool(train_time),
                      event_ndims=len(event_shape), name=f"ffjord_{i}",
