@@ -228,3 +228,33 @@ def test_user_net_steps_compile_once(kind, subprocess_env):
 def test_ffjord_model_asks_for_keras_dynamics(kind):
   with pytest.raises(DynamicsError, match="Keras layers or models.*FFJORD"):
     FFJORDModel((2,), dynamics=user_dynamics.make(kind, 2, hidden=(4,)))
+
+
+@pytest.mark.xla_auto
+def test_in_process_calls_serve_every_batch_size_from_one_trace():
+  # Under "auto" an eager bijector call and FlowModel.log_prob trace once
+  # for all batch sizes and run plain: XLA would compile per batch size.
+  from tf_ffjord.solvers import xla  # pylint: disable=g-import-not-at-top
+  assert xla.use_xla("auto", weights=5_000, batch=64)
+  with xla.any_batch_size():
+    assert not xla.use_xla("auto", weights=5_000, batch=64)
+    assert xla.use_xla(True, weights=5_000, batch=64)
+  assert xla.use_xla("auto", weights=5_000, batch=64)  # the scope ended
+
+  bij = FFJORD(user_dynamics.TimeMLP(2, hidden=(8,)), trace="exact",
+               event_shape=[2])
+  model = FFJORDModel((2,), dynamics=user_dynamics.TimeMLP(2, hidden=(8,)),
+                      solver="rk4")
+  for n in (5, 9, 3):
+    x = toy.sample("moons", n, seed=n)
+    assert bij.inverse(x).shape == (n, 2)
+    assert model.log_prob(x).shape == (n,)
+  (eager,) = bij.__dict__["_eager_solves"].values()
+  (log_prob,) = model._compiled_fns.values()  # pylint: disable=protected-access
+  assert eager.experimental_get_tracing_count() == 1
+  assert log_prob.experimental_get_tracing_count() == 1
+  for fn in (eager, log_prob):  # and nothing in them is compiled by XLA
+    library = fn.get_concrete_function().graph.as_graph_def().library
+    assert library.function
+    assert not [f.signature.name for f in library.function
+                if f.attr["_XlaMustCompile"].b]
