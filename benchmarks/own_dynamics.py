@@ -45,12 +45,13 @@ MODES = ("auto", "plain")
 _ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 
 
-def _cases():
-  return [(k, l, m) for l in LOOPS for k in KINDS for m in MODES
+def _cases(loops=LOOPS):
+  return [(k, l, m) for l in loops for k in KINDS for m in MODES
           if l == "tfp" or k in ("odenet", "keras")]
 
 
-def child(kind, loop, mode, steps, warmup, out_path):
+def child(kind, loop, mode, steps, warmup, out_path, batch=256,
+          hidden=(64, 64)):
   """Runs one case in this process and writes its JSON to `out_path`."""
   sys.path.insert(0, os.path.join(_ROOT, "tests"))
   import keras  # pylint: disable=g-import-not-at-top
@@ -58,32 +59,22 @@ def child(kind, loop, mode, steps, warmup, out_path):
   import tensorflow as tf  # pylint: disable=g-import-not-at-top
   import tensorflow_probability as tfp  # pylint: disable=g-import-not-at-top
   import user_dynamics  # pylint: disable=g-import-not-at-top
-  from benchmarks import speed_measure  # pylint: disable=g-import-not-at-top
+  from benchmarks import latency, speed_measure  # pylint: disable=g-import-not-at-top
   from tf_ffjord import FFJORD, FFJORDModel, solvers  # pylint: disable=g-import-not-at-top
   from tf_ffjord.datasets import toy  # pylint: disable=g-import-not-at-top
 
   keras.utils.set_random_seed(0)
-  batch, dim = 256, 2
+  dim = 2
   options = {"time_length": 0.5, "jit_compile": "auto" if mode == "auto"
              else False}
-  dynamics = user_dynamics.make(kind, dim, hidden=(64, 64))
+  dynamics = user_dynamics.make(kind, dim, hidden=hidden)
   data = [toy.sample("8gaussians", batch, seed=i) for i in range(steps)]
   ms, nfe = [], []
   if loop == "tfp":
     bijector = FFJORD(dynamics, event_shape=[dim], **options)
     dist = tfp.distributions.TransformedDistribution(
         tfp.distributions.MultivariateNormalDiag(tf.zeros(dim)), bijector)
-    optimizer = keras.optimizers.Adam(1e-3)
-
-    @tf.function
-    def step(x):
-      with tf.GradientTape() as tape:
-        loss = -tf.reduce_mean(dist.log_prob(x))
-      variables = dist.trainable_variables
-      optimizer.apply_gradients(zip(tape.gradient(loss, variables),
-                                    variables))
-      return loss
-
+    step = latency.tfp_train_step(dist, keras.optimizers.Adam(1e-3))
     forward_nfe = tf.function(lambda x: bijector.solve(x).nfe)
     for x in data:
       t = time.perf_counter()
@@ -128,6 +119,7 @@ def child(kind, loop, mode, steps, warmup, out_path):
   nfe_b = statistics.median(nfe[i][1] for i in later)
   result = {
       "kind": kind, "loop": loop, "mode": mode, "xla": bool(xla),
+      "batch": batch, "hidden": list(hidden),
       "first_step_ms": ms[0], "step_ms": step_ms, "nfe_forward": nfe_f,
       "nfe_backward": nfe_b, "eval_ms": eval_ms, "adjoint_ms": adjoint_ms,
       "rule": step_ms / ((nfe_f + nfe_b) * eval_ms),
@@ -141,12 +133,13 @@ def child(kind, loop, mode, steps, warmup, out_path):
 
 def format_table(results):
   """The results as a Markdown table, one row per case."""
-  lines = ["| dynamics | loop | path | XLA | first step (ms) | step (ms) | "
-           "NFE fwd+bwd | eval+VJP (ms) | rule ratio | overhead |",
-           "| --- | --- | --- | --- | --- | --- | --- | --- | --- | --- |"]
+  lines = ["| dynamics | net, batch | loop | path | XLA | first step (ms) | "
+           "step (ms) | NFE fwd+bwd | eval+VJP (ms) | rule ratio | overhead |",
+           "| --- | --- | --- | --- | --- | --- | --- | --- | --- | --- | --- |"]
   for r in results:
     lines.append(
-        f"| {r['kind']} | {r['loop']} | {r['mode']} | "
+        f"| {r['kind']} | {'-'.join(map(str, r.get('hidden', [64, 64])))}, "
+        f"{r.get('batch', 256)} | {r['loop']} | {r['mode']} | "
         f"{'yes' if r['xla'] else 'no'} | {r['first_step_ms']:.0f} | "
         f"{r['step_ms']:.1f} | {r['nfe_forward']:.0f}+{r['nfe_backward']:.0f}"
         f" | {r['eval_ms']:.3f} | {r['rule']:.2f} | {r['overhead']:.2f} |")
@@ -158,20 +151,26 @@ def main(argv=None):
   parser.add_argument("--out", default="benchmarks/results/own_dynamics.json")
   parser.add_argument("--steps", type=int, default=40)
   parser.add_argument("--warmup", type=int, default=10)
+  parser.add_argument("--batch", type=int, default=256)
+  parser.add_argument("--hidden", default="64,64",
+                      help="widths of the user's nets and ODENet")
+  parser.add_argument("--loops", default=",".join(LOOPS))
   parser.add_argument("--child", nargs=4, help=argparse.SUPPRESS)
   args = parser.parse_args(argv)
   if args.child:
     kind, loop, mode, out = args.child
-    child(kind, loop, mode, args.steps, args.warmup, out)
+    child(kind, loop, mode, args.steps, args.warmup, out, args.batch,
+          tuple(int(h) for h in args.hidden.split(",")))
     return
   env = {**os.environ, "TF_CPP_MIN_LOG_LEVEL": "2",
          "PYTHONPATH": _ROOT + os.pathsep + os.environ.get("PYTHONPATH", "")}
   env.pop("TF_FFJORD_JIT_COMPILE", None)  # the default path is the point
   results = []
-  for kind, loop, mode in _cases():
+  for kind, loop, mode in _cases(tuple(args.loops.split(","))):
     part = f"{args.out}.{kind}-{loop}-{mode}.part"
     subprocess.run([sys.executable, "-m", "benchmarks.own_dynamics",
                     "--steps", str(args.steps), "--warmup", str(args.warmup),
+                    "--batch", str(args.batch), "--hidden", args.hidden,
                     "--child", kind, loop, mode, part], check=True, env=env,
                    cwd=_ROOT)
     with open(part) as f:
@@ -179,7 +178,8 @@ def main(argv=None):
     os.remove(part)
     print(format_table(results[-1:]).splitlines()[-1], flush=True)
   with open(args.out, "w") as f:
-    json.dump({"command": " ".join(sys.argv), "results": results}, f,
+    json.dump({"command": "python -m benchmarks.own_dynamics "
+                          + " ".join(sys.argv[1:]), "results": results}, f,
               indent=1)
   print(format_table(results))
 

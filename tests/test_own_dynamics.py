@@ -17,6 +17,7 @@ from tf_ffjord.contract import DynamicsError
 from tf_ffjord.datasets import toy
 
 import user_dynamics
+from benchmarks.latency import tfp_train_step
 
 tfd = tfp.distributions
 _ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
@@ -26,19 +27,6 @@ def _dist(dynamics, **kwargs):
   return tfd.TransformedDistribution(
       tfd.MultivariateNormalDiag(tf.zeros(2)),
       FFJORD(dynamics, time_length=0.5, **kwargs))
-
-
-def _tfp_step(dist, optimizer):
-  """TFP's canonical loop: a tape over `dist.trainable_variables`."""
-
-  @tf.function
-  def step(x):
-    with tf.GradientTape() as tape:
-      loss = -tf.reduce_mean(dist.log_prob(x))
-    variables = dist.trainable_variables
-    optimizer.apply_gradients(zip(tape.gradient(loss, variables), variables))
-    return loss
-  return step
 
 
 @pytest.mark.parametrize("kind", user_dynamics.KINDS)
@@ -54,7 +42,7 @@ def test_canonical_tfp_loop_trains_every_kind(kind):
   variables = dist.trainable_variables
   if num_weights is not None:  # every weight of the user's net is found
     assert sum(int(np.prod(v.shape)) for v in variables) == num_weights
-  step = _tfp_step(dist, keras.optimizers.Adam(2e-2))
+  step = tfp_train_step(dist, keras.optimizers.Adam(2e-2))
   for _ in range(25):
     step(x)
   assert nll() < before - 0.3
@@ -99,7 +87,7 @@ def test_event_shape_builds_a_user_keras_net_at_construction():
   assert net.built and len(dist.trainable_variables) == 4
   optimizer = keras.optimizers.Adam(1e-2)
   optimizer.build(dist.trainable_variables)  # before the first call
-  step = _tfp_step(dist, optimizer)
+  step = tfp_train_step(dist, optimizer)
   x = toy.sample("8gaussians", 64, seed=0)
   step(x)
   step(x)
@@ -194,14 +182,10 @@ dist = tfd.TransformedDistribution(
     tfd.MultivariateNormalDiag(tf.zeros(2)),
     FFJORD(user_dynamics.make(sys.argv[1], 2, hidden=(16,)), time_length=0.5,
            rtol=1e-4, atol=1e-4, jit_compile=True, event_shape=[2]))
+from benchmarks.latency import tfp_train_step
 optimizer = keras.optimizers.Adam(1e-2)
 optimizer.build(dist.trainable_variables)
-@tf.function
-def step(x):
-  with tf.GradientTape() as tape:
-    loss = -tf.reduce_mean(dist.log_prob(x))
-  v = dist.trainable_variables
-  optimizer.apply_gradients(zip(tape.gradient(loss, v), v))
+step = tfp_train_step(dist, optimizer)
 x = toy.sample("8gaussians", 64, seed=0)
 step(x)
 print("FIRST STEP DONE", file=sys.stderr, flush=True)

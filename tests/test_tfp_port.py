@@ -8,6 +8,8 @@ import pytest
 import tensorflow as tf
 import tensorflow_probability as tfp
 
+from benchmarks.latency import tfp_train_step
+
 import tf_ffjord
 from tf_ffjord import TFPFFJORD, datasets, divergence
 from tf_ffjord.tfp_compat import AugmentationTrace
@@ -26,6 +28,19 @@ def _close(a, b, **kw):
   np.testing.assert_allclose(np.asarray(a), np.asarray(b), **kw)
 
 
+def _check_case(bijector, mode, x, y, ildj, fldj, state_atol, rtol=0.0):
+  """forward(x) = y, inverse(y) = x, and both log-dets, as TFP's cases check them."""
+  out = _run(mode, lambda x, y: (
+      bijector.forward(x), bijector.inverse(y),
+      bijector.inverse_log_det_jacobian(y, event_ndims=1),
+      bijector.forward_log_det_jacobian(x, event_ndims=1)), x, y)
+  _close(out[0], y, rtol=rtol, atol=state_atol)
+  _close(out[1], x, rtol=rtol, atol=state_atol)
+  _close(out[2], ildj, rtol=1e-6, atol=1e-6)
+  _close(out[3], fldj, rtol=1e-6, atol=1e-6)
+  return out
+
+
 # -- TFP's ffjord_test.py, case by case, on the port --------------------------
 # Dynamics, inputs, expected values and tolerances as TFP's test has them
 # (assertAllClose's default is rtol = atol = 1e-6); TFP runs each in graph and
@@ -42,14 +57,8 @@ def test_tfp_bijector(dtype, mode):
   y = np.ones((2, 5), dtype=dtype)
   expected_log_det_jacobian = np.zeros(2, dtype=dtype)
   assert bijector.name.startswith("ffjord")
-  out = _run(mode, lambda x, y: (
-      bijector.forward(x), bijector.inverse(y),
-      bijector.inverse_log_det_jacobian(y, event_ndims=1),
-      bijector.forward_log_det_jacobian(x, event_ndims=1)), x, y)
-  _close(out[0], y, rtol=1e-6, atol=1e-6)
-  _close(out[1], x, rtol=1e-6, atol=1e-6)
-  _close(out[2], expected_log_det_jacobian, rtol=1e-6, atol=1e-6)
-  _close(out[3], expected_log_det_jacobian, rtol=1e-6, atol=1e-6)
+  out = _check_case(bijector, mode, x, y, expected_log_det_jacobian,
+                    expected_log_det_jacobian, state_atol=1e-6, rtol=1e-6)
   assert all(o.dtype == dtype for o in out)
 
 
@@ -101,14 +110,8 @@ def test_tfp_jacobian_scaling(dtype, mode):
   y = np.array([[0.0], [2.0]], dtype=dtype)
   expected_fldj = np.array([np.log(2.0)] * 2, dtype=dtype)
   expected_ildj = np.array([np.log(0.5)] * 2, dtype=dtype)
-  out = _run(mode, lambda x, y: (
-      bijector.forward(x), bijector.inverse(y),
-      bijector.inverse_log_det_jacobian(y, event_ndims=1),
-      bijector.forward_log_det_jacobian(x, event_ndims=1)), x, y)
-  _close(out[0], y, rtol=0.0, atol=1e-4)
-  _close(out[1], x, rtol=0.0, atol=1e-4)
-  _close(out[2], expected_ildj, rtol=1e-6, atol=1e-6)
-  _close(out[3], expected_fldj, rtol=1e-6, atol=1e-6)
+  _check_case(bijector, mode, x, y, expected_ildj, expected_fldj,
+              state_atol=1e-4)
 
 
 def _diagonal_case(dtype, seed=0):
@@ -130,14 +133,8 @@ def test_tfp_jacobian_diagonal_scaling(dtype, mode):
   bijector = TFPFFJORD(trace_augmentation_fn=EXACT,
                        state_time_derivative_fn=scale_ode_fn,
                        dtype=tf.as_dtype(dtype))
-  out = _run(mode, lambda x, y: (
-      bijector.forward(x), bijector.inverse(y),
-      bijector.inverse_log_det_jacobian(y, event_ndims=1),
-      bijector.forward_log_det_jacobian(x, event_ndims=1)), x, y)
-  _close(out[0], y, rtol=0.0, atol=1e-3)
-  _close(out[1], x, rtol=0.0, atol=1e-3)
-  _close(out[2], -expected_fldj, rtol=1e-6, atol=1e-6)
-  _close(out[3], expected_fldj, rtol=1e-6, atol=1e-6)
+  _check_case(bijector, mode, x, y, -expected_fldj, expected_fldj,
+              state_atol=1e-3)
 
 
 @pytest.mark.parametrize("dtype", DTYPES)
@@ -419,15 +416,7 @@ def test_canonical_tfp_training_loop_trains_the_port():
   dist = tfd.TransformedDistribution(
       tfd.MultivariateNormalDiag(tf.zeros(2)), port)
   data = datasets.toy.sample("8gaussians", 256, seed=0).astype("float32")
-  optimizer = keras.optimizers.Adam(1e-2)
-
-  @tf.function
-  def step(x):
-    with tf.GradientTape() as tape:
-      loss = -tf.reduce_mean(dist.log_prob(x))
-    grads = tape.gradient(loss, dist.trainable_variables)
-    optimizer.apply_gradients(zip(grads, dist.trainable_variables))
-    return loss
+  step = tfp_train_step(dist, keras.optimizers.Adam(1e-2))
 
   losses = [float(step(data[i % 4 * 64:(i % 4 + 1) * 64])) for i in range(30)]
   assert np.all(np.isfinite(losses))
