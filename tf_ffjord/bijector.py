@@ -24,7 +24,7 @@ tfb = tfp.bijectors
 GRADIENTS = solvers.GRADIENTS
 
 
-class FFJORD(tfb.Bijector):
+class FFJORD(tfp.bijectors.Bijector):
   """Free-form continuous dynamics (FFJORD) as a bijector.
 
   The flow integrates dz/dt = f(t, z) from data (t = t0) to the base sample

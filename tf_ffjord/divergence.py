@@ -154,7 +154,7 @@ class TraceEstimator:
       squares estimates ||df/dy||_F^2 (the RNODE `"jacobian"` regularizer
       needs one).
   """
-  name = None
+  name: str | None = None
   is_exact = False
   has_probe = False
 

@@ -13,7 +13,7 @@ tfb = tfp.bijectors
 _LOG2 = math.log(2.0)
 
 
-class LogitTransform(tfb.Bijector):
+class LogitTransform(tfp.bijectors.Bijector):
   """Maps unbounded values to pixels in [0, 1] and back, as in RealNVP.
 
   `inverse(x) = logit(alpha + (1 - 2 alpha) x)` takes dequantized pixels x in
@@ -84,7 +84,7 @@ def unsqueeze(x, factor=2):
   return tf.nn.depth_to_space(x, factor)
 
 
-class Squeeze(tfb.Bijector):
+class Squeeze(tfp.bijectors.Bijector):
   """Space-to-depth reshuffle of images; a permutation, so log-det 0.
 
   `forward` squeezes `[B, H, W, C]` to `[B, H/f, W/f, C f^2]`; `inverse`

@@ -27,7 +27,7 @@ def default_num_scales(height, width):
   return max(n, 1)
 
 
-class ODENVP(tfb.Bijector):
+class ODENVP(tfp.bijectors.Bijector):
   """The multiscale stack of CNF blocks of FFJORD's image models.
 
   Going from data to the base (`inverse`), each scale applies `num_blocks`

@@ -42,7 +42,7 @@ _LOADERS = {"power": power, "gas": gas, "hepmass": hepmass,
             "miniboone": miniboone, "bsds300": bsds300}
 
 
-def load(name, root, **kwargs):
+def load(name: str, root: str, **kwargs) -> Splits:
   """Loads a dataset by name from its standard layout or offline variant.
 
   MINIBOONE falls back to `miniboone_offline` when `miniboone/data.npy` is

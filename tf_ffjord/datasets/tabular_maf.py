@@ -71,7 +71,7 @@ def _splits(train, val, test, name, source, path):
 # -- POWER -----------------------------------------------------------------
 
 
-def power(root):
+def power(root: str) -> Splits:
   """POWER: household electric power consumption, D = 6.
 
   `power/data.npy` holds 8 columns: global active power, global reactive
@@ -122,7 +122,7 @@ def _corr_counts(values):
   return (np.corrcoef(values, rowvar=False) > 0.98).sum(axis=1)
 
 
-def gas(root, use_pandas=None):
+def gas(root: str, use_pandas: bool | None = None) -> Splits:
   """GAS: ethylene and CO gas-sensor readings, D = 8.
 
   As in MAF: from the DataFrame in `gas/ethylene_CO.pickle` the columns
@@ -175,7 +175,7 @@ def _read_csv(path):
   return len(header.split(",")), values
 
 
-def hepmass(root):
+def hepmass(root: str) -> Splits:
   """HEPMASS: signal events of the '1000' particle-physics set, D = 21.
 
   As in MAF: rows of `hepmass/1000_train.csv` and `1000_test.csv` whose
@@ -224,7 +224,7 @@ def hepmass(root):
 # -- MINIBOONE -------------------------------------------------------------
 
 
-def miniboone(root):
+def miniboone(root: str) -> Splits:
   """MINIBOONE: particle-identification events, D = 43.
 
   `miniboone/data.npy` is MAF's cleaned array (outliers and the features
@@ -256,7 +256,7 @@ def miniboone(root):
 # -- BSDS300 ---------------------------------------------------------------
 
 
-def bsds300(root):
+def bsds300(root: str) -> Splits:
   """BSDS300: MAF's 8x8 natural-image patches (63 dims), from the hdf5.
 
   `BSDS300/BSDS300.hdf5` holds the datasets `train`, `validation`, `test`,
@@ -284,5 +284,6 @@ def bsds300(root):
       if a.ndim != 2:
         raise ValueError(f"{path}: {key} has shape {a.shape}, expected 2-D.")
       arrays.append(a)
-  return _splits(*arrays, name="bsds300", source=f"MAF layout: {path}",
-                 path=path)
+  train, val, test = arrays
+  return _splits(train, val, test, name="bsds300",
+                 source=f"MAF layout: {path}", path=path)

@@ -6,7 +6,6 @@ import math
 __all__ = ["Tableau", "EULER", "MIDPOINT", "RK4", "BOSH3", "DOPRI5", "TSIT5",
            "METHODS", "combine", "rk_step"]
 
-_FIELDS = ["name", "c", "a", "b", "b_error", "order", "fsal", "b_mid"]
 _TOL = 1e-9  # coefficients are given to ~16 digits
 
 
@@ -18,7 +17,9 @@ def _floats(values, what):
                      f"{values!r}.") from None
 
 
-class Tableau(collections.namedtuple("Tableau", _FIELDS)):
+# The field names are spelled out in the call, where type checkers read them.
+class Tableau(collections.namedtuple(
+    "Tableau", ["name", "c", "a", "b", "b_error", "order", "fsal", "b_mid"])):
   """An explicit Runge-Kutta method, defined by its Butcher tableau alone.
 
   A method with an error estimate (`b_error`) can take adaptive steps; one

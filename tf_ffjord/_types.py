@@ -1,0 +1,25 @@
+"""Type aliases shared by the annotations of tf_ffjord's public API."""
+
+from collections.abc import Callable, Sequence
+from typing import TypeAlias
+
+import numpy as np
+import tensorflow as tf
+
+__all__ = ["TensorLike", "ShapeLike", "DTypeLike", "SeedLike", "Dynamics",
+           "TimeLength"]
+
+# Anything `tf.convert_to_tensor` turns into a float tensor.
+TensorLike: TypeAlias = (
+    tf.Tensor | tf.Variable | np.ndarray | float | Sequence[float])
+# A shape, e.g. `(2,)` or `tf.TensorShape([None, 2])` (None: any size).
+ShapeLike: TypeAlias = tf.TensorShape | Sequence[int | None]
+DTypeLike: TypeAlias = tf.dtypes.DType | str | np.dtype
+# An integer seed, a stateless `[2]` seed, or None for an unseeded draw.
+SeedLike: TypeAlias = int | tf.Tensor | Sequence[int] | None
+# Dynamics f(t, z) or f(t, z, context) -> dz/dt: a Keras layer, a
+# `tf.Module` or a plain function.
+Dynamics: TypeAlias = Callable[..., tf.Tensor]
+# An integration length T: a number, a tensor or variable, an `EndTime`, or
+# a zero-argument callable returning a scalar tensor.
+TimeLength: TypeAlias = float | tf.Tensor | tf.Variable | Callable[[], tf.Tensor]
