@@ -1,12 +1,12 @@
 """Type aliases shared by the annotations of tf_ffjord's public API."""
 
 from collections.abc import Callable, Sequence
-from typing import TypeAlias
+from typing import Any, TypeAlias
 
 import numpy as np
 import tensorflow as tf
 
-__all__ = ["TensorLike", "ShapeLike", "DTypeLike", "SeedLike", "Dynamics",
+__all__ = ["TensorLike", "ShapeLike", "BuildShape", "DTypeLike", "SeedLike", "Dynamics",
            "TimeLength"]
 
 # Anything `tf.convert_to_tensor` turns into a float tensor.
@@ -14,6 +14,9 @@ TensorLike: TypeAlias = (
     tf.Tensor | tf.Variable | np.ndarray | float | Sequence[float])
 # A shape, e.g. `(2,)` or `tf.TensorShape([None, 2])` (None: any size).
 ShapeLike: TypeAlias = tf.TensorShape | Sequence[int | None]
+# The input shape Keras passes to a layer's `build`: a tuple (or TensorShape)
+# whose batch entry is None and whose feature sizes are known.
+BuildShape: TypeAlias = tf.TensorShape | Sequence[Any]
 DTypeLike: TypeAlias = tf.dtypes.DType | str | np.dtype
 # An integer seed, a stateless `[2]` seed, or None for an unseeded draw.
 SeedLike: TypeAlias = int | tf.Tensor | Sequence[int] | None
