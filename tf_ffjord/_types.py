@@ -6,8 +6,8 @@ from typing import Any, TypeAlias
 import numpy as np
 import tensorflow as tf
 
-__all__ = ["TensorLike", "ShapeLike", "BuildShape", "DTypeLike", "SeedLike", "Dynamics",
-           "TimeLength"]
+__all__ = ["TensorLike", "ShapeLike", "BuildShape", "DTypeLike", "SeedLike",
+           "Dynamics", "TimeLength"]
 
 # Anything `tf.convert_to_tensor` turns into a float tensor.
 TensorLike: TypeAlias = (
