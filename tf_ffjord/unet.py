@@ -206,7 +206,7 @@ class UNetODENet(DynamicsNet):
         h = tf.repeat(tf.repeat(h, 2, axis=1), 2, axis=2)
         h = self.upsamples[i - 1](h)
     h = self.activation(h if self.out_norm is None else self.out_norm(h))
-    return self.out_conv(h)
+    return self.out_conv(h)  # type: ignore[misc]  # set by build()
 
   def get_config(self) -> dict[str, Any]:
     return {**super().get_config(), "channels": self.channels,
