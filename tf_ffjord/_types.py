@@ -7,7 +7,7 @@ import numpy as np
 import tensorflow as tf
 
 __all__ = ["TensorLike", "ShapeLike", "BuildShape", "DTypeLike", "SeedLike",
-           "Dynamics", "TimeLength"]
+           "Dynamics", "OdeFn", "TimeLength"]
 
 if TYPE_CHECKING:
   # TensorFlow ships no type information, so to a checker `tf.Tensor` is
@@ -30,6 +30,9 @@ DTypeLike: TypeAlias = tf.dtypes.DType | str | np.dtype
 # Dynamics f(t, z) or f(t, z, context) -> dz/dt: a Keras layer, a
 # `tf.Module` or a plain function.
 Dynamics: TypeAlias = Callable[..., tf.Tensor]
+# An ODE right-hand side of the solvers: `fn(t, ys)` or `fn(t, ys, cs)` on
+# lists of tensors, returning the list of dy/dt.
+OdeFn: TypeAlias = Callable[..., Sequence[tf.Tensor]]
 # An integration length T: a number, a tensor or variable, an `EndTime`, or
 # a zero-argument callable returning a scalar tensor.
 TimeLength: TypeAlias = (

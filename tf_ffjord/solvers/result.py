@@ -1,6 +1,7 @@
 """What a solve returns: the `Result`, its status codes, and the check that raises on failure."""
 
 import collections
+from collections.abc import Sequence
 
 import tensorflow as tf
 
@@ -23,7 +24,8 @@ Fields:
 """
 
 
-def check_status(status, tensors, what, max_num_steps=None):
+def check_status(status: tf.Tensor, tensors: Sequence[tf.Tensor], what: str,
+                 max_num_steps: int | None = None) -> list[tf.Tensor]:
   """Raises `InvalidArgumentError` on a failed solve; passes tensors through.
 
   The assertions are no-ops inside XLA clusters; there the NaN states the
