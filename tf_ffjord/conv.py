@@ -35,7 +35,7 @@ class _TimeConv(keras.layers.Layer):
   """
 
   def __init__(self, filters: int, kernel_size: int = 3, strides: int = 1,
-               transpose: bool = False, **kwargs) -> None:
+               transpose: bool = False, **kwargs: Any) -> None:
     super().__init__(**kwargs)
     self.filters = int(filters)
     self.kernel_size = int(kernel_size)
@@ -69,7 +69,7 @@ class ConcatSquashConv2D(_TimeConv):
   """y = conv(x) * sigmoid(G tc + g) + B tc, gates shared over pixels."""
 
   def __init__(self, filters: int, kernel_size: int = 3, strides: int = 1,
-               transpose: bool = False, **kwargs) -> None:
+               transpose: bool = False, **kwargs: Any) -> None:
     super().__init__(filters, kernel_size, strides, transpose, **kwargs)
     self.gate = self._dense("gate")
     self.bias = self._dense("bias", use_bias=False)
@@ -95,7 +95,7 @@ def _transposed(base):
   class Transposed(base):
 
     def __init__(self, filters: int, kernel_size: int = 4, strides: int = 2,
-                 **kwargs) -> None:
+                 **kwargs: Any) -> None:
       kwargs.pop("transpose", None)
       super().__init__(filters, kernel_size, strides, transpose=True,
                        **kwargs)
@@ -153,7 +153,7 @@ class ConvODENet(TimeConditionedNet):
   def __init__(self, dims: Sequence[int] = (64, 64, 64),
                strides: Sequence[int] | None = None, layer: str = "concat",
                activation: str = "softplus", channels: int | None = None,
-               context_dim: int = 0, **kwargs) -> None:
+               context_dim: int = 0, **kwargs: Any) -> None:
     super().__init__(layer, CONV_LAYER_TYPES, activation, context_dim,
                      **kwargs)
     self.dims = tuple(int(d) for d in dims)

@@ -9,8 +9,9 @@ __all__ = ["standard_normal"]
 tfd = tfp.distributions
 
 
-def standard_normal(event_shape: ShapeLike,
-                    dtype: DTypeLike = "float32") -> tfp.distributions.Distribution:
+def standard_normal(
+    event_shape: ShapeLike,
+    dtype: DTypeLike = "float32") -> tfp.distributions.Distribution:
   """The standard-normal distribution over events of `event_shape`.
 
   Its `log_prob` sums over the event dimensions.

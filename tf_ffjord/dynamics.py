@@ -76,7 +76,7 @@ def apply_time_layers(net: keras.layers.Layer, t: tf.Tensor, x: tf.Tensor,
 class _TimeDense(keras.layers.Layer):
   """Base of the dense layers that take (features tc, state x)."""
 
-  def __init__(self, units: int, **kwargs) -> None:
+  def __init__(self, units: int, **kwargs: Any) -> None:
     super().__init__(**kwargs)
     self.units = int(units)
     self.linear = self._dense("linear")
@@ -95,7 +95,7 @@ class _TimeDense(keras.layers.Layer):
 class ConcatSquashDense(_TimeDense):
   """y = (W x + b) * sigmoid(G tc + g) + B tc: the paper's default layer."""
 
-  def __init__(self, units: int, **kwargs) -> None:
+  def __init__(self, units: int, **kwargs: Any) -> None:
     super().__init__(units, **kwargs)
     self.gate = self._dense("gate")
     self.bias = self._dense("bias", use_bias=False)
@@ -125,7 +125,7 @@ class IgnoreDense(_TimeDense):
 class SquashDense(_TimeDense):
   """y = (W x + b) * sigmoid(G tc + g)."""
 
-  def __init__(self, units: int, **kwargs) -> None:
+  def __init__(self, units: int, **kwargs: Any) -> None:
     super().__init__(units, **kwargs)
     self.gate = self._dense("gate")
 
@@ -140,7 +140,7 @@ class BlendDense(_TimeDense):
   With a context, t is replaced by a learned scalar of [t, context].
   """
 
-  def __init__(self, units: int, **kwargs) -> None:
+  def __init__(self, units: int, **kwargs: Any) -> None:
     super().__init__(units, **kwargs)
     self.linear1 = self._dense("linear1")
     self.mix = None
@@ -182,12 +182,12 @@ class DynamicsNet(keras.Model):
   float32 first.
   """
 
-  def __init__(self, **kwargs) -> None:
+  def __init__(self, **kwargs: Any) -> None:
     kwargs.setdefault("autocast", False)
     super().__init__(**kwargs)
 
   def __call__(self, t: TensorLike, x: TensorLike,
-               context: TensorLike | None = None, **kwargs) -> tf.Tensor:
+               context: TensorLike | None = None, **kwargs: Any) -> tf.Tensor:
     x = tf.convert_to_tensor(x)
     t = tf.convert_to_tensor(t, dtype=x.dtype)
     if context is not None:
@@ -217,7 +217,7 @@ class TimeConditionedNet(DynamicsNet):
 
   def __init__(self, layer: str,
                layer_types: Mapping[str, type[keras.layers.Layer]],
-               activation: str, context_dim: int = 0, **kwargs) -> None:
+               activation: str, context_dim: int = 0, **kwargs: Any) -> None:
     super().__init__(**kwargs)
     if layer not in layer_types:
       raise ValueError(f"Unknown layer type {layer!r} for "
@@ -263,7 +263,7 @@ class ODENet(TimeConditionedNet):
   def __init__(self, hidden: Sequence[int] = (64, 64, 64),
                layer: str = "concatsquash", activation: str = "tanh",
                dim: int | None = None, context_dim: int = 0,
-               **kwargs) -> None:
+               **kwargs: Any) -> None:
     super().__init__(layer, LAYER_TYPES, activation, context_dim, **kwargs)
     self.hidden = tuple(int(h) for h in hidden)
     self.dim = None if dim is None else int(dim)

@@ -1,6 +1,7 @@
 """`EndTime`: the learned end time T of a CNF block, one softplus-parameterized Keras weight."""
 
 import math
+from typing import Any
 
 import keras
 import tensorflow as tf
@@ -36,7 +37,7 @@ class EndTime(keras.layers.Layer):
   1
   """
 
-  def __init__(self, initial: float = 1.0, **kwargs) -> None:
+  def __init__(self, initial: float = 1.0, **kwargs: Any) -> None:
     super().__init__(**kwargs)
     initial = float(initial)
     if not (initial > 0 and math.isfinite(initial)):

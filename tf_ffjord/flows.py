@@ -1,6 +1,7 @@
 """Walking a flow bijector (an FFJORD block, a `tfb.Chain`, the multiscale stack): solve it, list its blocks, copy it with other solve options."""
 
 from collections.abc import Callable, Iterable
+from typing import Any
 
 import keras
 import tensorflow as tf
@@ -101,7 +102,8 @@ def ffjord_blocks(bijector: tfp.bijectors.Bijector) -> list[FFJORD]:
   return [b for part in (_children(bijector) or []) for b in ffjord_blocks(part)]
 
 
-def keras_layers(*bijectors: tfp.bijectors.Bijector) -> list[keras.layers.Layer]:
+def keras_layers(
+    *bijectors: tfp.bijectors.Bijector) -> list[keras.layers.Layer]:
   """The Keras layers (dynamics, learned end times) of flows, each once.
 
   A Keras model that holds flows tracks these to train, save and checkpoint
@@ -118,7 +120,7 @@ def keras_layers(*bijectors: tfp.bijectors.Bijector) -> list[keras.layers.Layer]
 
 
 def with_options(bijector: tfp.bijectors.Bijector,
-                 **options) -> tfp.bijectors.Bijector:
+                 **options: Any) -> tfp.bijectors.Bijector:
   """A copy of a flow whose FFJORD blocks use other solve options.
 
   Every block is `block.copy(**options)`, which shares its dynamics and its

@@ -37,7 +37,7 @@ class MADE(keras.layers.Layer):
 
   def __init__(self, dim: int, hidden: Sequence[int] = (256,),
                context_dim: int = 0, activation: str = "elu",
-               **kwargs) -> None:
+               **kwargs: Any) -> None:
     super().__init__(**kwargs)
     self.dim = int(dim)
     self.hidden = tuple(int(h) for h in hidden)

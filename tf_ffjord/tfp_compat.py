@@ -293,7 +293,7 @@ class TFPFFJORD(FFJORD):
       initial_time: float = 0., final_time: TimeLength = 1.,
       validate_args: bool = False, dtype: DTypeLike | None = tf.float32,
       name: str = "ffjord", *, variables_owner: Any = None,
-      event_ndims: int = 1, **options) -> None:
+      event_ndims: int = 1, **options: Any) -> None:
     parameters = dict(locals())
     parameters.pop("self", None)
     parameters.pop("__class__", None)

@@ -32,7 +32,7 @@ class UNetResBlock(keras.layers.Layer):
   """
 
   def __init__(self, filters: int, groups: int = 8, activation: str = "swish",
-               **kwargs) -> None:
+               **kwargs: Any) -> None:
     super().__init__(**kwargs)
     self.filters, self.groups = int(filters), int(groups)
     self.activation_name = activation
@@ -114,7 +114,7 @@ class UNetODENet(DynamicsNet):
   def __init__(self, channels: Sequence[int] = (32, 64), groups: int = 8,
                activation: str = "swish", time_frequencies: int = 6,
                time_dim: int = 64, out_channels: int | None = None,
-               context_dim: int = 0, **kwargs) -> None:
+               context_dim: int = 0, **kwargs: Any) -> None:
     super().__init__(**kwargs)
     if activation not in SMOOTH_ACTIVATIONS:
       raise ValueError(f"UNetODENet needs a smooth activation (the trace "

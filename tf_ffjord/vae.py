@@ -121,7 +121,7 @@ class VAE(keras.Model):
                maf_steps: int = 4, maf_hidden: Sequence[int] = (256,),
                cnf_hidden: Sequence[int] = (128, 128),
                cnf_activation: str = "softplus", kl_warmup_steps: int = 0,
-               eval_trace: str = "exact", **ffjord_kwargs) -> None:
+               eval_trace: str = "exact", **ffjord_kwargs: Any) -> None:
     name = ffjord_kwargs.pop("name", None)
     trainable = ffjord_kwargs.pop("trainable", True)
     ffjord_kwargs.pop("dtype", None)
@@ -286,7 +286,7 @@ class VAE(keras.Model):
         labels=target, logits=logits), -1)
 
   def log_weights(self, x: TensorLike, n: int = 1, exact: bool = False,
-                  seed: SeedLike = None, **noise,
+                  seed: SeedLike = None, **noise: Any,
                   ) -> tuple[tf.Tensor, tf.Tensor, tf.Tensor, tf.Tensor]:
     """Terms of the bounds for n posterior samples per example.
 
