@@ -1,8 +1,7 @@
 """The augmented ODE of an FFJORD solve: time change, divergence, regularizer rates, on the unit interval."""
 
-import collections
 from collections.abc import Callable, Iterable, Sequence
-from typing import Any
+from typing import Any, NamedTuple
 
 import tensorflow as tf
 
@@ -14,16 +13,19 @@ from tf_ffjord.divergence import TraceEstimator
 __all__ = ["Solution", "AugmentedODE", "flatten_batch", "flatten_context"]
 
 
-Solution = collections.namedtuple(
-    "Solution", ["state", "log_det", "regularization", "nfe"])
-Solution.__doc__ = """Result of one FFJORD solve (`FFJORD.solve`).
+class Solution(NamedTuple):
+  """Result of one FFJORD solve (`FFJORD.solve`).
 
-Fields:
-  state: the end state, shaped like the input.
-  log_det: log |det d state / d input|, one value per example.
-  regularization: dict name -> integral of the regularizer, per example.
-  nfe: dynamics evaluations of this solve (int32 scalar).
-"""
+  Fields:
+    state: the end state, shaped like the input.
+    log_det: log |det d state / d input|, one value per example.
+    regularization: dict name -> integral of the regularizer, per example.
+    nfe: dynamics evaluations of this solve (int32 scalar).
+  """
+  state: tf.Tensor
+  log_det: tf.Tensor
+  regularization: dict[str, tf.Tensor]
+  nfe: tf.Tensor
 
 
 def flatten_batch(x: tf.Tensor,

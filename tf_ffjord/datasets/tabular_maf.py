@@ -1,7 +1,7 @@
 """The five MAF tabular datasets, read from the MAF data release's layout."""
 
-import collections
 import os
+from typing import NamedTuple
 
 import numpy as np
 
@@ -13,15 +13,19 @@ __all__ = ["NAMES", "DIMS", "Splits", "power", "gas", "hepmass", "miniboone",
 NAMES = ("power", "gas", "hepmass", "miniboone", "bsds300")
 DIMS = {"power": 6, "gas": 8, "hepmass": 21, "miniboone": 43, "bsds300": 63}
 
-Splits = collections.namedtuple("Splits",
-                                ["train", "val", "test", "name", "source"])
-Splits.__doc__ = """Train/validation/test arrays of one dataset (float32).
+class Splits(NamedTuple):
+  """Train/validation/test arrays of one dataset (float32).
 
-Fields:
-  train, val, test: `[N, D]` float32 arrays.
-  name: dataset name, one of `NAMES`.
-  source: which files and layout they came from (for logs and metrics).
-"""
+  Fields:
+    train, val, test: `[N, D]` float32 arrays.
+    name: dataset name, one of `NAMES`.
+    source: which files and layout they came from (for logs and metrics).
+  """
+  train: np.ndarray
+  val: np.ndarray
+  test: np.ndarray
+  name: str
+  source: str
 
 _MAF_DATA = "https://zenodo.org/record/1161203 (data.tar.gz of the MAF paper)"
 _PUBLISHED = {
