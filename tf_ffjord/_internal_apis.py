@@ -20,7 +20,7 @@ import tensorflow as tf
 __all__ = ["greedy_bijector_cache", "in_xla_context"]
 
 
-def greedy_bijector_cache(forward_name, inverse_name):
+def greedy_bijector_cache(forward_name: str, inverse_name: str) -> object:
   """TFP's bijector cache that also stores what one call computes on the side.
 
   Args:
@@ -37,7 +37,7 @@ def greedy_bijector_cache(forward_name, inverse_name):
       forward_name=forward_name, inverse_name=inverse_name)
 
 
-def in_xla_context():
+def in_xla_context() -> bool:
   """Whether the graph being built will be compiled by XLA.
 
   True inside a `tf.function(jit_compile=True)` or a Keras step with

@@ -1,35 +1,43 @@
 """The augmented ODE of an FFJORD solve: time change, divergence, regularizer rates, on the unit interval."""
 
-import collections
+from collections.abc import Callable, Iterable, Sequence
+from typing import Any, NamedTuple
 
 import tensorflow as tf
 
 from tf_ffjord import contract
 from tf_ffjord import regularizers as regs
+from tf_ffjord._types import Dynamics, TensorLike
+from tf_ffjord.divergence import TraceEstimator
 
 __all__ = ["Solution", "AugmentedODE", "flatten_batch", "flatten_context"]
 
 
-Solution = collections.namedtuple(
-    "Solution", ["state", "log_det", "regularization", "nfe"])
-Solution.__doc__ = """Result of one FFJORD solve (`FFJORD.solve`).
+class Solution(NamedTuple):
+  """Result of one FFJORD solve (`FFJORD.solve`).
 
-Fields:
-  state: the end state, shaped like the input.
-  log_det: log |det d state / d input|, one value per example.
-  regularization: dict name -> integral of the regularizer, per example.
-  nfe: dynamics evaluations of this solve (int32 scalar).
-"""
+  Fields:
+    state: the end state, shaped like the input.
+    log_det: log |det d state / d input|, one value per example.
+    regularization: dict name -> integral of the regularizer, per example.
+    nfe: dynamics evaluations of this solve (int32 scalar).
+  """
+  state: tf.Tensor
+  log_det: tf.Tensor
+  regularization: dict[str, tf.Tensor]
+  nfe: tf.Tensor
 
 
-def flatten_batch(x, event_ndims):
+def flatten_batch(x: tf.Tensor,
+                  event_ndims: int) -> tuple[tf.Tensor, tf.Tensor]:
   """`(y0, batch_shape)`: x as `[batch, *event]` and its batch shape (a tensor)."""
   event_shape = x.shape[x.shape.rank - event_ndims:]
   batch_shape = tf.shape(x)[:x.shape.rank - event_ndims]
   return tf.reshape(x, tf.concat([[-1], event_shape], 0)), batch_shape
 
 
-def flatten_context(context, y0, x_rank, event_ndims):
+def flatten_context(context: TensorLike | None, y0: tf.Tensor, x_rank: int,
+                    event_ndims: int) -> tf.Tensor | None:
   """The conditioning tensor as `[batch, -1]` rows of y0's dtype (or None)."""
   if context is None:
     return None
@@ -69,28 +77,32 @@ class AugmentedODE:
       `tfp.math.ode.Solver`, which reports none for its adjoint.
   """
 
-  def __init__(self, dynamics, estimator, noise, direction, initial_time,
-               event_ndims=1, regularizers=(), on_evaluation=None):
+  def __init__(self, dynamics: Dynamics, estimator: TraceEstimator,
+               noise: Any, direction: str, initial_time: tf.Tensor,
+               event_ndims: int = 1, regularizers: Iterable[str] = (),
+               on_evaluation: Callable[[], Any] | None = None) -> None:
     self.dynamics, self.estimator, self.noise = dynamics, estimator, noise
     self.sign = 1.0 if direction == "inverse" else -1.0
     self.t0, self.event_ndims = initial_time, event_ndims
     self.regularizers = tuple(regularizers)
     self.on_evaluation = on_evaluation
 
-  def time(self, s, time_length):
+  def time(self, s: tf.Tensor, time_length: tf.Tensor) -> tf.Tensor:
     """The dynamics' time t at solve time s."""
     return self.t0 + (s if self.sign > 0 else 1.0 - s) * time_length
 
-  def initial_state(self, y0):
+  def initial_state(self, y0: tf.Tensor) -> list[tf.Tensor]:
     """[z0, zero log-det, zero regularizer integrals]."""
     zeros = lambda: tf.zeros(tf.shape(y0)[:1], y0.dtype)
     return [y0, zeros()] + [zeros() for _ in self.regularizers]
 
-  def error_weights(self):
+  def error_weights(self) -> tuple[float, ...]:
     """Step control weighs z and the log-det; regularizer integrals weigh 0."""
     return (1.0, 1.0) + (0.0,) * len(self.regularizers)
 
-  def __call__(self, s, state, time_length, context=None):
+  def __call__(self, s: tf.Tensor, state: Sequence[tf.Tensor],
+               time_length: tf.Tensor,
+               context: tf.Tensor | None = None) -> list[tf.Tensor]:
     t = self.time(s, time_length)
     scale = self.sign * time_length
     fn = lambda z: scale * contract.call(self.dynamics, t, z, context)

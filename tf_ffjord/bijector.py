@@ -1,12 +1,16 @@
 """`FFJORD`: a continuous normalizing flow as a `tfp.bijectors.Bijector`."""
 
+from collections.abc import Iterable
 import dataclasses
+from typing import Any
 
 import keras
 import tensorflow as tf
 import tensorflow_probability as tfp
 
 from tf_ffjord import _internal_apis
+from tf_ffjord._types import (Dynamics, SeedLike, ShapeLike, TensorLike,
+                              TimeLength)
 from tf_ffjord import augmented
 from tf_ffjord import bijector_input
 from tf_ffjord import contract
@@ -24,7 +28,7 @@ tfb = tfp.bijectors
 GRADIENTS = solvers.GRADIENTS
 
 
-class FFJORD(tfb.Bijector):
+class FFJORD(tfp.bijectors.Bijector):
   """Free-form continuous dynamics (FFJORD) as a bijector.
 
   The flow integrates dz/dt = f(t, z) from data (t = t0) to the base sample
@@ -126,12 +130,17 @@ class FFJORD(tfb.Bijector):
   _cache = _internal_apis.greedy_bijector_cache(
       forward_name="_augmented_forward", inverse_name="_augmented_inverse")
 
-  def __init__(self, dynamics, time_length=1.0, train_time=False,
-               initial_time=0.0, trace="hutchinson", noise="rademacher",
-               solver="dopri5", rtol=1e-5, atol=1e-5, max_num_steps=1000,
-               step_size=0.25, gradient="auto", jit_compile="auto",
-               event_ndims=1, event_shape=None, validate_args=False,
-               name="ffjord"):
+  def __init__(self, dynamics: Dynamics, time_length: TimeLength = 1.0,
+               train_time: bool = False, initial_time: float = 0.0,
+               trace: str | divergence.TraceEstimator = "hutchinson",
+               noise: str = "rademacher",
+               solver: str | solvers.Tableau | solvers.Solver
+               | tfp.math.ode.Solver = "dopri5",
+               rtol: float = 1e-5, atol: float = 1e-5,
+               max_num_steps: int | None = 1000, step_size: float = 0.25,
+               gradient: str = "auto", jit_compile: bool | str = "auto",
+               event_ndims: int = 1, event_shape: ShapeLike | None = None,
+               validate_args: bool = False, name: str = "ffjord") -> None:
     parameters = dict(locals())
     if not callable(dynamics):
       raise contract.DynamicsError(
@@ -172,8 +181,9 @@ class FFJORD(tfb.Bijector):
       report = self._nfe_backward.assign
       # One instance per adjoint class, built once (choose_adjoint picks).
       # (keyed by class name: tf.Module's variable search sorts the keys).
-      self._adjoints = {cls.__name__: cls(on_backward_nfe=report) for cls in (
-          solvers.BacksolveAdjoint, solvers.InterpolatedAdjoint)}
+      self._adjoints: dict[str, Any] = {
+          cls.__name__: cls(on_backward_nfe=report) for cls in (
+              solvers.BacksolveAdjoint, solvers.InterpolatedAdjoint)}
       self._adjoints["Backprop"] = solvers.Backprop()
       super().__init__(forward_min_event_ndims=self._event_ndims,
                        is_constant_jacobian=False,
@@ -187,11 +197,11 @@ class FFJORD(tfb.Bijector):
     return dict()
 
   @property
-  def dynamics(self):
+  def dynamics(self) -> Dynamics:
     return self._dynamics
 
   @property
-  def keras_layers(self):
+  def keras_layers(self) -> tuple[keras.layers.Layer, ...]:
     """The Keras layers this bijector reads: its dynamics and learned T.
 
     A Keras model that holds the bijector must track these to train, save
@@ -212,26 +222,26 @@ class FFJORD(tfb.Bijector):
                        + self._found_variables)
 
   @property
-  def time_length(self):
+  def time_length(self) -> tf.Tensor:
     """The end time T as a tensor."""
     return end_time.as_tensor(self._time_length)
 
   @property
-  def initial_time(self):
+  def initial_time(self) -> float:
     """t0, the time of the data end (a float)."""
     return self._initial_time
 
   @property
-  def trace(self):
+  def trace(self) -> divergence.TraceEstimator:
     """The trace estimator (a `divergence.TraceEstimator`; it equals its name)."""
     return self._trace
 
   @property
-  def solver(self):
+  def solver(self) -> solvers.Solver | tfp.math.ode.Solver:
     return self._solver
 
   @property
-  def gradient(self):
+  def gradient(self) -> str:
     """How gradients are computed: `"adjoint"`, `"interpolated"` or `"backprop"`.
 
     Under `"auto"` an adaptive solve may still take the interpolated adjoint
@@ -243,7 +253,7 @@ class FFJORD(tfb.Bijector):
     return "backprop" if adjoint is solvers.Backprop else "adjoint"
 
   @property
-  def nfe_backward(self):
+  def nfe_backward(self) -> tf.Variable:
     """Dynamics evaluations of the last gradient's backward solve (a variable).
 
     Set by the adjoint when a gradient is taken (0 under `"backprop"`, which
@@ -259,8 +269,9 @@ class FFJORD(tfb.Bijector):
   def _check_input(self, x, context=None):
     return bijector_input.check_input(self, x, context)
 
-  def solve(self, x, direction="inverse", context=None, seed=None,
-            regularizers=()):
+  def solve(self, x: TensorLike, direction: str = "inverse",
+            context: TensorLike | None = None, seed: SeedLike = None,
+            regularizers: Iterable[str] = ()) -> Solution:
     """Integrates the flow once and returns a `Solution`.
 
     The steps: check the input, flatten it to `[batch, *event]`, build the

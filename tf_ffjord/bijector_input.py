@@ -27,16 +27,22 @@ RMS error norm of an empty state is NaN), so for those an empty batch gets
 one row of zeros, solved and then dropped.
 """
 
+from collections.abc import Iterable
+
 import tensorflow as tf
+import tensorflow_probability as tfp
 
 from tf_ffjord import validation
+from tf_ffjord._types import SeedLike, ShapeLike, TensorLike
+from tf_ffjord.augmented import Solution
 from tf_ffjord.solvers import xla
 
 __all__ = ["check_input", "declared_event_shape", "eager_solve", "event_shape",
            "pads_empty_batches", "solve_padded"]
 
 
-def declared_event_shape(event_shape, event_ndims):
+def declared_event_shape(event_shape: ShapeLike | None,
+                         event_ndims: int) -> tf.TensorShape | None:
   """`FFJORD(event_shape=...)` as a `TensorShape` (or `None`), checked against `event_ndims`."""
   if event_shape is None:
     return None
@@ -47,7 +53,7 @@ def declared_event_shape(event_shape, event_ndims):
   return shape
 
 
-def event_shape(bijector):
+def event_shape(bijector: tfp.bijectors.Bijector) -> tf.TensorShape:
   """The bijector's event shape as far as it is known (`None` for unknown sizes).
 
   Declared or pinned by a first call (`bijector._event_shape`), else the
@@ -68,7 +74,8 @@ def _is_ours(dynamics):
   return isinstance(dynamics, dynamics_lib.DynamicsNet)
 
 
-def check_input(bijector, x, context=None):
+def check_input(bijector: tfp.bijectors.Bijector, x: TensorLike,
+                context: TensorLike | None = None) -> tf.Tensor:
   """Checks and casts one input of `bijector` (see `tf_ffjord.validation`).
 
   Pins the event shape on the first call that shows it (the solve then
@@ -116,8 +123,10 @@ def _spec(t, batch_ndims):
   return tf.TensorSpec([None] * batch_ndims + t.shape[batch_ndims:], t.dtype)
 
 
-def eager_solve(bijector, x, direction, context=None, seed=None,
-                regularizers=()):
+def eager_solve(bijector: tfp.bijectors.Bijector, x: TensorLike,
+                direction: str, context: TensorLike | None = None,
+                seed: SeedLike = None,
+                regularizers: Iterable[str] = ()) -> Solution:
   """`bijector.solve` called eagerly, through its cached `tf.function`."""
   x = check_input(bijector, x, context)
   batch_ndims = x.shape.rank - bijector._event_ndims  # pylint: disable=protected-access
@@ -153,7 +162,8 @@ def eager_solve(bijector, x, direction, context=None, seed=None,
   return cache[key](*args)
 
 
-def pads_empty_batches(bijector, x):
+def pads_empty_batches(bijector: tfp.bijectors.Bijector,
+                       x: TensorLike) -> bool:
   """Whether `solve_padded` must handle this call (a TFP solver, a batch that may be empty)."""
   from tf_ffjord import solvers  # pylint: disable=g-import-not-at-top
   if isinstance(bijector.solver, solvers.Solver):
@@ -167,8 +177,10 @@ def pads_empty_batches(bijector, x):
   return not (batch.is_fully_defined() and batch.num_elements() > 0)
 
 
-def solve_padded(bijector, x, direction, context=None, seed=None,
-                 regularizers=()):
+def solve_padded(bijector: tfp.bijectors.Bijector, x: TensorLike,
+                 direction: str, context: TensorLike | None = None,
+                 seed: SeedLike = None,
+                 regularizers: Iterable[str] = ()) -> Solution:
   """`bijector.solve` with one row of zeros added to an empty batch, then dropped."""
   x = check_input(bijector, x, context)
   ndims = bijector._event_ndims  # pylint: disable=protected-access

@@ -6,9 +6,11 @@ is recorded in the JSON that refers to it: an altered file of any kind, a
 hand-edited epoch included, is refused by name.
 """
 
+from collections.abc import Mapping
 import hashlib
 import json
 import os
+from typing import Any
 
 import h5py
 import numpy as np
@@ -27,7 +29,7 @@ def _digest(payload):
   return hashlib.sha256(text.encode("utf-8")).hexdigest()
 
 
-def write_json(path, payload):
+def write_json(path: str, payload: Mapping[str, Any]) -> None:
   """Writes `payload` and its checksum atomically: a kill leaves the old file or the new one.
 
   >>> import tempfile
@@ -44,7 +46,7 @@ def write_json(path, payload):
   os.replace(tmp, path)
 
 
-def read_json(path, what):
+def read_json(path: str, what: str) -> dict[str, Any]:
   """Reads a JSON file written by `write_json` and checks its checksum.
 
   Args:
@@ -76,7 +78,7 @@ def read_json(path, what):
   return payload
 
 
-def sha256(path):
+def sha256(path: str) -> str:
   """The SHA-256 of a file's bytes, as hex."""
   digest = hashlib.sha256()
   with open(path, "rb") as f:
@@ -85,9 +87,9 @@ def sha256(path):
   return digest.hexdigest()
 
 
-def layout(path):
+def layout(path: str) -> dict[str, tuple[int, ...]]:
   """{key: shape} of every array in a Keras weights file (reads them all)."""
-  found = {}
+  found: dict[str, tuple[int, ...]] = {}
   with h5py.File(path, "r") as f:
     f.visititems(lambda name, obj: found.__setitem__(
         name, np.shape(obj[()])) if isinstance(obj, h5py.Dataset) else None)

@@ -1,5 +1,6 @@
 """`Checkpoint`: the one resumable training state (model, optimizer, epoch, callback states), as a Keras callback."""
 
+from collections.abc import Sequence
 import glob
 import os
 import shutil
@@ -46,7 +47,7 @@ def _chief_and_id(strategy):
   return chief, task_id
 
 
-def is_chief(strategy=None):
+def is_chief(strategy: tf.distribute.Strategy | None = None) -> bool:
   """Whether this process writes the run's files (always, unless multi-worker).
 
   Args:
@@ -67,7 +68,7 @@ def _unjson(value):
   return float(value) if value in ("inf", "-inf", "nan") else value
 
 
-def optimizer_steps(model):
+def optimizer_steps(model: keras.Model) -> int:
   """The optimizer's step count (0 without one), under any strategy."""
   opt = getattr(model, "optimizer", None)
   if opt is None:
@@ -124,7 +125,9 @@ class Checkpoint(keras.callbacks.Callback):
   ...           callbacks=[early_stop, ckpt])
   """
 
-  def __init__(self, model, directory, callbacks=(), max_to_keep=2):
+  def __init__(self, model: keras.Model, directory: str | os.PathLike,
+               callbacks: Sequence[keras.callbacks.Callback] = (),
+               max_to_keep: int = 2) -> None:
     super().__init__()
     self._model_ref = model
     self.directory = os.fspath(directory)
@@ -140,18 +143,18 @@ class Checkpoint(keras.callbacks.Callback):
       self._write_dir = os.path.join(self.directory, f".worker-{task_id}")
     self.epoch = 0
     self.steps = 0
-    self._pending = {}
+    self._pending: dict = {}
     self._saved_best = None
-    self._best_file = None
+    self._best_file: str | None = None
 
   # -- files ---------------------------------------------------------------
 
   @property
-  def state_file(self):
+  def state_file(self) -> str:
     return os.path.join(self.directory, _STATE_FILE)
 
   @property
-  def latest(self):
+  def latest(self) -> str | None:
     """Path prefix of the latest checkpoint (`<dir>/ckpt-N`), or None."""
     if not os.path.exists(self.state_file):
       return None
@@ -205,7 +208,7 @@ class Checkpoint(keras.callbacks.Callback):
 
   # -- restore and save ----------------------------------------------------
 
-  def restore(self):
+  def restore(self) -> int:
     """Restores the latest checkpoint, if any.
 
     Returns:
@@ -279,7 +282,7 @@ class Checkpoint(keras.callbacks.Callback):
     self._model_ref.save_weights(tmp)
     os.replace(tmp, path)
 
-  def save(self, epoch):
+  def save(self, epoch: int) -> str:
     """Writes a checkpoint after `epoch` epochs; returns its prefix."""
     os.makedirs(self._write_dir, exist_ok=True)
     for cb in self.tracked:
@@ -331,21 +334,21 @@ class Checkpoint(keras.callbacks.Callback):
       if os.path.basename(path) not in used:
         os.remove(path)
 
-  def delete(self):
+  def delete(self) -> None:
     """Removes the checkpoint directory (the chief's; other workers no-op)."""
     shutil.rmtree(self.directory if self._chief else self._write_dir,
                   ignore_errors=True)
 
   # -- the Keras callback ----------------------------------------------------
 
-  def on_train_begin(self, logs=None):
+  def on_train_begin(self, logs: dict | None = None) -> None:
     self._apply_states()
 
-  def on_epoch_end(self, epoch, logs=None):
+  def on_epoch_end(self, epoch: int, logs: dict | None = None) -> None:
     self.save(epoch + 1)
 
 
-def read_latest(directory):
+def read_latest(directory: str | os.PathLike) -> dict[str, np.ndarray]:
   """The arrays of the latest checkpoint in `directory`, by their keys.
 
   Keras' weights-file keys (e.g. `layers/ode_net/.../vars/0`,

@@ -22,6 +22,8 @@ import warnings
 import keras
 import tensorflow as tf
 
+from tf_ffjord._types import Dynamics
+
 __all__ = ["CONTRACT", "DynamicsError", "call", "check_signature", "probe",
            "warn_no_variables"]
 
@@ -56,7 +58,7 @@ def _signature(dynamics):
     return None
 
 
-def check_signature(dynamics, with_context=False):
+def check_signature(dynamics: Dynamics, with_context: bool = False) -> None:
   """Raises `DynamicsError` unless `dynamics` binds `(t, z)` or `(t, z, context)`.
 
   Args:
@@ -93,7 +95,8 @@ def check_signature(dynamics, with_context=False):
     ) from None
 
 
-def call(dynamics, t, z, context=None):
+def call(dynamics: Dynamics, t: tf.Tensor, z: tf.Tensor,
+         context: tf.Tensor | None = None) -> tf.Tensor:
   """`dynamics(t, z[, context])`, its output checked against z (static shapes only).
 
   The check runs while Python runs (eagerly, or when a graph is traced), so
@@ -125,7 +128,8 @@ def call(dynamics, t, z, context=None):
   return out
 
 
-def probe(dynamics, event_shape, dtype, context_shape=None):
+def probe(dynamics: Dynamics, event_shape: tf.TensorShape, dtype: tf.DType,
+          context_shape: tf.TensorShape | None = None) -> list[tf.Variable]:
   """Calls `dynamics` once on zeros, eagerly: builds it, checks it, finds its variables.
 
   This is one real call of the user's f (a counter in f counts it), made
@@ -160,7 +164,7 @@ def probe(dynamics, event_shape, dtype, context_shape=None):
   return [v for v in traced.trainable_variables if v.dtype.is_floating]
 
 
-def warn_no_variables(dynamics):
+def warn_no_variables(dynamics: Dynamics) -> None:
   """Warns that a flow over `dynamics` has nothing to train, and how to fix it."""
   warnings.warn(
       f"FFJORD: the dynamics {_name(dynamics)} read no trainable variable "

@@ -1,7 +1,12 @@
 """Time-conditioned convolution layers and the conv `ConvODENet` for images."""
 
+from collections.abc import Sequence
+from typing import Any
+
 import keras
 import tensorflow as tf
+
+from tf_ffjord._types import BuildShape
 
 from tf_ffjord.dynamics import TimeConditionedNet
 
@@ -29,8 +34,8 @@ class _TimeConv(keras.layers.Layer):
     **kwargs: passed to `keras.layers.Layer` (name, dtype).
   """
 
-  def __init__(self, filters, kernel_size=3, strides=1, transpose=False,
-               **kwargs):
+  def __init__(self, filters: int, kernel_size: int = 3, strides: int = 1,
+               transpose: bool = False, **kwargs: Any) -> None:
     super().__init__(**kwargs)
     self.filters = int(filters)
     self.kernel_size = int(kernel_size)
@@ -45,7 +50,7 @@ class _TimeConv(keras.layers.Layer):
     return keras.layers.Dense(self.filters, use_bias=use_bias, name=name,
                               dtype=self.dtype_policy)
 
-  def get_config(self):
+  def get_config(self) -> dict[str, Any]:
     return {**super().get_config(), "filters": self.filters,
             "kernel_size": self.kernel_size, "strides": self.strides,
             "transpose": self.transpose}
@@ -55,7 +60,7 @@ class _TimeConv(keras.layers.Layer):
 class ConcatConv2D(_TimeConv):
   """y = conv([x, tc]): time (and context) appended as constant channels."""
 
-  def call(self, tc, x):
+  def call(self, tc: tf.Tensor, x: tf.Tensor) -> tf.Tensor:
     return self.conv(tf.concat([x, _spatial(tc, x)], axis=-1))
 
 
@@ -63,13 +68,13 @@ class ConcatConv2D(_TimeConv):
 class ConcatSquashConv2D(_TimeConv):
   """y = conv(x) * sigmoid(G tc + g) + B tc, gates shared over pixels."""
 
-  def __init__(self, filters, kernel_size=3, strides=1, transpose=False,
-               **kwargs):
+  def __init__(self, filters: int, kernel_size: int = 3, strides: int = 1,
+               transpose: bool = False, **kwargs: Any) -> None:
     super().__init__(filters, kernel_size, strides, transpose, **kwargs)
     self.gate = self._dense("gate")
     self.bias = self._dense("bias", use_bias=False)
 
-  def call(self, tc, x):
+  def call(self, tc: tf.Tensor, x: tf.Tensor) -> tf.Tensor:
     gate = tf.sigmoid(self.gate(tc))[:, tf.newaxis, tf.newaxis, :]
     bias = self.bias(tc)[:, tf.newaxis, tf.newaxis, :]
     return self.conv(x) * gate + bias
@@ -79,7 +84,7 @@ class ConcatSquashConv2D(_TimeConv):
 class IgnoreConv2D(_TimeConv):
   """y = conv(x) (time-independent)."""
 
-  def call(self, tc, x):
+  def call(self, tc: tf.Tensor, x: tf.Tensor) -> tf.Tensor:
     del tc
     return self.conv(x)
 
@@ -89,7 +94,8 @@ def _transposed(base):
 
   class Transposed(base):
 
-    def __init__(self, filters, kernel_size=4, strides=2, **kwargs):
+    def __init__(self, filters: int, kernel_size: int = 4, strides: int = 2,
+                 **kwargs: Any) -> None:
       kwargs.pop("transpose", None)
       super().__init__(filters, kernel_size, strides, transpose=True,
                        **kwargs)
@@ -144,8 +150,10 @@ class ConvODENet(TimeConditionedNet):
   TensorShape([2, 8, 8, 1])
   """
 
-  def __init__(self, dims=(64, 64, 64), strides=None, layer="concat",
-               activation="softplus", channels=None, context_dim=0, **kwargs):
+  def __init__(self, dims: Sequence[int] = (64, 64, 64),
+               strides: Sequence[int] | None = None, layer: str = "concat",
+               activation: str = "softplus", channels: int | None = None,
+               context_dim: int = 0, **kwargs: Any) -> None:
     super().__init__(layer, CONV_LAYER_TYPES, activation, context_dim,
                      **kwargs)
     self.dims = tuple(int(d) for d in dims)
@@ -176,7 +184,8 @@ class ConvODENet(TimeConditionedNet):
     return cls(filters, 4, 2, transpose=stride < 0, name=name,
                dtype=self.dtype_policy)
 
-  def build(self, t_shape, x_shape, context_shape=None):
+  def build(self, t_shape: BuildShape, x_shape: BuildShape,
+            context_shape: BuildShape | None = None) -> None:
     if len(x_shape) != 4:
       raise ValueError(f"ConvODENet expects images [batch, H, W, C], got "
                        f"shape {tuple(x_shape)}.")
@@ -190,7 +199,7 @@ class ConvODENet(TimeConditionedNet):
       self.channels = int(x_shape[-1])
       self.out_layer = self._make(self.channels, self.strides_list[-1], "out")
 
-  def get_config(self):
+  def get_config(self) -> dict[str, Any]:
     return {**super().get_config(), "dims": self.dims,
             "strides": self.strides_list, "layer": self.layer_type,
             "activation": self.activation_name, "channels": self.channels,

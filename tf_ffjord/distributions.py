@@ -2,13 +2,16 @@
 
 import tensorflow as tf
 import tensorflow_probability as tfp
+from tf_ffjord._types import DTypeLike, ShapeLike
 
 __all__ = ["standard_normal"]
 
 tfd = tfp.distributions
 
 
-def standard_normal(event_shape, dtype="float32"):
+def standard_normal(
+    event_shape: ShapeLike,
+    dtype: DTypeLike = "float32") -> tfp.distributions.Distribution:
   """The standard-normal distribution over events of `event_shape`.
 
   Its `log_prob` sums over the event dimensions.

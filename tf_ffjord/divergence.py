@@ -6,8 +6,13 @@ the functions below them (`hutchinson`, `exact`, `sample_noise`) are their
 parts. A new estimator subclasses `TraceEstimator` and is passed in as it is.
 """
 
+from collections.abc import Callable, Sequence
+from typing import Any
+
 import keras
 import tensorflow as tf
+
+from tf_ffjord._types import DTypeLike
 
 __all__ = ["TRACES", "NOISES", "TraceEstimator", "Exact", "Hutchinson",
            "make_estimator", "sample_noise", "replica_seed", "hutchinson",
@@ -18,9 +23,14 @@ TRACES = ("hutchinson", "exact")
 # gradient path from f to z: their Jacobian, and so its trace, is zero.
 _ZERO = tf.UnconnectedGradients.ZERO
 NOISES = ("rademacher", "gaussian")
+# (f, trace, probe product or None) of one dynamics evaluation.
+_Estimate = tuple[tf.Tensor, tf.Tensor, tf.Tensor | None]
+_Fn = Callable[[tf.Tensor], tf.Tensor]
 
 
-def sample_noise(shape, dtype, noise="rademacher", seed=None):
+def sample_noise(shape: tf.Tensor | Sequence[int], dtype: DTypeLike,
+                 noise: str = "rademacher",
+                 seed: tf.Tensor | None = None) -> tf.Tensor:
   """Draws a Hutchinson probe: Rademacher (+-1) or standard Gaussian.
 
   Args:
@@ -46,7 +56,7 @@ def sample_noise(shape, dtype, noise="rademacher", seed=None):
   return tf.cast(2 * bits - 1, dtype)
 
 
-def replica_seed():
+def replica_seed() -> tf.Tensor:
   """A fresh stateless probe seed (`[2]` int32), distinct per replica.
 
   Call it inside the training step. A stateful draw alone repeats on every
@@ -64,7 +74,8 @@ def _event_axes(y, event_ndims):
   return list(range(y.shape.rank - event_ndims, y.shape.rank))
 
 
-def hutchinson(fn, y, eps, event_ndims=1):
+def hutchinson(fn: _Fn, y: tf.Tensor, eps: tf.Tensor,
+               event_ndims: int = 1) -> tuple[tf.Tensor, tf.Tensor, tf.Tensor]:
   """f = fn(y) and the unbiased estimate eps^T (df/dy) eps, in one tape.
 
   One vector-Jacobian product per call: O(D) instead of O(D^2).
@@ -92,7 +103,7 @@ def hutchinson(fn, y, eps, event_ndims=1):
 LOOP_MAX_DIM = 16
 
 
-def exact(fn, y, event_ndims=1):
+def exact(fn: _Fn, y: tf.Tensor, event_ndims: int = 1) -> _Estimate:
   """f = fn(y) and the exact trace of df/dy.
 
   Costs D vector-Jacobian products, so use it for evaluation and small D.
@@ -130,7 +141,7 @@ def exact(fn, y, event_ndims=1):
   return f, trace, None
 
 
-def uses_pfor(trace, event_size):
+def uses_pfor(trace: "str | TraceEstimator", event_size: int) -> bool:
   """Whether `trace` (a name or an estimator) over `event_size` dimensions runs pfor."""
   return make_estimator(trace).uses_pfor(event_size)
 
@@ -154,11 +165,12 @@ class TraceEstimator:
       squares estimates ||df/dy||_F^2 (the RNODE `"jacobian"` regularizer
       needs one).
   """
-  name = None
+  name: str | None = None
   is_exact = False
   has_probe = False
 
-  def sample(self, shape, dtype, seed=None):
+  def sample(self, shape: tf.Tensor, dtype: DTypeLike,
+             seed: tf.Tensor | None = None) -> Any:
     """The noise of one solve (`None` if it needs none).
 
     Args:
@@ -169,7 +181,8 @@ class TraceEstimator:
     del shape, dtype, seed
     return None
 
-  def __call__(self, fn, y, noise, event_ndims=1):
+  def __call__(self, fn: _Fn, y: tf.Tensor, noise: Any,
+               event_ndims: int = 1) -> _Estimate:
     """Evaluates the dynamics and estimates their trace.
 
     Args:
@@ -184,17 +197,17 @@ class TraceEstimator:
     """
     raise NotImplementedError
 
-  def uses_pfor(self, event_size):
+  def uses_pfor(self, event_size: int) -> bool:
     """Whether it runs pfor over `event_size` dimensions (XLA would then
     recompile a compiled backward loop after every weight update)."""
     del event_size
     return False
 
-  def get_config(self):
+  def get_config(self) -> dict[str, Any]:
     return {}
 
   @classmethod
-  def from_config(cls, config):
+  def from_config(cls, config: dict[str, Any]) -> "TraceEstimator":
     return cls(**config)
 
   def __eq__(self, other):
@@ -227,11 +240,12 @@ class Exact(TraceEstimator):
   name = "exact"
   is_exact = True
 
-  def __call__(self, fn, y, noise, event_ndims=1):
+  def __call__(self, fn: _Fn, y: tf.Tensor, noise: Any,
+               event_ndims: int = 1) -> _Estimate:
     del noise
     return exact(fn, y, event_ndims)
 
-  def uses_pfor(self, event_size):
+  def uses_pfor(self, event_size: int) -> bool:
     return event_size > LOOP_MAX_DIM
 
 
@@ -262,19 +276,21 @@ class Hutchinson(TraceEstimator):
   name = "hutchinson"
   has_probe = True
 
-  def __init__(self, noise="rademacher", probes=1):
+  def __init__(self, noise: str = "rademacher", probes: int = 1) -> None:
     if noise not in NOISES:
       raise ValueError(f"Unknown noise {noise!r}; expected one of {NOISES}.")
     if not (isinstance(probes, int) and probes >= 1):
       raise ValueError(f"probes must be an int >= 1, got {probes!r}.")
     self.noise, self.probes = noise, probes
 
-  def sample(self, shape, dtype, seed=None):
+  def sample(self, shape: tf.Tensor, dtype: DTypeLike,
+             seed: tf.Tensor | None = None) -> tf.Tensor:
     if self.probes > 1:
       shape = tf.concat([[self.probes], shape], 0)
     return sample_noise(shape, dtype, self.noise, seed)
 
-  def __call__(self, fn, y, noise, event_ndims=1):
+  def __call__(self, fn: _Fn, y: tf.Tensor, noise: Any,
+               event_ndims: int = 1) -> _Estimate:
     if self.probes == 1:
       return hutchinson(fn, y, noise, event_ndims)
     axes = _event_axes(y, event_ndims)
@@ -291,11 +307,12 @@ class Hutchinson(TraceEstimator):
     probe = tf.concat(vjps, axis=-1) * (self.probes ** -0.5)
     return f, trace, probe
 
-  def get_config(self):
+  def get_config(self) -> dict[str, Any]:
     return {"noise": self.noise, "probes": self.probes}
 
 
-def make_estimator(trace, noise="rademacher"):
+def make_estimator(trace: str | TraceEstimator,
+                   noise: str = "rademacher") -> TraceEstimator:
   """The estimator for `FFJORD(trace=..., noise=...)`.
 
   Args:

@@ -1,7 +1,12 @@
 """Time-conditioned Keras layers and the `ODENet` dynamics network f(t, x)."""
 
+from collections.abc import Mapping, Sequence
+from typing import Any
+
 import keras
 import tensorflow as tf
+
+from tf_ffjord._types import BuildShape, TensorLike
 
 __all__ = ["ConcatSquashDense", "ConcatDense", "IgnoreDense", "SquashDense",
            "BlendDense", "ODENet", "LAYER_TYPES", "ACTIVATIONS",
@@ -11,7 +16,8 @@ __all__ = ["ConcatSquashDense", "ConcatDense", "IgnoreDense", "SquashDense",
 ACTIVATIONS = ("tanh", "softplus", "elu", "swish", "relu")
 
 
-def time_features(t, x, context=None):
+def time_features(t: tf.Tensor, x: tf.Tensor,
+                  context: tf.Tensor | None = None) -> tf.Tensor:
   """Returns the conditioning features [t, context] of a dynamics call.
 
   Without a context and with a scalar t, the features are one row that the
@@ -38,12 +44,13 @@ def time_features(t, x, context=None):
   return tf.concat([t, context], axis=-1)
 
 
-def batch_features(tc, x):
+def batch_features(tc: tf.Tensor, x: tf.Tensor) -> tf.Tensor:
   """Broadcasts features from `time_features` to one row per example of x."""
   return tf.broadcast_to(tc, tf.stack([tf.shape(x)[0], tf.shape(tc)[-1]]))
 
 
-def apply_time_layers(net, t, x, context=None):
+def apply_time_layers(net: keras.layers.Layer, t: tf.Tensor, x: tf.Tensor,
+                      context: tf.Tensor | None = None) -> tf.Tensor:
   """Runs a dynamics net's time-conditioned layers: f(t, x[, context]).
 
   `net` has `hidden_layers`, `out_layer`, `activation` and `context_dim`;
@@ -69,7 +76,7 @@ def apply_time_layers(net, t, x, context=None):
 class _TimeDense(keras.layers.Layer):
   """Base of the dense layers that take (features tc, state x)."""
 
-  def __init__(self, units, **kwargs):
+  def __init__(self, units: int, **kwargs: Any) -> None:
     super().__init__(**kwargs)
     self.units = int(units)
     self.linear = self._dense("linear")
@@ -80,7 +87,7 @@ class _TimeDense(keras.layers.Layer):
                               use_bias=use_bias, name=name,
                               dtype=self.dtype_policy)
 
-  def get_config(self):
+  def get_config(self) -> dict[str, Any]:
     return {**super().get_config(), "units": self.units}
 
 
@@ -88,12 +95,12 @@ class _TimeDense(keras.layers.Layer):
 class ConcatSquashDense(_TimeDense):
   """y = (W x + b) * sigmoid(G tc + g) + B tc: the paper's default layer."""
 
-  def __init__(self, units, **kwargs):
+  def __init__(self, units: int, **kwargs: Any) -> None:
     super().__init__(units, **kwargs)
     self.gate = self._dense("gate")
     self.bias = self._dense("bias", use_bias=False)
 
-  def call(self, tc, x):
+  def call(self, tc: tf.Tensor, x: tf.Tensor) -> tf.Tensor:
     return self.linear(x) * tf.sigmoid(self.gate(tc)) + self.bias(tc)
 
 
@@ -101,7 +108,7 @@ class ConcatSquashDense(_TimeDense):
 class ConcatDense(_TimeDense):
   """y = W [tc, x] + b."""
 
-  def call(self, tc, x):
+  def call(self, tc: tf.Tensor, x: tf.Tensor) -> tf.Tensor:
     return self.linear(tf.concat([batch_features(tc, x), x], axis=-1))
 
 
@@ -109,7 +116,7 @@ class ConcatDense(_TimeDense):
 class IgnoreDense(_TimeDense):
   """y = W x + b (time-independent dynamics)."""
 
-  def call(self, tc, x):
+  def call(self, tc: tf.Tensor, x: tf.Tensor) -> tf.Tensor:
     del tc
     return self.linear(x)
 
@@ -118,11 +125,11 @@ class IgnoreDense(_TimeDense):
 class SquashDense(_TimeDense):
   """y = (W x + b) * sigmoid(G tc + g)."""
 
-  def __init__(self, units, **kwargs):
+  def __init__(self, units: int, **kwargs: Any) -> None:
     super().__init__(units, **kwargs)
     self.gate = self._dense("gate")
 
-  def call(self, tc, x):
+  def call(self, tc: tf.Tensor, x: tf.Tensor) -> tf.Tensor:
     return self.linear(x) * tf.sigmoid(self.gate(tc))
 
 
@@ -133,16 +140,16 @@ class BlendDense(_TimeDense):
   With a context, t is replaced by a learned scalar of [t, context].
   """
 
-  def __init__(self, units, **kwargs):
+  def __init__(self, units: int, **kwargs: Any) -> None:
     super().__init__(units, **kwargs)
     self.linear1 = self._dense("linear1")
     self.mix = None
 
-  def build(self, tc_shape, x_shape):
+  def build(self, tc_shape: BuildShape, x_shape: BuildShape) -> None:
     if tc_shape[-1] != 1:  # a context is present: learn the blend weight
       self.mix = self._dense("mix", units=1)
 
-  def call(self, tc, x):
+  def call(self, tc: tf.Tensor, x: tf.Tensor) -> tf.Tensor:
     w = tc if self.mix is None else self.mix(tc)
     y0 = self.linear(x)
     return y0 + (self.linear1(x) - y0) * w
@@ -175,11 +182,12 @@ class DynamicsNet(keras.Model):
   float32 first.
   """
 
-  def __init__(self, **kwargs):
+  def __init__(self, **kwargs: Any) -> None:
     kwargs.setdefault("autocast", False)
     super().__init__(**kwargs)
 
-  def __call__(self, t, x, context=None, **kwargs):
+  def __call__(self, t: TensorLike, x: TensorLike,
+               context: TensorLike | None = None, **kwargs: Any) -> tf.Tensor:
     x = tf.convert_to_tensor(x)
     t = tf.convert_to_tensor(t, dtype=x.dtype)
     if context is not None:
@@ -207,7 +215,9 @@ class TimeConditionedNet(DynamicsNet):
     ValueError: an unknown layer type or activation.
   """
 
-  def __init__(self, layer, layer_types, activation, context_dim=0, **kwargs):
+  def __init__(self, layer: str,
+               layer_types: Mapping[str, type[keras.layers.Layer]],
+               activation: str, context_dim: int = 0, **kwargs: Any) -> None:
     super().__init__(**kwargs)
     if layer not in layer_types:
       raise ValueError(f"Unknown layer type {layer!r} for "
@@ -221,7 +231,8 @@ class TimeConditionedNet(DynamicsNet):
     self.activation = keras.activations.get(activation)
     self.context_dim = int(context_dim)
 
-  def call(self, t, x, context=None):
+  def call(self, t: tf.Tensor, x: tf.Tensor,
+           context: tf.Tensor | None = None) -> tf.Tensor:
     return apply_time_layers(self, t, x, context)
 
 
@@ -249,8 +260,10 @@ class ODENet(TimeConditionedNet):
   TensorShape([3, 2])
   """
 
-  def __init__(self, hidden=(64, 64, 64), layer="concatsquash",
-               activation="tanh", dim=None, context_dim=0, **kwargs):
+  def __init__(self, hidden: Sequence[int] = (64, 64, 64),
+               layer: str = "concatsquash", activation: str = "tanh",
+               dim: int | None = None, context_dim: int = 0,
+               **kwargs: Any) -> None:
     super().__init__(layer, LAYER_TYPES, activation, context_dim, **kwargs)
     self.hidden = tuple(int(h) for h in hidden)
     self.dim = None if dim is None else int(dim)
@@ -262,7 +275,8 @@ class ODENet(TimeConditionedNet):
       self.out_layer = cls(self.dim, name=f"{layer}_out",
                            dtype=self.dtype_policy)
 
-  def build(self, t_shape, x_shape, context_shape=None):
+  def build(self, t_shape: BuildShape, x_shape: BuildShape,
+            context_shape: BuildShape | None = None) -> None:
     if self.out_layer is None:
       self.dim = int(x_shape[-1])
       self.out_layer = LAYER_TYPES[self.layer_type](
@@ -275,7 +289,7 @@ class ODENet(TimeConditionedNet):
       context = tf.zeros([1, int(context_shape[-1])], self.dtype)
     self.call(tf.zeros([], self.dtype), x, context)
 
-  def get_config(self):
+  def get_config(self) -> dict[str, Any]:
     return {**super().get_config(), "hidden": self.hidden,
             "layer": self.layer_type, "activation": self.activation_name,
             "dim": self.dim, "context_dim": self.context_dim}

@@ -1,9 +1,12 @@
 """`EndTime`: the learned end time T of a CNF block, one softplus-parameterized Keras weight."""
 
 import math
+from typing import Any
 
 import keras
 import tensorflow as tf
+
+from tf_ffjord._types import TimeLength
 
 __all__ = ["EndTime", "resolve", "as_tensor"]
 
@@ -34,7 +37,7 @@ class EndTime(keras.layers.Layer):
   1
   """
 
-  def __init__(self, initial=1.0, **kwargs):
+  def __init__(self, initial: float = 1.0, **kwargs: Any) -> None:
     super().__init__(**kwargs)
     initial = float(initial)
     if not (initial > 0 and math.isfinite(initial)):
@@ -48,15 +51,16 @@ class EndTime(keras.layers.Layer):
         initializer=keras.initializers.Constant(raw))
 
   @property
-  def length(self):
+  def length(self) -> tf.Tensor:
     """T as a scalar tensor."""
     return tf.math.softplus(tf.convert_to_tensor(self.raw))
 
-  def get_config(self):
+  def get_config(self) -> dict:
     return {**super().get_config(), "initial": self.initial}
 
 
-def resolve(time_length, train_time=False, name="end_time"):
+def resolve(time_length: TimeLength, train_time: bool = False,
+            name: str = "end_time") -> TimeLength:
   """The end time `FFJORD` keeps: `time_length`, or a new `EndTime` to learn it.
 
   Args:
@@ -82,7 +86,7 @@ def resolve(time_length, train_time=False, name="end_time"):
   return time_length
 
 
-def as_tensor(time_length):
+def as_tensor(time_length: TimeLength) -> tf.Tensor:
   """T as a tensor, read now (what `resolve` returned)."""
   if isinstance(time_length, EndTime):
     return time_length.length

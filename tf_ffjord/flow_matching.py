@@ -3,6 +3,8 @@
 import numpy as np
 import tensorflow as tf
 
+from tf_ffjord._types import Dynamics, SeedLike, TensorLike
+
 __all__ = ["flow_matching_loss", "ot_pairing", "sample_path"]
 
 
@@ -19,7 +21,7 @@ def _assignment(cost):
   return perm
 
 
-def ot_pairing(x, z):
+def ot_pairing(x: tf.Tensor, z: tf.Tensor) -> tf.Tensor:
   """Exact minibatch optimal-transport pairing of `x` with `z`.
 
   Solves the assignment problem with squared Euclidean cost by scipy's
@@ -64,7 +66,9 @@ def ot_pairing(x, z):
   return tf.gather(z, perm)
 
 
-def sample_path(x, z, tau, sigma=0.0, noise=None):
+def sample_path(x: tf.Tensor, z: tf.Tensor, tau: tf.Tensor,
+                sigma: float = 0.0,
+                noise: tf.Tensor | None = None) -> tf.Tensor:
   """A point on the straight path from data `x` (tau=0) to base `z` (tau=1).
 
   Args:
@@ -82,13 +86,16 @@ def sample_path(x, z, tau, sigma=0.0, noise=None):
                    tf.concat([[-1], tf.ones([x.shape.rank - 1], tf.int32)], 0))
   xt = (1.0 - tau) * x + tau * z
   if sigma:
-    xt += sigma * noise
+    xt += sigma * noise  # type: ignore[operator]  # required when sigma > 0
   return xt
 
 
-def flow_matching_loss(dynamics, x, context=None, time_length=1.0,
-                       initial_time=0.0, ot=False, sigma=0.0, z=None,
-                       seed=None):
+def flow_matching_loss(dynamics: Dynamics, x: TensorLike,
+                       context: TensorLike | None = None,
+                       time_length: float | tf.Tensor = 1.0,
+                       initial_time: float = 0.0, ot: bool = False,
+                       sigma: float = 0.0, z: TensorLike | None = None,
+                       seed: SeedLike = None) -> tf.Tensor:
   """Conditional flow-matching regression loss, one value per example.
 
   FFJORD integrates dz/dt = f(t, z) from the data at t0 to the base sample

@@ -1,8 +1,13 @@
 """Walking a flow bijector (an FFJORD block, a `tfb.Chain`, the multiscale stack): solve it, list its blocks, copy it with other solve options."""
 
+from collections.abc import Callable, Iterable
+from typing import Any
+
+import keras
 import tensorflow as tf
 import tensorflow_probability as tfp
 
+from tf_ffjord._types import SeedLike, TensorLike
 from tf_ffjord.bijector import FFJORD, Solution
 
 __all__ = ["solve", "ffjord_blocks", "keras_layers", "with_options",
@@ -28,8 +33,9 @@ def _block_seed(seed, k):
   return None if seed is None else tf.convert_to_tensor(seed, tf.int32) + [0, k]
 
 
-def solve(bijector, x, direction="inverse", context=None, seed=None,
-          regularizers=()):
+def solve(bijector: tfp.bijectors.Bijector, x: TensorLike,
+          direction: str = "inverse", context: TensorLike | None = None,
+          seed: SeedLike = None, regularizers: Iterable[str] = ()) -> Solution:
   """Runs `x` through a flow once and returns a `Solution`.
 
   Handles a `FFJORD` block (one ODE solve), a `tfb.Chain` of bijectors, a
@@ -89,14 +95,15 @@ def solve(bijector, x, direction="inverse", context=None, seed=None,
   return Solution(x, log_det, regs, nfe)
 
 
-def ffjord_blocks(bijector):
+def ffjord_blocks(bijector: tfp.bijectors.Bijector) -> list[FFJORD]:
   """Every `FFJORD` block of a flow, in data-to-base order."""
   if isinstance(bijector, FFJORD):
     return [bijector]
   return [b for part in (_children(bijector) or []) for b in ffjord_blocks(part)]
 
 
-def keras_layers(*bijectors):
+def keras_layers(
+    *bijectors: tfp.bijectors.Bijector) -> list[keras.layers.Layer]:
   """The Keras layers (dynamics, learned end times) of flows, each once.
 
   A Keras model that holds flows tracks these to train, save and checkpoint
@@ -112,7 +119,8 @@ def keras_layers(*bijectors):
   return layers
 
 
-def with_options(bijector, **options):
+def with_options(bijector: tfp.bijectors.Bijector,
+                 **options: Any) -> tfp.bijectors.Bijector:
   """A copy of a flow whose FFJORD blocks use other solve options.
 
   Every block is `block.copy(**options)`, which shares its dynamics and its
@@ -138,7 +146,9 @@ def with_options(bijector, **options):
   return bijector.copy(flows=copies)
 
 
-def flow_matching_parts(bijector):
+def flow_matching_parts(
+    bijector: tfp.bijectors.Bijector,
+) -> tuple[Callable[[tf.Tensor], tf.Tensor], FFJORD]:
   """Splits a flow into (fixed data transform, the one FFJORD block).
 
   Flow matching regresses one vector field over the whole event, so it is

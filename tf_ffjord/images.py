@@ -5,6 +5,8 @@ import math
 import tensorflow as tf
 import tensorflow_probability as tfp
 
+from tf_ffjord._types import SeedLike, TensorLike
+
 __all__ = ["LogitTransform", "Squeeze", "squeeze", "unsqueeze", "dequantize",
            "bits_per_dim"]
 
@@ -13,7 +15,7 @@ tfb = tfp.bijectors
 _LOG2 = math.log(2.0)
 
 
-class LogitTransform(tfb.Bijector):
+class LogitTransform(tfp.bijectors.Bijector):
   """Maps unbounded values to pixels in [0, 1] and back, as in RealNVP.
 
   `inverse(x) = logit(alpha + (1 - 2 alpha) x)` takes dequantized pixels x in
@@ -43,7 +45,8 @@ class LogitTransform(tfb.Bijector):
        using Real NVP. ICLR 2017. https://arxiv.org/abs/1605.08803
   """
 
-  def __init__(self, alpha=1e-6, validate_args=False, name="logit_transform"):
+  def __init__(self, alpha: float = 1e-6, validate_args: bool = False,
+               name: str = "logit_transform") -> None:
     parameters = dict(locals())
     alpha = float(alpha)
     if not 0.0 <= alpha < 0.5:
@@ -74,17 +77,17 @@ class LogitTransform(tfb.Bijector):
             - math.log1p(-2.0 * self.alpha))
 
 
-def squeeze(x, factor=2):
+def squeeze(x: tf.Tensor, factor: int = 2) -> tf.Tensor:
   """Space to depth: `[B, H, W, C] -> [B, H/f, W/f, C f^2]`."""
   return tf.nn.space_to_depth(x, factor)
 
 
-def unsqueeze(x, factor=2):
+def unsqueeze(x: tf.Tensor, factor: int = 2) -> tf.Tensor:
   """Depth to space, the inverse of `squeeze`."""
   return tf.nn.depth_to_space(x, factor)
 
 
-class Squeeze(tfb.Bijector):
+class Squeeze(tfp.bijectors.Bijector):
   """Space-to-depth reshuffle of images; a permutation, so log-det 0.
 
   `forward` squeezes `[B, H, W, C]` to `[B, H/f, W/f, C f^2]`; `inverse`
@@ -101,7 +104,8 @@ class Squeeze(tfb.Bijector):
   TensorShape([1, 2, 2, 4])
   """
 
-  def __init__(self, factor=2, validate_args=False, name="squeeze"):
+  def __init__(self, factor: int = 2, validate_args: bool = False,
+               name: str = "squeeze") -> None:
     parameters = dict(locals())
     self.factor = int(factor)
     if self.factor < 2:
@@ -159,7 +163,7 @@ class Squeeze(tfb.Bijector):
     return tf.concat([s[:-3], s[-3:-1] * f, s[-1:] // (f * f)], 0)
 
 
-def dequantize(images, seed=None):
+def dequantize(images: TensorLike, seed: SeedLike = None) -> tf.Tensor:
   """Uniform dequantization x = (255 img + u) / 256, u ~ U(0, 1).
 
   Args:
@@ -193,7 +197,7 @@ def dequantize(images, seed=None):
   return (k + u) / 256.0
 
 
-def bits_per_dim(log_prob, num_dims):
+def bits_per_dim(log_prob: TensorLike, num_dims: int) -> tf.Tensor:
   """bits/dim = -(log p(x) / D - log 256) / log 2 for x in [0, 1]^D.
 
   `log_prob` is the density of dequantized pixels scaled to [0, 1] (in

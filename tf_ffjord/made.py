@@ -1,5 +1,8 @@
 """`MADE`: a conditional masked autoencoder, the autoregressive network of IAF/MAF posteriors, and IAF steps over it."""
 
+from collections.abc import Sequence
+from typing import Any
+
 import keras
 import numpy as np
 import tensorflow as tf
@@ -32,8 +35,9 @@ class MADE(keras.layers.Layer):
        Masked Autoencoder for Distribution Estimation. ICML 2015.
   """
 
-  def __init__(self, dim, hidden=(256,), context_dim=0, activation="elu",
-               **kwargs):
+  def __init__(self, dim: int, hidden: Sequence[int] = (256,),
+               context_dim: int = 0, activation: str = "elu",
+               **kwargs: Any) -> None:
     super().__init__(**kwargs)
     self.dim = int(dim)
     self.hidden = tuple(int(h) for h in hidden)
@@ -64,7 +68,8 @@ class MADE(keras.layers.Layer):
           shape=(self.context_dim, self.hidden[0]),
           initializer="glorot_uniform", name="context_kernel")
 
-  def call(self, x, context=None):
+  def call(self, x: tf.Tensor,
+           context: tf.Tensor | None = None) -> tuple[tf.Tensor, tf.Tensor]:
     if self.context_dim and context is None:
       raise ValueError(f"This MADE has context_dim={self.context_dim}; pass "
                        "a context.")
@@ -78,13 +83,13 @@ class MADE(keras.layers.Layer):
     shift, log_scale = tf.split(h, 2, axis=-1)
     return shift, log_scale
 
-  def get_config(self):
+  def get_config(self) -> dict[str, Any]:
     return {**super().get_config(), "dim": self.dim, "hidden": self.hidden,
             "context_dim": self.context_dim,
             "activation": self.activation_name}
 
 
-def iaf_steps(mades):
+def iaf_steps(mades: Sequence[MADE]) -> list[tfp.bijectors.Bijector]:
   """One IAF step per MADE: `tfb.Invert(tfb.MaskedAutoregressiveFlow)`.
 
   Sampling then runs in MAF's one-pass direction; the conditional input
@@ -96,7 +101,8 @@ def iaf_steps(mades):
       name=f"maf_{i}")) for i, m in enumerate(mades)]
 
 
-def iaf_forward(steps, z, context):
+def iaf_forward(steps: Sequence[tfp.bijectors.Bijector], z: tf.Tensor,
+                context: tf.Tensor | None) -> tuple[tf.Tensor, tf.Tensor]:
   """`(z_K, log|det dz_K/dz_0|)` through the steps, order reversed between them.
 
   #### Examples

@@ -1,10 +1,13 @@
 """`ODENVP`: FFJORD's multiscale image stack of CNF blocks with squeezes and factored-out channels."""
 
+from collections.abc import Iterable, Sequence
+
 import tensorflow as tf
 import tensorflow_probability as tfp
 
 from tf_ffjord import _internal_apis
 from tf_ffjord import flows as flows_lib
+from tf_ffjord._types import SeedLike, TensorLike
 from tf_ffjord.bijector import Solution
 from tf_ffjord.images import squeeze, unsqueeze
 
@@ -13,7 +16,7 @@ __all__ = ["ODENVP", "default_num_scales"]
 tfb = tfp.bijectors
 
 
-def default_num_scales(height, width):
+def default_num_scales(height: int, width: int) -> int:
   """The paper's number of scales: halvings while both sides are >= 4.
 
   28x28 (MNIST) gives 3 and 32x32 (CIFAR-10) 4; 8x8 gives 2.
@@ -27,7 +30,7 @@ def default_num_scales(height, width):
   return max(n, 1)
 
 
-class ODENVP(tfb.Bijector):
+class ODENVP(tfp.bijectors.Bijector):
   """The multiscale stack of CNF blocks of FFJORD's image models.
 
   Going from data to the base (`inverse`), each scale applies `num_blocks`
@@ -77,8 +80,10 @@ class ODENVP(tfb.Bijector):
   _cache = _internal_apis.greedy_bijector_cache(
       forward_name="_augmented_forward", inverse_name="_augmented_inverse")
 
-  def __init__(self, flows, event_shape, num_blocks=2, num_scales=None,
-               validate_args=False, name="odenvp"):
+  def __init__(self, flows: Iterable[tfp.bijectors.Bijector],
+               event_shape: Sequence[int], num_blocks: int = 2,
+               num_scales: int | None = None, validate_args: bool = False,
+               name: str = "odenvp") -> None:
     parameters = dict(locals())
     event_shape = tuple(int(d) for d in event_shape)
     shapes = self.flow_shapes(event_shape, num_blocks, num_scales)
@@ -97,7 +102,9 @@ class ODENVP(tfb.Bijector):
                        name=scope)
 
   @staticmethod
-  def flow_shapes(event_shape, num_blocks=2, num_scales=None):
+  def flow_shapes(event_shape: Sequence[int], num_blocks: int = 2,
+                  num_scales: int | None = None,
+                  ) -> list[tuple[int, int, int]]:
     """The event shape of every flow of the stack, in data-to-base order."""
     event_shape = tuple(int(d) for d in event_shape)
     if len(event_shape) != 3 or min(event_shape) < 1:
@@ -127,15 +134,16 @@ class ODENVP(tfb.Bijector):
     return dict()
 
   @property
-  def all_flows(self):
+  def all_flows(self) -> list[tfp.bijectors.Bijector]:
     """Every flow in data-to-base order."""
     return list(self._flows)
 
   def _is_increasing(self):
     return False
 
-  def solve(self, x, direction="inverse", context=None, seed=None,
-            regularizers=()):
+  def solve(self, x: TensorLike, direction: str = "inverse",
+            context: TensorLike | None = None, seed: SeedLike = None,
+            regularizers: Iterable[str] = ()) -> Solution:
     """Runs the stack once and returns a `Solution` summed over its flows.
 
     Args:

@@ -17,7 +17,11 @@ weight x mean integral to the loss and logs each integral as a metric.
      regularization. ICML 2020. https://arxiv.org/abs/2002.02798
 """
 
+from collections.abc import Iterable
+
 import tensorflow as tf
+
+from tf_ffjord.divergence import TraceEstimator
 
 __all__ = ["REGULARIZERS", "rate", "check"]
 
@@ -30,7 +34,7 @@ def _flat(v):
   return tf.reshape(v, [tf.shape(v)[0], -1])
 
 
-def check(names, estimator):
+def check(names: Iterable[str], estimator: TraceEstimator) -> tuple[str, ...]:
   """The regularizer names as a tuple, checked against a solve's trace estimator.
 
   Raises:
@@ -48,7 +52,7 @@ def check(names, estimator):
   return names
 
 
-def rate(name, f, vjp):
+def rate(name: str, f: tf.Tensor, vjp: tf.Tensor | None) -> tf.Tensor:
   """The integrand of regularizer `name` for each example.
 
   - `kinetic`: ||f||^2 (Finlay et al. 2020).

@@ -1,13 +1,18 @@
 """`TFPFFJORD`: `tf_ffjord.FFJORD` behind the constructor and conventions of `tfp.bijectors.FFJORD`."""
 
+from collections.abc import Callable, Iterable
 import inspect
 import types
+from typing import Any
 
 import keras
 import tensorflow as tf
 import tensorflow_probability as tfp
 
 from tf_ffjord import divergence
+from tf_ffjord import solvers
+from tf_ffjord._types import DTypeLike, SeedLike, TensorLike, TimeLength
+from tf_ffjord.augmented import Solution
 from tf_ffjord.bijector import FFJORD
 
 __all__ = ["TFPFFJORD", "AugmentationTrace"]
@@ -41,33 +46,36 @@ class AugmentationTrace(divergence.TraceEstimator):
   """
   name = "tfp_augmentation"
 
-  def __init__(self, augmentation_fn):
+  def __init__(self, augmentation_fn: Callable[..., Any]) -> None:
     if not callable(augmentation_fn):
       raise TypeError("augmentation_fn must be callable as "
                       "fn(ode_fn, state_shape, dtype).")
     self.augmentation_fn = augmentation_fn
 
-  def sample(self, shape, dtype, seed=None):
+  def sample(self, shape: tf.Tensor, dtype: DTypeLike,
+             seed: tf.Tensor | None = None) -> tuple[list, Callable[..., Any]]:
     del seed  # the augmentation function draws its own noise
     # The dynamics of each evaluation close over its time, so the augmented
     # function built here reads the latest one from this cell.
-    current = []
+    current: list[Callable[[tf.Tensor], tf.Tensor]] = []
     augmented = self.augmentation_fn(
         lambda time, state, **kwargs: current[-1](state), shape, dtype)
     return current, augmented
 
-  def __call__(self, fn, y, noise, event_ndims=1):
+  def __call__(self, fn: Callable[[tf.Tensor], tf.Tensor], y: tf.Tensor,
+               noise: Any, event_ndims: int = 1,
+               ) -> tuple[tf.Tensor, tf.Tensor, None]:
     current, augmented = noise
     current[:] = [fn]
     f, trace = augmented(tf.zeros([], y.dtype), (y, tf.zeros_like(y)))
     axes = list(range(y.shape.rank - event_ndims, y.shape.rank))
     return f, tf.reduce_sum(trace, axis=axes), None
 
-  def uses_pfor(self, event_size):
+  def uses_pfor(self, event_size: int) -> bool:
     del event_size
     return True  # TFP's own estimators vectorize (pfor) or loop in graph
 
-  def get_config(self):
+  def get_config(self) -> dict[str, Any]:
     return {"augmentation_fn": self.augmentation_fn}
 
 
@@ -276,11 +284,16 @@ class TFPFFJORD(FFJORD):
   _OPTIONS = ("rtol", "atol", "max_num_steps", "step_size", "gradient",
               "jit_compile", "event_shape", "noise")
 
-  def __init__(self, state_time_derivative_fn, ode_solve_fn=None,
-               trace_augmentation_fn=_TFP_HUTCHINSON, initial_time=0.,
-               final_time=1., validate_args=False, dtype=tf.float32,
-               name="ffjord", *, variables_owner=None, event_ndims=1,
-               **options):
+  def __init__(
+      self, state_time_derivative_fn: Callable[..., tf.Tensor],
+      ode_solve_fn: Callable[..., Any] | tfp.math.ode.Solver | str
+      | solvers.Solver | None = None,
+      trace_augmentation_fn: Callable[..., Any] | str
+      | divergence.TraceEstimator = _TFP_HUTCHINSON,
+      initial_time: float = 0., final_time: TimeLength = 1.,
+      validate_args: bool = False, dtype: DTypeLike | None = tf.float32,
+      name: str = "ffjord", *, variables_owner: Any = None,
+      event_ndims: int = 1, **options: Any) -> None:
     parameters = dict(locals())
     parameters.pop("self", None)
     parameters.pop("__class__", None)
@@ -298,7 +311,7 @@ class TFPFFJORD(FFJORD):
         raise ValueError(
             f"final_time ({final_time}) must be greater than initial_time "
             f"({t0}): swap them, and forward and inverse with them.")
-      time_length = float(final_time) - t0
+      time_length: TimeLength = float(final_time) - t0
     else:
       time_length = lambda: tf.convert_to_tensor(  # read at every solve
           final_time() if callable(final_time) else final_time) - t0
@@ -329,26 +342,27 @@ class TFPFFJORD(FFJORD):
                      name=name, **options)
 
   @property
-  def parameters(self):
+  def parameters(self) -> dict[str, Any]:
     """The constructor's arguments (TFP's names), as `copy()` rebuilds from them."""
     return dict(self._tfp_parameters)
 
   @property
-  def state_time_derivative_fn(self):
+  def state_time_derivative_fn(self) -> Callable[..., tf.Tensor]:
     """The user's dynamics g, in TFP's time convention."""
     return self._tfp_parameters["state_time_derivative_fn"]
 
   @property
-  def final_time(self):
+  def final_time(self) -> TimeLength:
     return self._tfp_parameters["final_time"]
 
   @property
-  def keras_layers(self):
+  def keras_layers(self) -> tuple[keras.layers.Layer, ...]:
     return super().keras_layers + tuple(
         o for o in self._owners if isinstance(o, keras.layers.Layer))
 
-  def solve(self, x, direction="inverse", context=None, seed=None,
-            regularizers=()):
+  def solve(self, x: TensorLike, direction: str = "inverse",
+            context: TensorLike | None = None, seed: SeedLike = None,
+            regularizers: Iterable[str] = ()) -> Solution:
     """`FFJORD.solve` after TFP's conversion of floating input to `dtype`.
 
     `direction` is ours: `"inverse"` maps data to the base sample.

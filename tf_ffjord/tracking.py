@@ -1,11 +1,15 @@
 """Keras 3 weights made visible to `tf.Module` variable tracking (which TFP's `trainable_variables` uses)."""
 
+from collections.abc import Iterable
+
+import keras
 import tensorflow as tf
 
 __all__ = ["backing_variables"]
 
 
-def backing_variables(layers):
+def backing_variables(
+    layers: Iterable[keras.layers.Layer]) -> list[tf.Variable]:
   """The `tf.Variable`s behind the weights of Keras layers, for `tf.Module` tracking.
 
   `tf.Module` collects variables by walking instance attributes, and a

@@ -1,10 +1,13 @@
 """A small time-conditioned U-Net, `UNetODENet`, as dynamics f(t, x) for images."""
 
+from collections.abc import Sequence
 import math
+from typing import Any
 
 import keras
 import tensorflow as tf
 
+from tf_ffjord._types import BuildShape
 from tf_ffjord.dynamics import DynamicsNet, time_features
 
 __all__ = ["SMOOTH_ACTIVATIONS", "UNetResBlock", "UNetODENet"]
@@ -28,7 +31,8 @@ class UNetResBlock(keras.layers.Layer):
     **kwargs: passed to `keras.layers.Layer`.
   """
 
-  def __init__(self, filters, groups=8, activation="swish", **kwargs):
+  def __init__(self, filters: int, groups: int = 8, activation: str = "swish",
+               **kwargs: Any) -> None:
     super().__init__(**kwargs)
     self.filters, self.groups = int(filters), int(groups)
     self.activation_name = activation
@@ -47,7 +51,7 @@ class UNetResBlock(keras.layers.Layer):
                                    dtype=dtype)
     self.skip = None
 
-  def build(self, temb_shape, x_shape):
+  def build(self, temb_shape: BuildShape, x_shape: BuildShape) -> None:
     if int(x_shape[-1]) != self.filters:
       self.skip = keras.layers.Conv2D(self.filters, 1, name="skip",
                                       dtype=self.dtype_policy)
@@ -55,13 +59,13 @@ class UNetResBlock(keras.layers.Layer):
   def _pre(self, norm, h):
     return self.activation(h if norm is None else norm(h))
 
-  def call(self, temb, x):
+  def call(self, temb: tf.Tensor, x: tf.Tensor) -> tf.Tensor:
     h = self.conv1(self._pre(self.norm1, x))
     scale, shift = tf.split(self.film(temb)[:, None, None, :], 2, axis=-1)
     h = self.conv2(self._pre(self.norm2, h * (1.0 + scale) + shift))
     return (x if self.skip is None else self.skip(x)) + h
 
-  def get_config(self):
+  def get_config(self) -> dict[str, Any]:
     return {**super().get_config(), "filters": self.filters,
             "groups": self.groups, "activation": self.activation_name}
 
@@ -107,9 +111,10 @@ class UNetODENet(DynamicsNet):
   TensorShape([2, 8, 8, 1])
   """
 
-  def __init__(self, channels=(32, 64), groups=8, activation="swish",
-               time_frequencies=6, time_dim=64, out_channels=None,
-               context_dim=0, **kwargs):
+  def __init__(self, channels: Sequence[int] = (32, 64), groups: int = 8,
+               activation: str = "swish", time_frequencies: int = 6,
+               time_dim: int = 64, out_channels: int | None = None,
+               context_dim: int = 0, **kwargs: Any) -> None:
     super().__init__(**kwargs)
     if activation not in SMOOTH_ACTIVATIONS:
       raise ValueError(f"UNetODENet needs a smooth activation (the trace "
@@ -150,7 +155,8 @@ class UNetODENet(DynamicsNet):
                      if self.groups else None)
     self.out_conv = None
 
-  def build(self, t_shape, x_shape, context_shape=None):
+  def build(self, t_shape: BuildShape, x_shape: BuildShape,
+            context_shape: BuildShape | None = None) -> None:
     if len(x_shape) != 4:
       raise ValueError(f"UNetODENet expects images [batch, H, W, C], got "
                        f"shape {tuple(x_shape)}.")
@@ -171,7 +177,8 @@ class UNetODENet(DynamicsNet):
                tf.zeros([1, int(context_shape[-1])], self.dtype))
     self.call(tf.zeros([], self.dtype), x, context)
 
-  def embed_time(self, t, x, context=None):
+  def embed_time(self, t: tf.Tensor, x: tf.Tensor,
+                 context: tf.Tensor | None = None) -> tf.Tensor:
     """The `[1 or batch, time_dim]` embedding of t (and the context)."""
     if (context is None) != (self.context_dim == 0):
       raise ValueError(f"This UNetODENet has context_dim={self.context_dim}; "
@@ -182,7 +189,8 @@ class UNetODENet(DynamicsNet):
     h = tf.concat([tc, tf.sin(angles), tf.cos(angles)], axis=-1)
     return self.time_mlp[1](self.activation(self.time_mlp[0](h)))
 
-  def call(self, t, x, context=None):
+  def call(self, t: tf.Tensor, x: tf.Tensor,
+           context: tf.Tensor | None = None) -> tf.Tensor:
     temb = self.activation(self.embed_time(t, x, context))
     h = self.in_conv(x)
     skips = []
@@ -198,9 +206,9 @@ class UNetODENet(DynamicsNet):
         h = tf.repeat(tf.repeat(h, 2, axis=1), 2, axis=2)
         h = self.upsamples[i - 1](h)
     h = self.activation(h if self.out_norm is None else self.out_norm(h))
-    return self.out_conv(h)
+    return self.out_conv(h)  # type: ignore[misc]  # set by build()
 
-  def get_config(self):
+  def get_config(self) -> dict[str, Any]:
     return {**super().get_config(), "channels": self.channels,
             "groups": self.groups, "activation": self.activation_name,
             "time_frequencies": self.time_frequencies,

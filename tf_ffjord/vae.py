@@ -1,9 +1,13 @@
 """`VAE`: a Bernoulli VAE with a Gaussian, IAF (MAF) or amortized FFJORD posterior."""
 
+from collections.abc import Sequence
+from typing import Any
+
 import keras
 import numpy as np
 import tensorflow as tf
 
+from tf_ffjord._types import SeedLike, TensorLike
 from tf_ffjord.bijector import FFJORD
 from tf_ffjord.divergence import replica_seed
 from tf_ffjord.distributions import standard_normal
@@ -17,7 +21,7 @@ __all__ = ["VAE", "MADE", "POSTERIORS", "binarize"]
 POSTERIORS = ("none", "maf", "ffjord")
 
 
-def binarize(x, seed=None):
+def binarize(x: TensorLike, seed: SeedLike = None) -> tf.Tensor:
   """Samples binary pixels with P(1) = intensity (dynamic binarization).
 
   Args:
@@ -109,12 +113,15 @@ class VAE(keras.Model):
        Autoregressive Flow. NeurIPS 2016.
   """
 
-  def __init__(self, input_shape=(28, 28), latent_dim=32, posterior="ffjord",
-               encoder_hidden=(512, 256), decoder_hidden=(256, 512),
-               context_dim=32, activation="elu", maf_steps=4,
-               maf_hidden=(256,), cnf_hidden=(128, 128),
-               cnf_activation="softplus", kl_warmup_steps=0,
-               eval_trace="exact", **ffjord_kwargs):
+  def __init__(self, input_shape: Sequence[int] = (28, 28),
+               latent_dim: int = 32, posterior: str = "ffjord",
+               encoder_hidden: Sequence[int] = (512, 256),
+               decoder_hidden: Sequence[int] = (256, 512),
+               context_dim: int = 32, activation: str = "elu",
+               maf_steps: int = 4, maf_hidden: Sequence[int] = (256,),
+               cnf_hidden: Sequence[int] = (128, 128),
+               cnf_activation: str = "softplus", kl_warmup_steps: int = 0,
+               eval_trace: str = "exact", **ffjord_kwargs: Any) -> None:
     name = ffjord_kwargs.pop("name", None)
     trainable = ffjord_kwargs.pop("trainable", True)
     ffjord_kwargs.pop("dtype", None)
@@ -170,7 +177,7 @@ class VAE(keras.Model):
     self.nfe_backward_tracker = LastValue(name="nfe_backward")
     self.build_all()
 
-  def build_all(self):
+  def build_all(self) -> None:
     """Creates every weight (so counts and `save_weights` work at once)."""
     # Calls every network once, without an (eager, slow) ODE solve.
     mu, _, h = self.encode(tf.zeros([1, *self.image_shape]))
@@ -182,7 +189,7 @@ class VAE(keras.Model):
     self.built = True
 
   @property
-  def metrics(self):
+  def metrics(self) -> list[keras.metrics.Metric]:
     return [self.elbo_tracker, self.kl_tracker, self.nfe_tracker,
             self.nfe_backward_tracker]
 
@@ -192,7 +199,7 @@ class VAE(keras.Model):
     return validation.check_events(x, self.image_shape, self.variable_dtype,
                                    "VAE", "images", batch_ndims=1)
 
-  def encode(self, x):
+  def encode(self, x: TensorLike) -> tuple[tf.Tensor, tf.Tensor, tf.Tensor]:
     """Returns `(mu, sigma, h)`: the base Gaussian and the context [batch, k]."""
     x = self._check(x)
     flat = tf.reshape(x, [-1, self.num_pixels])
@@ -203,12 +210,14 @@ class VAE(keras.Model):
     sigma = tf.math.softplus(pre_sigma) + 1e-4
     return mu, sigma, h
 
-  def decode(self, z):
+  def decode(self, z: tf.Tensor) -> tf.Tensor:
     """Bernoulli logits `[batch, *input_shape]` of p(x|z)."""
     logits = self.decoder(z)
     return tf.reshape(logits, [-1, *self.image_shape])
 
-  def flow_forward(self, z0, h, exact=False, probe_seed=None):
+  def flow_forward(self, z0: tf.Tensor, h: tf.Tensor, exact: bool = False,
+                   probe_seed: SeedLike = None,
+                   ) -> tuple[tf.Tensor, tf.Tensor, tf.Tensor]:
     """Applies the posterior flow: returns `(zK, log|det dzK/dz0|, nfe)`.
 
     Args:
@@ -225,8 +234,11 @@ class VAE(keras.Model):
     sol = flow.solve(z0, "forward", context=h, seed=probe_seed)
     return sol.state, sol.log_det, sol.nfe
 
-  def posterior_sample(self, x, n=1, exact=False, seed=None, noise=None,
-                       probe_seed=None):
+  def posterior_sample(
+      self, x: TensorLike, n: int = 1, exact: bool = False,
+      seed: SeedLike = None, noise: TensorLike | None = None,
+      probe_seed: SeedLike = None,
+  ) -> tuple[tf.Tensor, tf.Tensor, tf.Tensor, tf.Tensor]:
     """Draws n samples of q(z|x) per example, with their log-densities.
 
     Args:
@@ -262,7 +274,7 @@ class VAE(keras.Model):
     log_q = log_q0 - tf.reshape(ldj, [n, batch])
     return z, log_q, z0, nfe
 
-  def log_likelihood(self, x, z):
+  def log_likelihood(self, x: TensorLike, z: tf.Tensor) -> tf.Tensor:
     """log p(x|z) for `z` `[n, batch, d]`: returns `[n, batch]`."""
     x = self._check(x)
     n = tf.shape(z)[0]
@@ -273,7 +285,9 @@ class VAE(keras.Model):
     return -tf.reduce_sum(tf.nn.sigmoid_cross_entropy_with_logits(
         labels=target, logits=logits), -1)
 
-  def log_weights(self, x, n=1, exact=False, seed=None, **noise):
+  def log_weights(self, x: TensorLike, n: int = 1, exact: bool = False,
+                  seed: SeedLike = None, **noise: Any,
+                  ) -> tuple[tf.Tensor, tf.Tensor, tf.Tensor, tf.Tensor]:
     """Terms of the bounds for n posterior samples per example.
 
     `**noise` (`noise`, `probe_seed`) is passed to `posterior_sample`.
@@ -286,12 +300,14 @@ class VAE(keras.Model):
                                              **noise)
     return self.log_likelihood(x, z), self.prior.log_prob(z), log_q, nfe
 
-  def elbo(self, x, n=1, exact=True, seed=None):
+  def elbo(self, x: TensorLike, n: int = 1, exact: bool = True,
+           seed: SeedLike = None) -> tf.Tensor:
     """Monte Carlo ELBO per example (mean over n samples), in nats."""
     log_px_z, log_pz, log_q, _ = self.log_weights(x, n, exact, seed)
     return tf.reduce_mean(log_px_z + log_pz - log_q, 0)
 
-  def iwae(self, x, k, chunk=None, exact=True):
+  def iwae(self, x: TensorLike, k: int, chunk: int | None = None,
+           exact: bool = True) -> tf.Tensor:
     """Importance-weighted estimate of log p(x) with k samples, per example.
 
     log (1/k) sum_i p(x, z_i) / q(z_i|x) with z_i ~ q(z|x): a lower bound of
@@ -316,19 +332,20 @@ class VAE(keras.Model):
                     for _ in range(-(-k // chunk))], 0)[:k]
     return tf.reduce_logsumexp(lw, 0) - tf.math.log(tf.cast(k, lw.dtype))
 
-  def sample(self, n, seed=0):
+  def sample(self, n: int, seed: int = 0) -> tf.Tensor:
     """Bernoulli means of p(x|z) for n prior samples `[n, *input_shape]`."""
     z = tf.random.stateless_normal([n, self.latent_dim], [seed, 0])
     return tf.sigmoid(self.decode(z))
 
   # -- Keras ---------------------------------------------------------------
 
-  def call(self, x, training=False):
+  def call(self, x: TensorLike, training: bool = False) -> tf.Tensor:
     """The ELBO per example (training trace when training)."""
     log_px_z, log_pz, log_q, _ = self.log_weights(x, 1, exact=not training)
     return (log_px_z + log_pz - log_q)[0]
 
-  def training_batch(self, images, seed):
+  def training_batch(self, images: TensorLike,
+                     seed: tf.Tensor) -> tuple[tf.Tensor, tf.Tensor]:
     """`(binary images, base noise)` of one training step, from its seed.
 
     The `transform` of a resumable pipeline (`epoch_batches`), applied to
@@ -352,7 +369,7 @@ class VAE(keras.Model):
         dtype=self.variable_dtype)
     return binarize(x, seed), noise
 
-  def train_step(self, data):
+  def train_step(self, data: Any) -> dict[str, tf.Tensor]:
     x, noise, _ = keras.utils.unpack_x_y_sample_weight(data)
     x = self._check(x)
     if noise is None:  # plain images: a fresh draw (per replica)
@@ -378,7 +395,7 @@ class VAE(keras.Model):
           self.flow.nfe_backward.read_value())
     return self._report(kl, rec, nfe, self.metrics)
 
-  def test_step(self, data):
+  def test_step(self, data: Any) -> dict[str, tf.Tensor]:
     x, _, _ = keras.utils.unpack_x_y_sample_weight(data)
     log_px_z, log_pz, log_q, nfe = self.log_weights(x, 1, exact=True)
     kl, rec = tf.reduce_mean(log_q - log_pz), tf.reduce_mean(log_px_z)
@@ -390,7 +407,7 @@ class VAE(keras.Model):
     self.nfe_tracker.update_state(nfe)
     return step_logs({m.name: m.result() for m in metrics})
 
-  def get_config(self):
+  def get_config(self) -> dict[str, Any]:
     names = ("latent_dim", "posterior", "encoder_hidden", "decoder_hidden",
              "context_dim", "maf_steps", "maf_hidden", "cnf_hidden",
              "cnf_activation", "kl_warmup_steps", "eval_trace")

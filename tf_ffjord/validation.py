@@ -32,6 +32,8 @@ import keras
 import numpy as np
 import tensorflow as tf
 
+from tf_ffjord._types import DTypeLike, Dynamics, ShapeLike, TensorLike
+
 __all__ = ["InputError", "check_count", "check_events", "check_finite",
            "check_shape", "flow_dtype", "format_shape", "real_input"]
 
@@ -43,7 +45,7 @@ class InputError(ValueError):
   ag_pass_through = True
 
 
-def format_shape(shape):
+def format_shape(shape: ShapeLike | None) -> str:
   """A shape as text, `?` for unknown sizes.
 
   >>> format_shape(tf.TensorShape([None, 2]))
@@ -51,10 +53,10 @@ def format_shape(shape):
   >>> format_shape(None)
   '<unknown rank>'
   """
-  shape = tf.TensorShape(shape)
-  if shape.rank is None:
+  known = tf.TensorShape(shape)
+  if known.rank is None:
     return "<unknown rank>"
-  return "[" + ", ".join("?" if d is None else str(d) for d in shape) + "]"
+  return "[" + ", ".join("?" if d is None else str(d) for d in known) + "]"
 
 
 def _checked(x, ok, data, fallback):
@@ -79,7 +81,7 @@ def _expected(owner, what, event_shape, batch_ndims):
           f"(inputs {inputs})")
 
 
-def real_input(x, owner="FFJORD"):
+def real_input(x: TensorLike, owner: str = "FFJORD") -> tf.Tensor:
   """Converts `x` to a tensor and refuses non-real dtypes.
 
   Args:
@@ -107,7 +109,8 @@ def real_input(x, owner="FFJORD"):
   return x
 
 
-def flow_dtype(dynamics=None, input_dtype=None):
+def flow_dtype(dynamics: Dynamics | None = None,
+               input_dtype: DTypeLike | None = None) -> tf.DType:
   """The dtype a flow solves in.
 
   Args:
@@ -129,8 +132,9 @@ def flow_dtype(dynamics=None, input_dtype=None):
   return tf.as_dtype(keras.config.floatx())
 
 
-def check_shape(x, event_shape, owner="FFJORD", what="events",
-                batch_ndims=None, in_graph=False):
+def check_shape(x: tf.Tensor, event_shape: ShapeLike, owner: str = "FFJORD",
+                what: str = "events", batch_ndims: int | None = None,
+                in_graph: bool = False) -> tf.Tensor:
   """Checks that `x` is `[*batch, *event_shape]`.
 
   Args:
@@ -188,7 +192,7 @@ def check_shape(x, event_shape, owner="FFJORD", what="events",
   return checked
 
 
-def check_finite(x, owner="FFJORD"):
+def check_finite(x: tf.Tensor, owner: str = "FFJORD") -> tf.Tensor:
   """`x`, with an in-graph check that it holds no NaN or inf.
 
   >>> check_finite(tf.constant([float("nan")]))
@@ -199,8 +203,11 @@ def check_finite(x, owner="FFJORD"):
   return tf.debugging.assert_all_finite(x, f"{owner} input contains NaN or inf")
 
 
-def check_events(x, event_shape, dtype=None, owner="FFJORD", what="events",
-                 batch_ndims=None, dynamics=None, in_graph=False):
+def check_events(x: TensorLike, event_shape: ShapeLike,
+                 dtype: DTypeLike | None = None, owner: str = "FFJORD",
+                 what: str = "events", batch_ndims: int | None = None,
+                 dynamics: Dynamics | None = None,
+                 in_graph: bool = False) -> tf.Tensor:
   """Applies the whole policy to one batch of events.
 
   Args:
@@ -241,7 +248,8 @@ def check_events(x, event_shape, dtype=None, owner="FFJORD", what="events",
   return check_finite(x, owner)
 
 
-def check_count(n, owner="FFJORD"):
+def check_count(n: int | np.integer | tf.Tensor,
+                owner: str = "FFJORD") -> tf.Tensor:
   """Checks a sample count: an integer >= 0.
 
   Args:

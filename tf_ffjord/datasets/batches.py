@@ -1,19 +1,28 @@
 """Resumable `tf.data` pipelines: batch k of a run is a pure function of (seed, k)."""
 
+from collections.abc import Callable
+
 import numpy as np
 import tensorflow as tf
+
+from tf_ffjord._types import SeedLike
 
 __all__ = ["epoch_batches", "sampled_batches", "step_seed"]
 
 
-def step_seed(seed, step, stream=0):
+def step_seed(seed: int | tf.Tensor, step: int | tf.Tensor,
+              stream: int = 0) -> tf.Tensor:
   """The stateless seed `[2]` of a step's randomness (one per stream)."""
   seed = tf.cast(seed, tf.int64)
   return tf.cast(tf.stack([seed * 1000 + stream, tf.cast(step, tf.int64)]),
                  tf.int32)
 
 
-def epoch_batches(x, batch_size, seed=0, start_step=0, transform=None):
+def epoch_batches(
+    x: np.ndarray | tuple[np.ndarray, ...], batch_size: int, seed: int = 0,
+    start_step: int = 0,
+    transform: Callable[[tf.Tensor, tf.Tensor], tf.Tensor] | None = None,
+) -> tf.data.Dataset:
   """Shuffled minibatches of an in-memory array, endlessly, from any step.
 
   Every epoch visits the examples in a fresh order,
@@ -70,7 +79,9 @@ def epoch_batches(x, batch_size, seed=0, start_step=0, transform=None):
           .map(batch).prefetch(2))
 
 
-def sampled_batches(sample, batch_size, seed=0, start_step=0):
+def sampled_batches(sample: Callable[[int, SeedLike], np.ndarray],
+                    batch_size: int, seed: int = 0,
+                    start_step: int = 0) -> tf.data.Dataset:
   """Batches of fresh samples from a generator, endlessly, from any step.
 
   Batch k is `sample(batch_size, seed=(seed, k))`, so a resumed run sees the

@@ -6,6 +6,10 @@ import pickle
 
 import numpy as np
 
+# ((x_train, y_train), (x_test, y_test)).
+_ImageSplits = tuple[tuple[np.ndarray, np.ndarray],
+                     tuple[np.ndarray, np.ndarray]]
+
 __all__ = ["load", "load_mnist_npz", "load_idx", "load_idx_dir",
            "load_cifar10", "IDX_FILES", "DATASETS"]
 
@@ -19,8 +23,9 @@ IDX_FILES = {
     "y_test": "t10k-labels-idx1-ubyte",
 }
 
-_IDX_DTYPES = {0x08: np.uint8, 0x09: np.int8, 0x0B: ">i2", 0x0C: ">i4",
-               0x0D: ">f4", 0x0E: ">f8"}
+_IDX_DTYPES: dict[int, type | str] = {
+    0x08: np.uint8, 0x09: np.int8, 0x0B: ">i2", 0x0C: ">i4", 0x0D: ">f4",
+    0x0E: ">f8"}
 
 
 def _require(path, what):
@@ -45,7 +50,7 @@ def _images(x, path, key):
   return x
 
 
-def load_mnist_npz(path):
+def load_mnist_npz(path: str) -> _ImageSplits:
   """Loads an MNIST-layout npz: `x_train, y_train, x_test, y_test`.
 
   Args:
@@ -69,7 +74,7 @@ def load_mnist_npz(path):
           (_images(arrays["x_test"], path, "x_test"), arrays["y_test"]))
 
 
-def load_idx(path):
+def load_idx(path: str) -> np.ndarray:
   """Reads one IDX file (optionally gzipped) into a numpy array.
 
   The IDX format (MNIST's): two zero bytes, a type code (0x08 uint8, 0x09
@@ -103,7 +108,7 @@ def load_idx(path):
   return data.astype(dtype.newbyteorder("="))
 
 
-def load_idx_dir(directory):
+def load_idx_dir(directory: str) -> _ImageSplits:
   """Loads MNIST-layout IDX files from a directory.
 
   Works for MNIST, Fashion-MNIST, KMNIST and other 28x28 grayscale sets
@@ -158,7 +163,7 @@ def _unpickle(path):
   return images, labels
 
 
-def load_cifar10(directory):
+def load_cifar10(directory: str) -> _ImageSplits:
   """Loads the CIFAR-10 python version (`cifar-10-batches-py`).
 
   Args:
@@ -184,7 +189,7 @@ def load_cifar10(directory):
   return (x_train, y_train), (x_test, y_test)
 
 
-def load(name, path):
+def load(name: str, path: str) -> _ImageSplits:
   """Loads an image dataset from a local path.
 
   Args:

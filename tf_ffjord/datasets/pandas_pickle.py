@@ -11,7 +11,10 @@ class _PandasStub:
   """Stands in for any pandas object in a pickle; keeps args and state."""
 
   _pd_name = "?"
-  args, kwargs, state = (), {}, None  # protocol 0 skips __new__
+  # Class-level defaults: protocol 0 skips __new__.
+  args: tuple = ()
+  kwargs: dict = {}
+  state = None
 
   def __new__(cls, *args, **kwargs):
     obj = object.__new__(cls)
@@ -110,7 +113,8 @@ def _frame_from_stub(frame):
   return columns, out
 
 
-def read_pickled_frame(path, use_pandas=None):
+def read_pickled_frame(
+    path: str, use_pandas: bool | None = None) -> tuple[list[str], np.ndarray]:
   """Reads a pickled pandas DataFrame of numbers, with or without pandas.
 
   Args:

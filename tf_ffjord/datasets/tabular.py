@@ -21,6 +21,7 @@ offline one otherwise, and says which in `Splits.source`.
 """
 
 import os
+from typing import Any
 
 import numpy as np  # pylint: disable=unused-import  (the doctests use np)
 
@@ -42,7 +43,7 @@ _LOADERS = {"power": power, "gas": gas, "hepmass": hepmass,
             "miniboone": miniboone, "bsds300": bsds300}
 
 
-def load(name, root, **kwargs):
+def load(name: str, root: str, **kwargs: Any) -> Splits:
   """Loads a dataset by name from its standard layout or offline variant.
 
   MINIBOONE falls back to `miniboone_offline` when `miniboone/data.npy` is

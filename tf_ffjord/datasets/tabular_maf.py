@@ -1,7 +1,7 @@
 """The five MAF tabular datasets, read from the MAF data release's layout."""
 
-import collections
 import os
+from typing import NamedTuple
 
 import numpy as np
 
@@ -13,15 +13,19 @@ __all__ = ["NAMES", "DIMS", "Splits", "power", "gas", "hepmass", "miniboone",
 NAMES = ("power", "gas", "hepmass", "miniboone", "bsds300")
 DIMS = {"power": 6, "gas": 8, "hepmass": 21, "miniboone": 43, "bsds300": 63}
 
-Splits = collections.namedtuple("Splits",
-                                ["train", "val", "test", "name", "source"])
-Splits.__doc__ = """Train/validation/test arrays of one dataset (float32).
+class Splits(NamedTuple):
+  """Train/validation/test arrays of one dataset (float32).
 
-Fields:
-  train, val, test: `[N, D]` float32 arrays.
-  name: dataset name, one of `NAMES`.
-  source: which files and layout they came from (for logs and metrics).
-"""
+  Fields:
+    train, val, test: `[N, D]` float32 arrays.
+    name: dataset name, one of `NAMES`.
+    source: which files and layout they came from (for logs and metrics).
+  """
+  train: np.ndarray
+  val: np.ndarray
+  test: np.ndarray
+  name: str
+  source: str
 
 _MAF_DATA = "https://zenodo.org/record/1161203 (data.tar.gz of the MAF paper)"
 _PUBLISHED = {
@@ -71,7 +75,7 @@ def _splits(train, val, test, name, source, path):
 # -- POWER -----------------------------------------------------------------
 
 
-def power(root):
+def power(root: str) -> Splits:
   """POWER: household electric power consumption, D = 6.
 
   `power/data.npy` holds 8 columns: global active power, global reactive
@@ -122,7 +126,7 @@ def _corr_counts(values):
   return (np.corrcoef(values, rowvar=False) > 0.98).sum(axis=1)
 
 
-def gas(root, use_pandas=None):
+def gas(root: str, use_pandas: bool | None = None) -> Splits:
   """GAS: ethylene and CO gas-sensor readings, D = 8.
 
   As in MAF: from the DataFrame in `gas/ethylene_CO.pickle` the columns
@@ -175,7 +179,7 @@ def _read_csv(path):
   return len(header.split(",")), values
 
 
-def hepmass(root):
+def hepmass(root: str) -> Splits:
   """HEPMASS: signal events of the '1000' particle-physics set, D = 21.
 
   As in MAF: rows of `hepmass/1000_train.csv` and `1000_test.csv` whose
@@ -224,7 +228,7 @@ def hepmass(root):
 # -- MINIBOONE -------------------------------------------------------------
 
 
-def miniboone(root):
+def miniboone(root: str) -> Splits:
   """MINIBOONE: particle-identification events, D = 43.
 
   `miniboone/data.npy` is MAF's cleaned array (outliers and the features
@@ -256,7 +260,7 @@ def miniboone(root):
 # -- BSDS300 ---------------------------------------------------------------
 
 
-def bsds300(root):
+def bsds300(root: str) -> Splits:
   """BSDS300: MAF's 8x8 natural-image patches (63 dims), from the hdf5.
 
   `BSDS300/BSDS300.hdf5` holds the datasets `train`, `validation`, `test`,
@@ -284,5 +288,6 @@ def bsds300(root):
       if a.ndim != 2:
         raise ValueError(f"{path}: {key} has shape {a.shape}, expected 2-D.")
       arrays.append(a)
-  return _splits(*arrays, name="bsds300", source=f"MAF layout: {path}",
-                 path=path)
+  train, val, test = arrays
+  return _splits(train, val, test, name="bsds300",
+                 source=f"MAF layout: {path}", path=path)

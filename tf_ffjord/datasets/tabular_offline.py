@@ -1,15 +1,17 @@
 """Offline variants: MINIBOONE from MAF's val/test, BSDS300 patches cut anew."""
 
+from collections.abc import Sequence
 import os
 
 import numpy as np
 
-from tf_ffjord.datasets.tabular_maf import DIMS, _require, _splits, _tail_split
+from tf_ffjord.datasets.tabular_maf import (DIMS, Splits, _require, _splits,
+                                            _tail_split)
 
 __all__ = ["miniboone_offline", "extract_patches", "bsds300_patches"]
 
 
-def miniboone_offline(root):
+def miniboone_offline(root: str) -> Splits:
   """MINIBOONE from MAF's validation and test splits only (no train split).
 
   `miniboone/val.npy` (3,284 rows) and `miniboone/test.npy` (3,648 rows) are
@@ -40,7 +42,8 @@ def miniboone_offline(root):
                  f"its last 10%, tested on {paths[1]}", paths[0])
 
 
-def extract_patches(images, n, rng, size=8):
+def extract_patches(images: Sequence[np.ndarray], n: int,
+                    rng: np.random.Generator, size: int = 8) -> np.ndarray:
   """MAF's BSDS300 patches: random `size` x `size` crops, 63 dims for 8x8.
 
   Each patch comes from an image drawn uniformly at random, at a uniformly
@@ -75,8 +78,8 @@ def extract_patches(images, n, rng, size=8):
   return out[:, :-1]
 
 
-def bsds300_patches(path, n_train=1_000_000, n_val=50_000, n_test=250_000,
-                    seed=0):
+def bsds300_patches(path: str, n_train: int = 1_000_000, n_val: int = 50_000,
+                    n_test: int = 250_000, seed: int = 0) -> Splits:
   """BSDS300 patches cut from the images in `bsds300_gray.npz`.
 
   Training and validation patches come from the 200 training images, test

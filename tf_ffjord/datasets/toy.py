@@ -1,5 +1,7 @@
 """The 2-D toy densities of the FFJORD paper, with its scales and noise."""
 
+from collections.abc import Sequence
+
 import numpy as np
 
 __all__ = ["NAMES", "sample", "log_prob", "entropy"]
@@ -94,7 +96,8 @@ _SAMPLERS = {
 }
 
 
-def sample(name, n, seed=None):
+def sample(name: str, n: int,
+           seed: int | Sequence[int] | None = None) -> np.ndarray:
   """Draws `n` points of a toy density as a `[n, 2]` float32 array.
 
   Args:
@@ -122,7 +125,7 @@ def sample(name, n, seed=None):
   return rng.permutation(pts)[:int(n)].astype(np.float32)
 
 
-def log_prob(name, x):
+def log_prob(name: str, x: np.ndarray) -> np.ndarray:
   """Exact log-density for the toys that have one in closed form.
 
   Args:
@@ -153,7 +156,8 @@ def log_prob(name, x):
   raise NotImplementedError(f"No closed-form density for {name!r}.")
 
 
-def entropy(name, n=200_000, seed=0):
+def entropy(name: str, n: int = 200_000,
+            seed: int | Sequence[int] | None = 0) -> float:
   """Differential entropy in nats: the best NLL a model can reach.
 
   Monte Carlo over `n` samples of the exact density (closed form for

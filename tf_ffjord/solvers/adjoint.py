@@ -1,14 +1,22 @@
 """How a solve is differentiated: `BacksolveAdjoint`, `InterpolatedAdjoint` or `Backprop`."""
 
+from collections.abc import Sequence
 import dataclasses
 from typing import Callable, Optional
 
 import tensorflow as tf
 
+from tf_ffjord._types import OdeFn
 from tf_ffjord.solvers.fixed_grid import ConstantStepSize
 from tf_ffjord.solvers.result import check_status
+from tf_ffjord.solvers.step_size import AdaptiveStepSize
 
 __all__ = ["Backprop", "BacksolveAdjoint", "InterpolatedAdjoint"]
+
+# `run(fn, t0, t1, ys, cs, controller, first_step=None)` ->
+# `(y1, nfe, status, h)`: a solve's (possibly compiled) integration loop.
+_Run = Callable[..., tuple]
+_Controller = AdaptiveStepSize | ConstantStepSize
 
 
 def _dynamics_vjp(fn, t, y, cs, train, a):
@@ -79,7 +87,9 @@ class Backprop:
   steps (every stage is kept). The natural choice for fixed grids.
   """
 
-  def __call__(self, run, fn, t0, t1, ys, cs, controller):
+  def __call__(self, run: _Run, fn: OdeFn, t0: tf.Tensor, t1: tf.Tensor,
+               ys: Sequence[tf.Tensor], cs: Sequence[tf.Tensor],
+               controller: _Controller) -> tuple:
     """Runs the forward solve; autodiff sees its operations."""
     return run(fn, t0, t1, ys, cs, controller)
 
@@ -112,12 +122,15 @@ class BacksolveAdjoint:
   seminorm: bool = True
   on_backward_nfe: Optional[Callable] = None
 
-  def backward_weights(self, weights, num_params):
+  def backward_weights(self, weights: Sequence[float],
+                       num_params: int) -> tuple[float, ...]:
     """Error weights of the backward state [y, a, parameter adjoints]."""
     return (tuple(weights) * 2
             + ((0.0,) if self.seminorm else (1.0,)) * num_params)
 
-  def __call__(self, run, fn, t0, t1, ys, cs, controller):
+  def __call__(self, run: _Run, fn: OdeFn, t0: tf.Tensor, t1: tf.Tensor,
+               ys: Sequence[tf.Tensor], cs: Sequence[tf.Tensor],
+               controller: _Controller) -> tuple:
     """Runs the forward solve under a custom gradient.
 
     Args:
@@ -210,7 +223,9 @@ class InterpolatedAdjoint:
   """
   on_backward_nfe: Optional[Callable] = None
 
-  def __call__(self, run, fn, t0, t1, ys, cs, controller):
+  def __call__(self, run: _Run, fn: OdeFn, t0: tf.Tensor, t1: tf.Tensor,
+               ys: Sequence[tf.Tensor], cs: Sequence[tf.Tensor],
+               controller: _Controller) -> tuple:
     """Runs the forward solve under a custom gradient; see `BacksolveAdjoint`."""
     if isinstance(controller, ConstantStepSize):
       raise ValueError("InterpolatedAdjoint needs adaptive steps (e.g. dopri5); "

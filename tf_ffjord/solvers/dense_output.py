@@ -1,5 +1,7 @@
 """Dense output of an adaptive solve: per step, the quartic through its ends, end slopes and midpoint."""
 
+from collections.abc import Sequence
+
 import tensorflow as tf
 
 from tf_ffjord.solvers import tableaux
@@ -7,7 +9,10 @@ from tf_ffjord.solvers import tableaux
 __all__ = ["step_polynomial", "DenseOutput"]
 
 
-def step_polynomial(tableau, y0, y1, ks, dt):
+def step_polynomial(tableau: tableaux.Tableau, y0: Sequence[tf.Tensor],
+                    y1: Sequence[tf.Tensor],
+                    ks: Sequence[Sequence[tf.Tensor]],
+                    dt: tf.Tensor) -> list[list[tf.Tensor]]:
   """The coefficients of one step's interpolant, lowest power first.
 
   With theta in [0, 1] across the step, the interpolant is
@@ -57,10 +62,11 @@ class DenseOutput:
       (`step_polynomial`, stacked over the steps).
   """
 
-  def __init__(self, starts, spans, coeffs):
+  def __init__(self, starts: tf.Tensor, spans: tf.Tensor,
+               coeffs: Sequence[Sequence[tf.Tensor]]) -> None:
     self.starts, self.spans, self.coeffs = starts, spans, coeffs
 
-  def __call__(self, tau):
+  def __call__(self, tau: tf.Tensor) -> list[tf.Tensor]:
     """The interpolated state (a list of tensors) at offset `tau`."""
     n = tf.shape(self.starts)[0]
     i = tf.reduce_sum(tf.cast(self.starts <= tau, tf.int32)) - 1
@@ -73,13 +79,13 @@ class DenseOutput:
           c[3] + theta * c[4]))))
     return out
 
-  def tensors(self):
+  def tensors(self) -> list[tf.Tensor]:
     """Every tensor it holds, flat (to pass into compiled functions)."""
     return [self.starts, self.spans] + [x for comp in self.coeffs
                                         for x in comp]
 
   @classmethod
-  def from_tensors(cls, tensors):
+  def from_tensors(cls, tensors: Sequence[tf.Tensor]) -> "DenseOutput":
     """Inverse of `tensors`."""
     rest = list(tensors[2:])
     return cls(tensors[0], tensors[1],

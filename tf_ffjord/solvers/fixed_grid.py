@@ -1,9 +1,11 @@
 """Integration on a fixed grid of equal steps: `ConstantStepSize` and its loop."""
 
+from collections.abc import Sequence
 import dataclasses
 
 import tensorflow as tf
 
+from tf_ffjord._types import OdeFn
 from tf_ffjord.solvers import tableaux
 from tf_ffjord.solvers.result import STATUS
 
@@ -29,7 +31,10 @@ class ConstantStepSize:
     object.__setattr__(self, "num_steps", int(self.num_steps))
 
 
-def integrate_fixed(fn, t0, t1, y0, tableau, controller):
+def integrate_fixed(
+    fn: OdeFn, t0: tf.Tensor, t1: tf.Tensor, y0: Sequence[tf.Tensor],
+    tableau: tableaux.Tableau, controller: ConstantStepSize,
+) -> tuple[list[tf.Tensor], tf.Tensor, tf.Tensor, tf.Tensor]:
   """Integrates dy/dt = fn(t, y) on a grid of `controller.num_steps` steps.
 
   Args:

@@ -1,6 +1,7 @@
 """What a solve returns: the `Result`, its status codes, and the check that raises on failure."""
 
-import collections
+from collections.abc import Sequence
+from typing import Any, NamedTuple
 
 import tensorflow as tf
 
@@ -9,21 +10,25 @@ __all__ = ["Result", "STATUS", "check_status"]
 # Status of a solve, as in `Result.status`.
 STATUS = {"success": 0, "max_num_steps": 1, "non_finite": 2}
 
-Result = collections.namedtuple("Result", ["state", "nfe", "status",
-                                           "last_step"])
-Result.__doc__ = """Result of one ODE solve.
+class Result(NamedTuple):
+  """Result of one ODE solve.
 
-Fields:
-  state: the state at the final time, structured like the initial state
-    (NaN where the solve failed under XLA, where no error can be raised).
-  nfe: int32 scalar, evaluations of the dynamics in this (forward) solve.
-  status: int32 scalar, a value of `STATUS`.
-  last_step: the size of the last step (the proposed next one for adaptive
-    solves), a scalar of the state's dtype.
-"""
+  Fields:
+    state: the state at the final time, structured like the initial state
+      (NaN where the solve failed under XLA, where no error can be raised).
+    nfe: int32 scalar, evaluations of the dynamics in this (forward) solve.
+    status: int32 scalar, a value of `STATUS`.
+    last_step: the size of the last step (the proposed next one for adaptive
+      solves), a scalar of the state's dtype.
+  """
+  state: Any
+  nfe: tf.Tensor
+  status: tf.Tensor
+  last_step: tf.Tensor
 
 
-def check_status(status, tensors, what, max_num_steps=None):
+def check_status(status: tf.Tensor, tensors: Sequence[tf.Tensor], what: str,
+                 max_num_steps: int | None = None) -> list[tf.Tensor]:
   """Raises `InvalidArgumentError` on a failed solve; passes tensors through.
 
   The assertions are no-ops inside XLA clusters; there the NaN states the

@@ -1,9 +1,13 @@
 """The entry point: `solve(fn, y0, t0, t1, method=, controller=, adjoint=)` -> `Result`."""
 
+from collections.abc import Callable, Mapping
+from typing import Any
+
 import tensorflow as tf
 import tensorflow_probability as tfp
 
 from tf_ffjord.solvers import tableaux
+from tf_ffjord.solvers.tableaux import Tableau
 from tf_ffjord.solvers.adjoint import Backprop, BacksolveAdjoint
 from tf_ffjord.solvers.adjoint import InterpolatedAdjoint
 from tf_ffjord.solvers.fixed_grid import ConstantStepSize, integrate_fixed
@@ -57,9 +61,15 @@ def _integrator(method, jit_compile, jit_compile_backward=None):
   return run
 
 
-def solve(fn, y0, t0, t1, constants=None, method=tableaux.DOPRI5,
-          controller=None, adjoint=None, jit_compile=False,
-          jit_compile_backward=None, name="ode_solve"):
+def solve(fn: Callable[..., Any], y0: Any, t0: float | tf.Tensor,
+          t1: float | tf.Tensor,
+          constants: Mapping[str, tf.Tensor] | None = None,
+          method: Tableau | str = tableaux.DOPRI5,
+          controller: AdaptiveStepSize | ConstantStepSize | None = None,
+          adjoint: Backprop | BacksolveAdjoint | InterpolatedAdjoint
+          | None = None, jit_compile: bool = False,
+          jit_compile_backward: bool | None = None,
+          name: str = "ode_solve") -> Result:
   """Solves dy/dt = fn(t, y, **constants) from t0 to t1.
 
   Args:
@@ -154,7 +164,9 @@ def solve(fn, y0, t0, t1, constants=None, method=tableaux.DOPRI5,
     return Result(tf.nest.pack_sequence_as(state, y1), nfe, status, h)
 
 
-def solve_tfp(solver, fn, y0, t0, t1, constants=None):
+def solve_tfp(solver: tfp.math.ode.Solver, fn: Callable[..., Any], y0: Any,
+              t0: float | tf.Tensor, t1: float | tf.Tensor,
+              constants: Mapping[str, tf.Tensor] | None = None) -> Result:
   """Solves with a `tfp.math.ode.Solver` through its public `solve`.
 
   Gradients come from TFP's own adjoint (its backward solve uses the same

@@ -10,6 +10,7 @@ from tf_ffjord.solvers.adjoint import Backprop, BacksolveAdjoint
 from tf_ffjord.solvers.adjoint import InterpolatedAdjoint
 from tf_ffjord.solvers.fixed_grid import ConstantStepSize
 from tf_ffjord.solvers.step_size import AdaptiveStepSize
+from tf_ffjord.solvers.tableaux import Tableau
 
 __all__ = ["Solver", "make_solver", "choose_adjoint", "ADAPTIVE_SOLVERS",
            "FIXED_SOLVERS", "GRADIENTS"]
@@ -47,7 +48,9 @@ class Solver(collections.namedtuple("Solver", ["method", "controller"])):
   """
   __slots__ = ()
 
-  def __new__(cls, method, controller=None):
+  def __new__(cls, method: Tableau | str,
+              controller: AdaptiveStepSize | ConstantStepSize | None = None,
+              ) -> "Solver":
     if isinstance(method, str):
       if method not in tableaux.METHODS:
         raise ValueError(f"Unknown method {method!r}; expected one of "
@@ -70,18 +73,21 @@ class Solver(collections.namedtuple("Solver", ["method", "controller"])):
     return super().__new__(cls, method, controller)
 
   @property
-  def adaptive(self):
+  def adaptive(self) -> bool:
     """Whether its steps are chosen by an error estimate."""
     return isinstance(self.controller, AdaptiveStepSize)
 
   @property
-  def dense_output(self):
+  def dense_output(self) -> bool:
     """Whether its adaptive solves have a dense output (for `InterpolatedAdjoint`)."""
     return self.adaptive and self.method.dense_output
 
 
-def make_solver(solver="dopri5", rtol=1e-5, atol=1e-5, max_num_steps=1000,
-                step_size=0.25, first_step_size=None):
+def make_solver(
+    solver: str | Tableau | Solver | tfp.math.ode.Solver = "dopri5",
+    rtol: float = 1e-5, atol: float = 1e-5, max_num_steps: int | None = 1000,
+    step_size: float = 0.25, first_step_size: float | None = None,
+) -> Solver | tfp.math.ode.Solver:
   """A solver from a name, a tableau, or a solver object.
 
   The loose options (`rtol`, `atol`, `max_num_steps`, `step_size`,
@@ -139,7 +145,10 @@ def make_solver(solver="dopri5", rtol=1e-5, atol=1e-5, max_num_steps=1000,
   return Solver(solver, ConstantStepSize(max(1, int(round(1.0 / step_size)))))
 
 
-def choose_adjoint(solver, gradient="auto", xla_loop=False):
+def choose_adjoint(
+    solver: Solver | tfp.math.ode.Solver, gradient: str = "auto",
+    xla_loop: bool = False,
+) -> type[Backprop | BacksolveAdjoint | InterpolatedAdjoint] | None:
   """The adjoint class that differentiates a solve with `solver`.
 
   - `"backprop"`: `Backprop` (through the solver's operations).

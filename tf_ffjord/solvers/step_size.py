@@ -1,10 +1,12 @@
 """Adaptive step-size control (`AdaptiveStepSize`) and the adaptive integration loop."""
 
+from collections.abc import Sequence
 import dataclasses
 from typing import Optional, Tuple
 
 import tensorflow as tf
 
+from tf_ffjord._types import OdeFn
 from tf_ffjord.solvers import tableaux
 from tf_ffjord.solvers.dense_output import DenseOutput, step_polynomial
 from tf_ffjord.solvers.result import STATUS
@@ -65,7 +67,7 @@ class AdaptiveStepSize:
       object.__setattr__(self, "error_weights",
                          tuple(float(w) for w in self.error_weights))
 
-  def weights(self, n):
+  def weights(self, n: int) -> tuple[float, ...]:
     """The error weight of each of n state components."""
     if self.error_weights is None:
       return (1.0,) * n
@@ -75,7 +77,9 @@ class AdaptiveStepSize:
     return self.error_weights
 
 
-def error_norm(values, y0, y1, weights, rtol, atol):
+def error_norm(values: Sequence[tf.Tensor], y0: Sequence[tf.Tensor],
+               y1: Sequence[tf.Tensor], weights: Sequence[float],
+               rtol: float, atol: float) -> tf.Tensor:
   """Weighted RMS of values / (atol + rtol max(|y0|, |y1|)); 0-weights skipped."""
   num, den = [], []
   for v, a, b, w in zip(values, y0, y1, weights):
@@ -107,8 +111,11 @@ def _first_step(fn, t0, y0, f0, direction, span, weights, c, order):
   return tf.minimum(100.0 * h0, h1)
 
 
-def integrate_adaptive(fn, t0, t1, y0, tableau, controller, first_step=None,
-                       record=False):
+def integrate_adaptive(fn: OdeFn, t0: tf.Tensor, t1: tf.Tensor,
+                       y0: Sequence[tf.Tensor], tableau: tableaux.Tableau,
+                       controller: AdaptiveStepSize,
+                       first_step: tf.Tensor | None = None,
+                       record: bool = False) -> tuple:
   """Integrates dy/dt = fn(t, y) from t0 to t1 with adaptive steps.
 
   Args:

@@ -1,16 +1,21 @@
 """Explicit Runge-Kutta methods as Butcher tableaux, and the one step that applies them."""
 
 import collections
+from collections.abc import Sequence
 import math
+from typing import Any
+
+import tensorflow as tf
+
+from tf_ffjord._types import OdeFn
 
 __all__ = ["Tableau", "EULER", "MIDPOINT", "RK4", "BOSH3", "DOPRI5", "TSIT5",
            "METHODS", "combine", "rk_step"]
 
-_FIELDS = ["name", "c", "a", "b", "b_error", "order", "fsal", "b_mid"]
 _TOL = 1e-9  # coefficients are given to ~16 digits
 
 
-def _floats(values, what):
+def _floats(values: Sequence[float], what: str) -> tuple[float, ...]:
   try:
     return tuple(float(v) for v in values)
   except (TypeError, ValueError):
@@ -18,7 +23,9 @@ def _floats(values, what):
                      f"{values!r}.") from None
 
 
-class Tableau(collections.namedtuple("Tableau", _FIELDS)):
+# The field names are spelled out in the call, where type checkers read them.
+class Tableau(collections.namedtuple(
+    "Tableau", ["name", "c", "a", "b", "b_error", "order", "fsal", "b_mid"])):
   """An explicit Runge-Kutta method, defined by its Butcher tableau alone.
 
   A method with an error estimate (`b_error`) can take adaptive steps; one
@@ -62,8 +69,11 @@ class Tableau(collections.namedtuple("Tableau", _FIELDS)):
   """
   __slots__ = ()
 
-  def __new__(cls, name, c, a, b, b_error=None, order=None, fsal=None,
-              b_mid=None):
+  def __new__(cls, name: str, c: Sequence[float],
+              a: Sequence[Sequence[float]], b: Sequence[float],
+              b_error: Sequence[float] | None = None,
+              order: int | None = None, fsal: bool | None = None,
+              b_mid: Sequence[float] | None = None) -> "Tableau":
     c = _floats(c, "c")
     stages = len(c)
     if stages < 1 or c[0] != 0.0:
@@ -80,8 +90,10 @@ class Tableau(collections.namedtuple("Tableau", _FIELDS)):
       if abs(sum(row) - c[i + 1]) > _TOL:
         raise ValueError(f"Tableau {name!r}: c[{i + 1}] = {c[i + 1]} must "
                          f"equal the sum of row a[{i}], {sum(row)}.")
-    a = tuple(row + (0.0,) * (i + 1 - len(row)) for i, row in enumerate(a))
-    weights = {"b": b, "b_error": b_error, "b_mid": b_mid}
+    # The rows are tuples by now (_floats).
+    a = tuple(row + (0.0,) * (i + 1 - len(row))  # type: ignore[operator]
+              for i, row in enumerate(a))
+    weights: dict[str, Any] = {"b": b, "b_error": b_error, "b_mid": b_mid}
     for key, value in weights.items():
       if value is None:
         continue
@@ -117,17 +129,17 @@ class Tableau(collections.namedtuple("Tableau", _FIELDS)):
                            bool(fsal), b_mid)
 
   @property
-  def stages(self):
+  def stages(self) -> int:
     """Number of stages (evaluations per step, one fewer with FSAL)."""
     return len(self.c)
 
   @property
-  def embedded(self):
+  def embedded(self) -> bool:
     """Whether it has an error estimate, so it can take adaptive steps."""
     return self.b_error is not None
 
   @property
-  def dense_output(self):
+  def dense_output(self) -> bool:
     """Whether its steps have a dense output (`b_mid` with FSAL)."""
     return self.b_mid is not None and self.fsal
 
@@ -193,7 +205,9 @@ TSIT5 = Tableau(
 METHODS = {m.name: m for m in (EULER, MIDPOINT, RK4, BOSH3, DOPRI5, TSIT5)}
 
 
-def combine(y, h, coeffs, ks):
+def combine(y: Sequence[tf.Tensor] | None, h: tf.Tensor,
+            coeffs: Sequence[float],
+            ks: Sequence[Sequence[tf.Tensor]]) -> list[tf.Tensor]:
   """`[y[j] + h * sum_i coeffs[i] * ks[i][j]]` over the state components.
 
   The one stage combiner of every method. Zero weights are skipped (no op
@@ -228,7 +242,9 @@ def combine(y, h, coeffs, ks):
   return out
 
 
-def rk_step(fn, tableau, t, y, h, k1=None):
+def rk_step(fn: OdeFn, tableau: Tableau, t: tf.Tensor, y: list[tf.Tensor],
+            h: tf.Tensor, k1: list[tf.Tensor] | None = None,
+            ) -> tuple[list[tf.Tensor], list[list[tf.Tensor]], int]:
   """One explicit Runge-Kutta step from (t, y) with step h.
 
   Args:

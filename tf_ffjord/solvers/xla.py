@@ -41,6 +41,7 @@ import contextlib
 import math
 import os
 import threading
+from typing import Any, Iterator
 
 import tensorflow as tf
 
@@ -61,7 +62,7 @@ _SCOPE = threading.local()
 
 
 @contextlib.contextmanager
-def any_batch_size():
+def any_batch_size() -> Iterator[None]:
   """Solves traced in this scope will serve calls of every batch size: "auto" runs them plain.
 
   XLA compiles a program per input shape: seconds for each new batch size,
@@ -80,15 +81,15 @@ def any_batch_size():
     _SCOPE.active = outer
 
 
-def num_weights(dynamics):
+def num_weights(dynamics: Any) -> int:
   """Number of trainable weights of a Keras layer or `tf.Module` (0 if unknown)."""
-  variables = getattr(dynamics, "trainable_weights", None)
+  variables: Any = getattr(dynamics, "trainable_weights", None)
   if variables is None:
     variables = getattr(dynamics, "trainable_variables", ())
   return int(sum(math.prod(v.shape) for v in variables))
 
 
-def device_type(x):
+def device_type(x: Any) -> str:
   """`"CPU"`, `"GPU"` or `"TPU"`: where ops on x run."""
   spec = tf.DeviceSpec.from_string(getattr(x, "device", "") or "")
   if spec.device_type:
@@ -96,14 +97,15 @@ def device_type(x):
   return "GPU" if tf.config.list_logical_devices("GPU") else "CPU"
 
 
-def in_xla_context():
+def in_xla_context() -> bool:
   """Whether the graph being built will be compiled by XLA, e.g. inside a
   `tf.function(jit_compile=True)` or a Keras step with `jit_compile=True`
   (TensorFlow has no public way to ask: see `tf_ffjord._internal_apis`)."""
   return _internal_apis.in_xla_context()
 
 
-def use_xla(jit_compile, weights, batch, event_ndims=1, device="CPU"):
+def use_xla(jit_compile: bool | str, weights: int, batch: int | None,
+            event_ndims: int = 1, device: str = "CPU") -> bool:
   """Whether to XLA-compile a solve.
 
   Args:
@@ -143,7 +145,7 @@ def use_xla(jit_compile, weights, batch, event_ndims=1, device="CPU"):
     raise ValueError(f"{JIT_ENV} must be auto, 0 (or false) or 1 (or true), "
                      f"got {env!r}.")
   if _ENV_VALUES[env] != "auto":
-    return _ENV_VALUES[env]
+    return bool(_ENV_VALUES[env])  # False or True here
   if getattr(_SCOPE, "active", False):  # see any_batch_size
     return False
   if device != "CPU":
