@@ -1,6 +1,7 @@
 """Keras callbacks of long training runs: a time budget that survives restarts, agreed on by every worker."""
 
 import time
+from typing import Any
 
 import keras
 import tensorflow as tf
@@ -10,7 +11,8 @@ from tf_ffjord.train_steps import in_multi_worker_mode
 __all__ = ["TimeBudget", "any_worker"]
 
 
-def any_worker(*flags, strategy=None):
+def any_worker(*flags: Any, strategy: tf.distribute.Strategy | None = None
+               ) -> tuple[bool, ...]:
   """Each flag, or-ed over the workers of a multi-worker run.
 
   Decisions taken from a worker's own clock (stop at the time budget) must
@@ -36,7 +38,8 @@ def any_worker(*flags, strategy=None):
   return tuple(bool(v) for v in total.numpy() > 0)
 
 
-_FLAG_SUMS = {}  # id(strategy) -> compiled sum of the flags over workers
+# id(strategy) -> compiled sum of the flags over workers
+_FLAG_SUMS: dict[int, Any] = {}
 
 
 class TimeBudget(keras.callbacks.Callback):
@@ -64,7 +67,7 @@ class TimeBudget(keras.callbacks.Callback):
   True
   """
 
-  def __init__(self, seconds=0.0):
+  def __init__(self, seconds: float | None = 0.0) -> None:
     super().__init__()
     seconds = float(seconds or 0.0)
     if seconds < 0:
@@ -72,31 +75,34 @@ class TimeBudget(keras.callbacks.Callback):
                        f"{seconds}.")
     self.seconds = seconds
     self.elapsed = 0.0
-    self._start = None
+    self._start: float | None = None
 
   @property
-  def exhausted(self):
+  def exhausted(self) -> bool:
     return bool(self.seconds) and self.elapsed >= self.seconds
 
-  def get_state(self):
+  def get_state(self) -> dict[str, float]:
     return {"elapsed": self._now()}
 
-  def set_state(self, state):
+  def set_state(self, state: dict[str, Any]) -> None:
     self.elapsed = float(state["elapsed"])
 
-  def _now(self):
+  def _now(self) -> float:
     if self._start is None:
       return self.elapsed
     return self.elapsed + time.monotonic() - self._start
 
-  def on_epoch_begin(self, epoch, logs=None):
+  def on_epoch_begin(self, epoch: int,
+                     logs: dict[str, Any] | None = None) -> None:
     self._start = time.monotonic()
 
-  def on_train_batch_end(self, batch, logs=None):
+  def on_train_batch_end(self, batch: int,
+                         logs: dict[str, Any] | None = None) -> None:
     if self.seconds and any_worker(self._now() >= self.seconds)[0]:
       self.model.stop_training = True
 
-  def on_epoch_end(self, epoch, logs=None):
+  def on_epoch_end(self, epoch: int,
+                   logs: dict[str, Any] | None = None) -> None:
     self.elapsed = self._now()
     self._start = None
     if logs is not None:

@@ -1,9 +1,18 @@
 """The density and the samples of a `FlowModel`, in one place: the dtype rule, base log-density plus log-det, sampling, dequantization and bits/dim."""
 
+from collections.abc import Callable, Mapping, Sequence
+from typing import TYPE_CHECKING, Any, TypeVar
+
 import tensorflow as tf
+import tensorflow_probability as tfp
 
 from tf_ffjord import flows
 from tf_ffjord import images
+from tf_ffjord._types import SeedLike, TensorLike
+from tf_ffjord.augmented import Solution
+
+if TYPE_CHECKING:
+  from tf_ffjord.flow_model import FlowModel
 
 __all__ = ["EVAL_TOLERANCE", "dtype", "eval_options", "log_prob", "density",
            "base_sample", "sample", "dequantize", "bits_per_dim",
@@ -13,8 +22,10 @@ __all__ = ["EVAL_TOLERANCE", "dtype", "eval_options", "log_prob", "density",
 # the FFJORD paper's evaluation tolerance, whatever the training one.
 EVAL_TOLERANCE = 1e-5
 
+_T = TypeVar("_T")
 
-def dtype(model):
+
+def dtype(model: "FlowModel") -> tf.dtypes.DType:
   """The dtype of a model's inputs, states, log-dets, densities and samples.
 
   The variable dtype: `float32` under `mixed_bfloat16` or `mixed_float16`,
@@ -26,7 +37,8 @@ def dtype(model):
   return tf.as_dtype(model.variable_dtype)
 
 
-def eval_options(options, event_size):
+def eval_options(options: Mapping[str, Any] | None,
+                 event_size: int) -> dict[str, Any]:
   """A model's evaluation options: the given ones over the defaults.
 
   The tolerances default to `EVAL_TOLERANCE` whatever the training ones;
@@ -47,19 +59,23 @@ def eval_options(options, event_size):
   >>> eval_options({"rtol": 1e-3}, 784)
   {'rtol': 0.001, 'atol': 1e-05}
   """
-  defaults = {"rtol": EVAL_TOLERANCE, "atol": EVAL_TOLERANCE}
+  defaults: dict[str, Any] = {"rtol": EVAL_TOLERANCE, "atol": EVAL_TOLERANCE}
   if options is None and event_size <= 64:
     defaults["trace"] = "exact"
   return {**defaults, **dict(options or {})}
 
 
-def density(model, z, log_det):
+def density(model: "FlowModel", z: tf.Tensor,
+            log_det: tf.Tensor) -> tf.Tensor:
   """log p(x) = log N(z) + log|det dz/dx|, of a solve's end state and log-det."""
   return model.base.log_prob(z) + log_det
 
 
-def log_prob(model, x, context=None, bijector=None, seed=None,
-             regularizers=()):
+def log_prob(model: "FlowModel", x: TensorLike,
+             context: TensorLike | None = None,
+             bijector: tfp.bijectors.Bijector | None = None,
+             seed: SeedLike = None,
+             regularizers: Sequence[str] = ()) -> tuple[tf.Tensor, Solution]:
   """log p(x) by one inverse solve, and the solve.
 
   Args:
@@ -79,14 +95,17 @@ def log_prob(model, x, context=None, bijector=None, seed=None,
   return density(model, sol.state, sol.log_det), sol
 
 
-def base_sample(model, n, seed):
+def base_sample(model: "FlowModel", n: TensorLike,
+                seed: TensorLike) -> tf.Tensor:
   """`n` standard-normal base samples from the int32 scalar `seed`."""
   shape = tf.concat([[n], model.event_shape], 0)
   return tf.random.stateless_normal(shape, tf.stack([seed, 0]),
                                     dtype=dtype(model))
 
 
-def sample(model, n, seed, context=None, bijector=None):
+def sample(model: "FlowModel", n: TensorLike, seed: TensorLike,
+           context: TensorLike | None = None,
+           bijector: tfp.bijectors.Bijector | None = None) -> tf.Tensor:
   """`n` samples: base samples from `seed` integrated forward.
 
   The same in the model (`FlowModel.sample`) and its SavedModel. Image
@@ -112,7 +131,8 @@ def sample(model, n, seed, context=None, bijector=None):
   return tf.clip_by_value(x, 0.0, 1.0) if model.dequantize else x
 
 
-def dequantize(model, images_or_x, seed=None):
+def dequantize(model: "FlowModel", images_or_x: tf.Tensor,
+               seed: SeedLike = None) -> tf.Tensor:
   """A batch of an image model in `dtype(model)`: integer images dequantized.
 
   Float inputs are taken as dequantized already (e.g. by a seeded
@@ -124,12 +144,13 @@ def dequantize(model, images_or_x, seed=None):
   return tf.cast(x, dtype(model))
 
 
-def bits_per_dim(model, log_p):
+def bits_per_dim(model: "FlowModel", log_p: TensorLike) -> tf.Tensor:
   """bits/dim of log-densities (nats) of a model's dequantized images."""
   return images.bits_per_dim(log_p, model.event_size)
 
 
-def unless_empty(static_rows, rows, solve, empty):
+def unless_empty(static_rows: int | None, rows: TensorLike,
+                 solve: Callable[[], _T], empty: Callable[[], _T]) -> _T:
   """`solve()`, or `empty()` for 0 rows: an empty batch needs no solve.
 
   (An adaptive solver's error norm over no rows is NaN.) Decided in Python

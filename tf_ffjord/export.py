@@ -1,6 +1,8 @@
 """SavedModel export of trained FFJORD flows for serving without tf_ffjord."""
 
+import os
 import types
+from typing import TYPE_CHECKING, TypeVar
 
 import tensorflow as tf
 
@@ -9,11 +11,17 @@ from tf_ffjord import flows
 from tf_ffjord import solvers
 from tf_ffjord import validation
 
+if TYPE_CHECKING:
+  from tf_ffjord.flow_model import FlowModel
+
 __all__ = ["SIGNATURES", "export_model"]
 
 # Serving signature names, in the order they are documented.
 SIGNATURES = ("log_prob", "log_prob_hutchinson", "sample", "forward",
               "inverse")
+
+# The output directory, returned as given.
+_PathT = TypeVar("_PathT", bound=str | os.PathLike[str])
 
 
 def _function(fn, input_signature):
@@ -137,8 +145,10 @@ class _Servable(tf.Module):
                                 bijector=self._m.flow)}
 
 
-def export_model(model, path, batch_size=None, custom_gradients=False,
-                 jit_compile=False):
+def export_model(model: "FlowModel", path: _PathT,
+                 batch_size: int | None = None,
+                 custom_gradients: bool = False,
+                 jit_compile: bool | str = False) -> _PathT:
   """Writes a `FlowModel` as a SavedModel with serving signatures.
 
   The SavedModel loads with `tf.saved_model.load(path)` in a process that has

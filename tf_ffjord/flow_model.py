@@ -1,10 +1,16 @@
 """`FlowModel`: a Keras model of a flow bijector on a standard-normal base, trained with `fit`."""
 
+from collections.abc import Mapping, Sequence
+import os
+from typing import Any, Literal, TypeVar, overload
+
 import keras
 import numpy as np
 import tensorflow as tf
+import tensorflow_probability as tfp
 
 from tf_ffjord import density, flows, objectives, regularizers, validation
+from tf_ffjord._types import SeedLike, TensorLike
 from tf_ffjord.distributions import standard_normal
 from tf_ffjord.images import dequantize
 from tf_ffjord.solvers import xla
@@ -12,6 +18,9 @@ from tf_ffjord.train_steps import (LAST, MEAN, make_metric, monitorable,
                                    step_logs)
 
 __all__ = ["FlowModel"]
+
+# The output directory of `export`, returned as given.
+_PathT = TypeVar("_PathT", bound=str | os.PathLike[str])
 
 
 class FlowModel(keras.Model):
@@ -68,8 +77,11 @@ class FlowModel(keras.Model):
   TensorShape([3])
   """
 
-  def __init__(self, bijector, event_shape, eval_options=None, context_dim=0,
-               dequantize=False, name=None, **kwargs):
+  def __init__(self, bijector: tfp.bijectors.Bijector,
+               event_shape: Sequence[int],
+               eval_options: Mapping[str, Any] | None = None,
+               context_dim: int = 0, dequantize: bool = False,
+               name: str | None = None, **kwargs: Any) -> None:
     super().__init__(name=name, **kwargs)
     self.event_shape = tuple(int(d) for d in event_shape)
     if not self.event_shape or min(self.event_shape) < 1:
@@ -84,14 +96,14 @@ class FlowModel(keras.Model):
     # Keras does not look inside tf.Modules: track the flows' layers here.
     self.flow_layers = flows.keras_layers(bijector, self.eval_bijector)
     self.base = standard_normal(self.event_shape, density.dtype(self))
-    self.objective = objectives.MaximumLikelihood()
+    self.objective: objectives.Objective = objectives.MaximumLikelihood()
     object.__setattr__(self, "trackers", {})
     object.__setattr__(self, "_monitored", [])
     # Compiled graphs of log_prob and sample, out of Keras' tracking.
     object.__setattr__(self, "_compiled_fns", {})
     self.build()
 
-  def build(self, input_shape=None):
+  def build(self, input_shape: Any = None) -> None:
     """Creates every weight now: one Euler step of the flow on zeros.
 
     So that the model can be checkpointed, restored or exported before it
@@ -109,7 +121,9 @@ class FlowModel(keras.Model):
 
   # -- configuration -----------------------------------------------------
 
-  def compile(self, optimizer="adam", objective="likelihood", **kwargs):
+  def compile(self, optimizer: keras.optimizers.Optimizer | str = "adam",
+              objective: objectives.Objective | str = "likelihood",
+              **kwargs: Any) -> None:
     """Configures training.
 
     Args:
@@ -145,11 +159,11 @@ class FlowModel(keras.Model):
     super().compile(optimizer=optimizer, **kwargs)
 
   @property
-  def metrics(self):
+  def metrics(self) -> list[Any]:
     return list(self._monitored)
 
   @property
-  def evaluation_metrics(self):
+  def evaluation_metrics(self) -> dict[str, str]:
     """`{name: kind}` of `evaluate`'s logs: `loss`, `nll`, `nfe` (and `bpd`)."""
     kinds = {"loss": MEAN, "nll": MEAN, "nfe": LAST}
     return {**kinds, "bpd": MEAN} if self.dequantize else kinds
@@ -217,7 +231,8 @@ class FlowModel(keras.Model):
                              batch_ndims=1)
     return x
 
-  def call(self, x, context=None, training=False):
+  def call(self, x: TensorLike, context: TensorLike | None = None,
+           training: bool = False) -> tf.Tensor:
     """log p(x) with the training flow (training) or the evaluation flow."""
     x, context = self._check(x, context)
     return density.log_prob(
@@ -239,7 +254,25 @@ class FlowModel(keras.Model):
           reduce_retracing=input_signature is None)
     return self._compiled_fns[key]
 
-  def log_prob(self, x, context=None, seed=None, return_nfe=False):
+  # The return type follows `return_nfe`: a tensor, or (tensor, NFE).
+  @overload
+  def log_prob(self, x: TensorLike, context: TensorLike | None = None,
+               seed: SeedLike = None,
+               return_nfe: Literal[False] = False) -> tf.Tensor: ...
+
+  @overload
+  def log_prob(self, x: TensorLike, context: TensorLike | None = None,
+               seed: SeedLike = None, *,
+               return_nfe: Literal[True]) -> tuple[tf.Tensor, tf.Tensor]: ...
+
+  @overload
+  def log_prob(self, x: TensorLike, context: TensorLike | None = None,
+               seed: SeedLike = None, return_nfe: bool = False
+               ) -> tf.Tensor | tuple[tf.Tensor, tf.Tensor]: ...
+
+  def log_prob(self, x: TensorLike, context: TensorLike | None = None,
+               seed: SeedLike = None, return_nfe: bool = False
+               ) -> tf.Tensor | tuple[tf.Tensor, tf.Tensor]:
     """log p(x) in nats per example, by the evaluation flow, compiled.
 
     The evaluation flow solves at its own tolerance (`eval_options`,
@@ -283,13 +316,15 @@ class FlowModel(keras.Model):
     logp, nfe = compiled(*args)
     return (logp, nfe) if return_nfe else logp
 
-  def bits_per_dim(self, images, seed=None):
+  def bits_per_dim(self, images: TensorLike, seed: SeedLike = None
+                   ) -> tf.Tensor:
     """bits/dim of each 8-bit image under one (seeded) dequantization."""
     images, _ = self._check(images, raw_images=True)
     x = density.dequantize(self, dequantize(images, seed=seed))
     return density.bits_per_dim(self, self.log_prob(x, seed=seed))
 
-  def sample(self, n, context=None, seed=None):
+  def sample(self, n: int, context: TensorLike | None = None,
+             seed: int | None = None) -> tf.Tensor:
     """Draws `n` samples by integrating base samples forward.
 
     By the evaluation flow, at its tolerance (see `log_prob`).
@@ -310,7 +345,8 @@ class FlowModel(keras.Model):
     fn = self._compiled(("sample", context is not None), self.sample_fn)
     return fn(n, tf.convert_to_tensor(seed, tf.int32), context)
 
-  def sample_fn(self, n, seed, context=None):
+  def sample_fn(self, n: TensorLike, seed: TensorLike,
+                context: TensorLike | None = None) -> tf.Tensor:
     """The graph of `sample` (also traced by the SavedModel export)."""
     n = validation.check_count(n, type(self).__name__)
     return density.sample(self, n, seed, context)
@@ -324,7 +360,8 @@ class FlowModel(keras.Model):
     x, context = self._check(x, context, raw_images=self.dequantize)
     return density.dequantize(self, x), context
 
-  def fit(self, x=None, y=None, *args, **kwargs):  # pylint: disable=keyword-arg-before-vararg
+  def fit(self, x: Any = None, y: Any = None, *args: Any,  # pylint: disable=keyword-arg-before-vararg
+          **kwargs: Any) -> keras.callbacks.History:
     x = self._array_input(x, "fit")
     try:
       return super().fit(x, y, *args, **kwargs)
@@ -334,7 +371,8 @@ class FlowModel(keras.Model):
       self.train_function = self.test_function = None
       raise
 
-  def evaluate(self, x=None, y=None, *args, **kwargs):  # pylint: disable=keyword-arg-before-vararg
+  def evaluate(self, x: Any = None, y: Any = None, *args: Any,  # pylint: disable=keyword-arg-before-vararg
+               **kwargs: Any) -> Any:
     x = self._array_input(x, "evaluate")
     try:
       return super().evaluate(x, y, *args, **kwargs)
@@ -352,11 +390,11 @@ class FlowModel(keras.Model):
       self.trackers[name].update_state(value)
     return step_logs({name: self.trackers[name].result() for name in logs})
 
-  def train_step(self, data):
+  def train_step(self, data: Any) -> dict[str, tf.Tensor]:
     x, context = self._unpack(data)
     return self._report(self.objective.step(self, x, context))
 
-  def test_step(self, data):
+  def test_step(self, data: Any) -> dict[str, tf.Tensor]:
     x, context = self._unpack(data)
     logp, sol = density.log_prob(self, x, context)
     nll = -tf.reduce_mean(logp)
@@ -370,7 +408,8 @@ class FlowModel(keras.Model):
 
   # -- saving ------------------------------------------------------------
 
-  def export(self, path, batch_size=None, custom_gradients=False):
+  def export(self, path: _PathT, batch_size: int | None = None,
+             custom_gradients: bool = False) -> _PathT:
     """Writes a SavedModel that serves without tf_ffjord installed.
 
     Signatures `log_prob` (the evaluation flow; also `serving_default`),
@@ -391,7 +430,7 @@ class FlowModel(keras.Model):
     return export.export_model(self, path, batch_size=batch_size,
                                custom_gradients=custom_gradients)
 
-  def get_compile_config(self):
+  def get_compile_config(self) -> dict[str, Any] | None:
     # Keras skips compile() on load for a custom compile unless these exist.
     config = super().get_compile_config()
     if config:
@@ -399,7 +438,7 @@ class FlowModel(keras.Model):
                 keras.saving.serialize_keras_object(self.objective)}
     return config
 
-  def compile_from_config(self, config):
+  def compile_from_config(self, config: Mapping[str, Any]) -> None:
     config = dict(config)
     objective = config.pop("objective", None)
     config = keras.saving.deserialize_keras_object(config)

@@ -1,10 +1,14 @@
 """Constructors of `FlowModel`: FFJORD blocks on vectors (toys, tabular) and on images (multiscale or single-scale)."""
 
+from collections.abc import Mapping, Sequence
+from typing import Any
+
 import keras
 import numpy as np
 import tensorflow_probability as tfp
 
 from tf_ffjord import flows
+from tf_ffjord._types import TensorLike
 from tf_ffjord.bijector import FFJORD
 from tf_ffjord.contract import DynamicsError
 from tf_ffjord.conv import ConvODENet
@@ -65,9 +69,14 @@ class FFJORDModel(FlowModel):
   'chain_of_ffjord_0_of_ffjord_1'
   """
 
-  def __init__(self, event_shape, dynamics=None, num_blocks=1, context_dim=0,
-               train_time=False, time_length=1.0, eval_options=None,
-               whitening=None, name=None, **ffjord_kwargs):
+  def __init__(self, event_shape: Sequence[int],
+               dynamics: (keras.layers.Layer | Sequence[keras.layers.Layer]
+                          | None) = None,
+               num_blocks: int = 1, context_dim: int = 0,
+               train_time: bool = False, time_length: float = 1.0,
+               eval_options: Mapping[str, Any] | None = None,
+               whitening: Sequence[TensorLike] | None = None,
+               name: str | None = None, **ffjord_kwargs: Any) -> None:
     event_shape = tuple(int(d) for d in event_shape)
     if isinstance(dynamics, (list, tuple)):
       nets = list(dynamics)
@@ -111,16 +120,16 @@ class FFJORDModel(FlowModel):
     self.ffjord_kwargs = dict(ffjord_kwargs)
 
   @property
-  def blocks(self):
+  def blocks(self) -> list[FFJORD]:
     """The FFJORD blocks in data-to-base order."""
     return flows.ffjord_blocks(self.bijector)
 
   @property
-  def end_times(self):
+  def end_times(self) -> list[float]:
     """Each block's end time T, as floats."""
     return [float(b.time_length) for b in self.blocks]
 
-  def get_config(self):
+  def get_config(self) -> dict[str, Any]:
     return {"name": self.name, "event_shape": self.event_shape,
             "dynamics": [keras.saving.serialize_keras_object(b.dynamics)
                          for b in self.blocks],
@@ -130,7 +139,7 @@ class FFJORDModel(FlowModel):
             **self.ffjord_kwargs}
 
   @classmethod
-  def from_config(cls, config):
+  def from_config(cls, config: dict[str, Any]) -> "FFJORDModel":
     config = dict(config)
     config["dynamics"] = [keras.saving.deserialize_keras_object(n)
                           for n in config["dynamics"]]
@@ -187,11 +196,16 @@ class ImageFlow(FlowModel):
   ['bpd', 'loss', 'nfe', 'nfe_backward', 'nll']
   """
 
-  def __init__(self, event_shape=(28, 28, 1), net="conv", dims=(64, 64, 64),
-               strides=None, layer="concat", groups=8, activation="softplus",
-               num_blocks=2, multiscale=True, num_scales=None, alpha=1e-6,
-               train_time=True, time_length=1.0, eval_options=None,
-               name=None, **ffjord_kwargs):
+  def __init__(self, event_shape: Sequence[int] = (28, 28, 1),
+               net: str = "conv",
+               dims: Sequence[int] = (64, 64, 64),
+               strides: Sequence[int] | None = None, layer: str = "concat",
+               groups: int = 8, activation: str = "softplus",
+               num_blocks: int = 2, multiscale: bool = True,
+               num_scales: int | None = None, alpha: float = 1e-6,
+               train_time: bool = True, time_length: float = 1.0,
+               eval_options: Mapping[str, Any] | None = None,
+               name: str | None = None, **ffjord_kwargs: Any) -> None:
     event_shape = tuple(int(d) for d in event_shape)
     if len(event_shape) != 3 or min(event_shape) < 1:
       raise ValueError(f"event_shape must be (H, W, C), got {event_shape}.")
@@ -226,7 +240,7 @@ class ImageFlow(FlowModel):
     self.time_length = float(time_length)
     self.ffjord_kwargs = dict(ffjord_kwargs)
 
-  def get_config(self):
+  def get_config(self) -> dict[str, Any]:
     return {"name": self.name, "event_shape": self.event_shape,
             **self.net_config, "num_blocks": self.num_blocks,
             "multiscale": self.multiscale,

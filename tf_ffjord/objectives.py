@@ -1,5 +1,8 @@
 """Training objectives of a `FlowModel`: maximum likelihood (plus RNODE regularizers) and flow matching."""
 
+from collections.abc import Mapping
+from typing import TYPE_CHECKING, Any, TypeVar
+
 import keras
 import tensorflow as tf
 
@@ -8,8 +11,13 @@ from tf_ffjord import regularizers as regs
 from tf_ffjord.flow_matching import flow_matching_loss
 from tf_ffjord.train_steps import LAST, MEAN, minimize
 
+if TYPE_CHECKING:
+  from tf_ffjord.flow_model import FlowModel
+
 __all__ = ["Objective", "MaximumLikelihood", "FlowMatching", "get",
            "deserialize"]
+
+_O = TypeVar("_O", bound="Objective")
 
 
 @keras.saving.register_keras_serializable("tf_ffjord")
@@ -47,16 +55,17 @@ class Objective:
   Energy()
   """
 
-  def metrics(self, model):
+  def metrics(self, model: "FlowModel") -> dict[str, str]:
     """`{log name: "mean" or "last"}` of the logs `loss` (or `step`) returns."""
     del model
     return {}
 
-  def check(self, model):
+  def check(self, model: "FlowModel") -> None:
     """Raises `ValueError` if the objective cannot train `model`."""
     del model
 
-  def jit_compile(self, model, requested):
+  def jit_compile(self, model: "FlowModel", requested: bool | str
+                  ) -> bool | str:
     """The `jit_compile` of the train step, given the one `compile` got.
 
     Args:
@@ -72,11 +81,14 @@ class Objective:
     del model
     return requested
 
-  def loss(self, model, x, context=None):
+  def loss(self, model: "FlowModel", x: tf.Tensor,
+           context: tf.Tensor | None = None
+           ) -> tuple[tf.Tensor, dict[str, tf.Tensor]]:
     """`(scalar loss, {name: scalar log})` of one batch."""
     raise NotImplementedError
 
-  def step(self, model, x, context=None):
+  def step(self, model: "FlowModel", x: tf.Tensor,
+           context: tf.Tensor | None = None) -> dict[str, tf.Tensor]:
     """One training step; returns its logs (`metrics(model)` names them).
 
     The default logs the loss minimized (with the model's own losses) as
@@ -86,7 +98,9 @@ class Objective:
                           return_loss=True)
     return {"loss": loss, **logs}
 
-  def validation_loss(self, model, x, context, logs):
+  def validation_loss(self, model: "FlowModel", x: tf.Tensor,
+                      context: tf.Tensor | None,
+                      logs: Mapping[str, tf.Tensor]) -> tf.Tensor | None:
     """The objective's loss on a validation batch (`val_loss`), or None.
 
     Args:
@@ -108,14 +122,14 @@ class Objective:
       return None
     return loss + tf.add_n(model.losses) if model.losses else loss
 
-  def get_config(self):
+  def get_config(self) -> dict[str, Any]:
     return {}
 
   @classmethod
-  def from_config(cls, config):
+  def from_config(cls: type[_O], config: Mapping[str, Any]) -> _O:
     return cls(**config)
 
-  def __repr__(self):
+  def __repr__(self) -> str:
     args = ", ".join(f"{k}={v!r}" for k, v in self.get_config().items())
     return f"{type(self).__name__}({args})"
 
@@ -147,7 +161,8 @@ class MaximumLikelihood(Objective):
   ('nll', 'nfe', 'nfe_backward', 'kinetic')
   """
 
-  def __init__(self, regularization=None):
+  def __init__(self, regularization: Mapping[str, float] | None = None
+               ) -> None:
     self.regularization = dict(regularization or {})
     for name, weight in self.regularization.items():
       if name not in regs.REGULARIZERS:
@@ -158,23 +173,25 @@ class MaximumLikelihood(Objective):
                          f"{name}={weight}.")
 
   @property
-  def metric_names(self):
+  def metric_names(self) -> tuple[str, ...]:
     """The logs on a vector model."""
     return ("nll", "nfe", "nfe_backward", *self.regularization)
 
-  def metrics(self, model):
+  def metrics(self, model: "FlowModel") -> dict[str, str]:
     kinds = {"nll": MEAN, "nfe": LAST, "nfe_backward": LAST}
     if getattr(model, "dequantize", False):
       kinds["bpd"] = MEAN
     return {**kinds, **dict.fromkeys(self.regularization, MEAN)}
 
-  def check(self, model):
+  def check(self, model: "FlowModel") -> None:
     if "jacobian" in self.regularization and any(
         not b.trace.has_probe for b in flows.ffjord_blocks(model.bijector)):
       raise ValueError("The 'jacobian' regularizer reuses the Hutchinson "
                        "probe: train with a probing trace (trace='hutchinson').")
 
-  def loss(self, model, x, context=None):
+  def loss(self, model: "FlowModel", x: tf.Tensor,
+           context: tf.Tensor | None = None
+           ) -> tuple[tf.Tensor, dict[str, tf.Tensor]]:
     logp, sol = density.log_prob(model, x, context, bijector=model.bijector,
                                  seed=divergence.replica_seed(),
                                  regularizers=tuple(self.regularization))
@@ -187,7 +204,8 @@ class MaximumLikelihood(Objective):
       logs[name] = value
     return loss, logs
 
-  def step(self, model, x, context=None):
+  def step(self, model: "FlowModel", x: tf.Tensor,
+           context: tf.Tensor | None = None) -> dict[str, tf.Tensor]:
     logs = super().step(model, x, context)
     # The adjoint solves run in the gradient: their NFE is known only now.
     logs["nfe_backward"] = tf.add_n(
@@ -197,12 +215,14 @@ class MaximumLikelihood(Objective):
       logs["bpd"] = density.bits_per_dim(model, -logs["nll"])
     return logs
 
-  def validation_loss(self, model, x, context, logs):
+  def validation_loss(self, model: "FlowModel", x: tf.Tensor,
+                      context: tf.Tensor | None,
+                      logs: Mapping[str, tf.Tensor]) -> tf.Tensor | None:
     if not self.regularization and not model.losses:
       return logs["nll"]  # the loss itself, by the exact evaluation solve
     return super().validation_loss(model, x, context, logs)
 
-  def get_config(self):
+  def get_config(self) -> dict[str, Any]:
     return {"regularization": self.regularization}
 
 
@@ -227,19 +247,19 @@ class FlowMatching(Objective):
     ValueError: a negative sigma.
   """
 
-  metric_names = ("fm_loss",)
+  metric_names: tuple[str, ...] = ("fm_loss",)
 
-  def __init__(self, ot=False, sigma=0.0):
+  def __init__(self, ot: bool = False, sigma: float = 0.0) -> None:
     if not sigma >= 0:
       raise ValueError(f"sigma must be >= 0, got {sigma}.")
     self.ot = bool(ot)
     self.sigma = float(sigma)
 
-  def metrics(self, model):
+  def metrics(self, model: "FlowModel") -> dict[str, str]:
     del model
     return {"fm_loss": MEAN}
 
-  def check(self, model):
+  def check(self, model: "FlowModel") -> None:
     _, block = flows.flow_matching_parts(model.bijector)
     if any(layer.trainable_weights for layer in block.keras_layers
            if layer is not block.dynamics):
@@ -247,7 +267,8 @@ class FlowMatching(Objective):
                        "interval and cannot learn the end time: build the "
                        "model with train_time=False.")
 
-  def jit_compile(self, model, requested):
+  def jit_compile(self, model: "FlowModel", requested: bool | str
+                  ) -> bool | str:
     if self.ot:
       if requested is True:
         raise ValueError("ot=True runs scipy in the train step and cannot "
@@ -263,7 +284,9 @@ class FlowMatching(Objective):
         "auto", solvers.xla.num_weights(block.dynamics), None,
         len(model.event_shape), solvers.xla.device_type(tf.zeros([])))
 
-  def loss(self, model, x, context=None):
+  def loss(self, model: "FlowModel", x: tf.Tensor,
+           context: tf.Tensor | None = None
+           ) -> tuple[tf.Tensor, dict[str, tf.Tensor]]:
     pre, block = flows.flow_matching_parts(model.bijector)
     # Per dimension, so that learning rates and gradient clipping carry
     # over between data sets of different sizes.
@@ -273,14 +296,15 @@ class FlowMatching(Objective):
         sigma=self.sigma)) / model.event_size
     return fm, {"fm_loss": fm}
 
-  def get_config(self):
+  def get_config(self) -> dict[str, Any]:
     return {"ot": self.ot, "sigma": self.sigma}
 
 
-_NAMES = {"likelihood": MaximumLikelihood, "flow_matching": FlowMatching}
+_NAMES: dict[str, type[Objective]] = {
+    "likelihood": MaximumLikelihood, "flow_matching": FlowMatching}
 
 
-def get(objective):
+def get(objective: Objective | str) -> Objective:
   """An `Objective` from itself, `"likelihood"` or `"flow_matching"`.
 
   Raises:
@@ -294,7 +318,7 @@ def get(objective):
                    f"{sorted(_NAMES)} or an Objective instance.")
 
 
-def deserialize(config):
+def deserialize(config: Mapping[str, Any] | str) -> Objective:
   """The `Objective` of its Keras config, by Keras' deserialization.
 
   Also reads the `{"class_name", "config"}` of `.keras` files written before

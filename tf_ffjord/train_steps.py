@@ -1,10 +1,15 @@
 """Pieces of the custom Keras train steps of `FlowModel` and `VAE`: one optimizer step, step logs Keras can reduce, the two kinds of step metric and their direction."""
 
+from collections.abc import Callable, Sequence
+from typing import Any
+
 import keras
 # Private: the one container Keras' callbacks read directions from (see
 # `monitorable`).
 from keras.src.trainers import compile_utils
 import tensorflow as tf
+
+from tf_ffjord._types import TensorLike
 
 __all__ = ["MEAN", "LAST", "METRIC_KINDS", "LastValue", "make_metric",
            "monitorable", "minimize", "step_logs", "in_multi_worker_mode"]
@@ -14,7 +19,8 @@ LAST = "last"  # the last step's value (a count such as the NFE)
 METRIC_KINDS = (MEAN, LAST)
 
 
-def in_multi_worker_mode(strategy=None):
+def in_multi_worker_mode(
+    strategy: tf.distribute.Strategy | None = None) -> bool:
   """Whether `strategy` (default: the current one) spans several workers.
 
   By the public route: a multi-worker strategy holds a cluster resolver, and
@@ -34,7 +40,8 @@ def in_multi_worker_mode(strategy=None):
   return len(spec.get("chief", ())) + len(spec.get("worker", ())) > 1
 
 
-def minimize(model, loss_fn, return_loss=False):
+def minimize(model: keras.Model, loss_fn: Callable[[], tuple[tf.Tensor, Any]],
+             return_loss: bool = False) -> Any:
   """One optimizer step of `model` on `loss_fn()` plus the model's own losses.
 
   Under `tf.distribute` the gradients are summed over replicas, so the loss
@@ -63,7 +70,7 @@ def minimize(model, loss_fn, return_loss=False):
   return (loss, aux) if return_loss else aux
 
 
-def step_logs(logs):
+def step_logs(logs: dict[str, tf.Tensor]) -> dict[str, tf.Tensor]:
   """Step logs in the shape Keras can reduce under the current strategy.
 
   Keras 3 averages multi-worker step logs with `strategy.reduce("MEAN", v,
@@ -78,24 +85,25 @@ def step_logs(logs):
 class LastValue(keras.metrics.Metric):
   """A metric that reports the last value it was given (e.g. the last NFE)."""
 
-  def __init__(self, name="last_value", **kwargs):
+  def __init__(self, name: str = "last_value", **kwargs: Any) -> None:
     super().__init__(name=name, **kwargs)
     # Under tf.distribute each replica keeps its own value; report their
     # mean, not their sum.
     self.value = self.add_variable(shape=(), initializer="zeros", name="value",
                                    aggregation="mean")
 
-  def update_state(self, value):
+  def update_state(self, value: TensorLike) -> None:
     self.value.assign(tf.cast(value, self.value.dtype))
 
-  def result(self):
+  def result(self) -> tf.Tensor:
     return tf.convert_to_tensor(self.value)  # a tensor, also under tf.distribute
 
-  def reset_state(self):
+  def reset_state(self) -> None:
     self.value.assign(0.0)
 
 
-def make_metric(name, kind, lower_is_better=False):
+def make_metric(name: str, kind: str,
+                lower_is_better: bool = False) -> keras.metrics.Metric:
   """The Keras metric of a step log: `MEAN` over the epoch or `LAST` value.
 
   Args:
@@ -126,7 +134,7 @@ def make_metric(name, kind, lower_is_better=False):
   return metric
 
 
-def monitorable(metrics):
+def monitorable(metrics: Sequence[Any]) -> list[Any]:
   """`metrics`, then one entry through which Keras' callbacks see directions.
 
   Keras 3 has no public way to say that a custom metric is to be minimized.
