@@ -17,28 +17,6 @@ __all__ = []
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 
-# Public names of the modules still being edited on other branches, not
-# annotated yet. The test fails once one of them is annotated: remove it here
-# then, and the module's `[mypy-...] ignore_errors` section in setup.cfg.
-PENDING = {
-    "tf_ffjord.flow_model.FlowModel",
-    "tf_ffjord.objectives.Objective",
-    "tf_ffjord.objectives.MaximumLikelihood",
-    "tf_ffjord.objectives.FlowMatching",
-    "tf_ffjord.objectives.get",
-    "tf_ffjord.objectives.deserialize",
-    "tf_ffjord.export.export_model",
-    "tf_ffjord.models.FFJORDModel",
-    "tf_ffjord.models.ImageFlow",
-    "tf_ffjord.train_steps.LastValue",
-    "tf_ffjord.train_steps.make_metric",
-    "tf_ffjord.train_steps.minimize",
-    "tf_ffjord.train_steps.step_logs",
-    "tf_ffjord.train_steps.in_multi_worker_mode",
-    "tf_ffjord.callbacks.TimeBudget",
-    "tf_ffjord.callbacks.any_worker",
-}
-
 # Methods checked besides the public ones.
 _DUNDERS = ("__init__", "__new__", "__call__")
 
@@ -146,19 +124,9 @@ def test_mypy_reads_the_hints_of_user_code(tmp_path):
 def test_every_public_signature_is_annotated():
   found = public_objects()
   assert "tf_ffjord.bijector.FFJORD" in found  # the walk sees the package
-  assert PENDING <= set(found), sorted(PENDING - set(found))
-  missing = {name: unannotated(obj) for name, obj in found.items()
-             if name not in PENDING}
+  missing = {name: unannotated(obj) for name, obj in found.items()}
   missing = {name: m for name, m in missing.items() if m}
   assert not missing, f"Public signatures without type hints: {missing}"
-
-
-def test_pending_names_are_still_unannotated():
-  # So that PENDING cannot go stale: an annotated name must leave it.
-  found = public_objects()
-  done = sorted(name for name in PENDING if not unannotated(found[name]))
-  assert not done, (f"{done} are annotated now: remove them from PENDING "
-                    "in tests/test_typing.py.")
 
 
 def test_unannotated_finds_what_is_missing():
