@@ -32,8 +32,9 @@ def _dist(dynamics, **kwargs):
 @pytest.mark.parametrize("kind", user_dynamics.KINDS)
 def test_canonical_tfp_loop_trains_every_kind(kind):
   keras.utils.set_random_seed(0)
-  dist = _dist(user_dynamics.make(kind, 2, hidden=(16,)), rtol=1e-4,
-               atol=1e-4)
+  # Adaptive steps and the adjoint: the default path's gradient.
+  dist = _dist(user_dynamics.make(kind, 2, hidden=(16,)), rtol=1e-3,
+               atol=1e-3)
   x = toy.sample("8gaussians", 128, seed=0)
   test = toy.sample("8gaussians", 256, seed=1)
   nll = lambda: -float(tf.reduce_mean(tf.function(dist.log_prob)(test)))
@@ -43,7 +44,7 @@ def test_canonical_tfp_loop_trains_every_kind(kind):
   if num_weights is not None:  # every weight of the user's net is found
     assert sum(int(np.prod(v.shape)) for v in variables) == num_weights
   step = tfp_train_step(dist, keras.optimizers.Adam(2e-2))
-  for _ in range(25):
+  for _ in range(20):
     step(x)
   assert nll() < before - 0.3
 
@@ -160,7 +161,8 @@ def test_a_context_needs_a_three_argument_signature():
 def test_fit_trains_a_user_keras_layer():
   keras.utils.set_random_seed(0)
   model = FFJORDModel((2,), dynamics=user_dynamics.TimeMLP(2, hidden=(16,)),
-                      time_length=0.5, rtol=1e-4, atol=1e-4)
+                      time_length=0.5, rtol=1e-3, atol=1e-3,
+                      eval_options={"rtol": 1e-3, "atol": 1e-3})
   model.compile(keras.optimizers.Adam(2e-2))
   x = toy.sample("8gaussians", 512, seed=0)
   test = toy.sample("8gaussians", 256, seed=1)
@@ -194,7 +196,7 @@ for _ in range(3):
 """
 
 
-@pytest.mark.parametrize("kind", ["keras", "module"])
+@pytest.mark.parametrize("kind", ["keras"])
 def test_user_net_steps_compile_once(kind, subprocess_env):
   # XLA compiles the forward and the backward loop in the first step, and
   # nothing after it: later steps only change the weights.
