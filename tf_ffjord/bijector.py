@@ -303,7 +303,6 @@ class FFJORD(tfp.bijectors.Bijector):
     if direction not in ("inverse", "forward"):
       raise ValueError(f"direction must be 'inverse' or 'forward', got "
                        f"{direction!r}.")
-    contract.check_signature(self._dynamics, context is not None)
     regularizers = regs.check(regularizers, self._trace)
     if tf.executing_eagerly():  # one cached tf.function, not a retrace per call
       return bijector_input.eager_solve(self, x, direction, context, seed,
@@ -373,6 +372,8 @@ class FFJORD(tfp.bijectors.Bijector):
     created in a compiled loop, they decide `jit_compile="auto"`, and they
     are exposed to TFP's variable tracking with those a function reads.
     """
+    # Once per trace (not per eager call): the signature the solve will use.
+    contract.check_signature(self._dynamics, context_shape is not None)
     event_shape = tf.TensorShape(event_shape)
     if not event_shape.is_fully_defined() or not (
         context_shape is None

@@ -291,28 +291,27 @@ class FlowModel(keras.Model):
     """
     x, context = self._check(x, context)
 
-    def fn(x, c, s):
+    has_context, has_seed = context is not None, seed is not None
+    args = [x] + ([context] if has_context else []) + (
+        [tf.convert_to_tensor(seed, tf.int32)] if has_seed else [])
+    # Every batch size from the first call on: one trace, no retrace. The
+    # checked input fixes the rest of the signature, so the key is the
+    # arguments present.
+    specs = [tf.TensorSpec([None, *a.shape[1:]], a.dtype)
+             for a in args[:1 + has_context]]
+    specs += [tf.TensorSpec([2], tf.int32)] if has_seed else []
+
+    def fn(x, *rest):
+      c = rest[0] if has_context else None
+      s = rest[-1] if has_seed else None
+
       def solve():
         logp, sol = density.log_prob(self, x, c, seed=s)
         return logp, tf.cast(sol.nfe, tf.int32)
       return density.unless_empty(x.shape[0], tf.shape(x)[0], solve, lambda: (
           tf.zeros([0], x.dtype), tf.constant(0, tf.int32)))
 
-    has_context, has_seed = context is not None, seed is not None
-    args = [x] + ([context] if has_context else []) + (
-        [tf.convert_to_tensor(seed, tf.int32)] if has_seed else [])
-    # Every batch size from the first call on: one trace, no retrace.
-    specs = [tf.TensorSpec([None, *a.shape[1:]], a.dtype) for a in args[:1 + has_context]]
-    specs += [tf.TensorSpec([2], tf.int32)] if has_seed else []
-
-    def unpacked(x, *rest):
-      rest = list(rest)
-      return fn(x, rest.pop(0) if has_context else None,
-                rest.pop(0) if has_seed else None)
-
-    compiled = self._compiled(("log_prob", has_context, has_seed,
-                               tuple((tuple(s.shape), s.dtype) for s in specs)),
-                              unpacked, specs)
+    compiled = self._compiled(("log_prob", has_context, has_seed), fn, specs)
     logp, nfe = compiled(*args)
     return (logp, nfe) if return_nfe else logp
 
