@@ -19,6 +19,9 @@ from tf_ffjord.solvers.xla import JIT_ENV  # noqa: E402
 
 
 _ROOT = os.path.dirname(os.path.abspath(__file__))
+# The tests' shared helpers (`user_dynamics`, `_worker`) live in tests/, above
+# the folders that mirror the package.
+sys.path.insert(0, os.path.join(_ROOT, "tests"))
 
 
 @pytest.fixture

@@ -42,8 +42,8 @@ import tensorflow as tf
 import tensorflow_probability as tfp
 
 from tf_ffjord import FFJORD, FFJORDModel, FlowModel, ODENet
-from tf_ffjord.images import LogitTransform
-from tf_ffjord.unet import UNetODENet
+from tf_ffjord.cnf.image_transforms import LogitTransform
+from tf_ffjord.nets.unet import UNetODENet
 
 __all__ = ["CASES", "POLICIES", "build", "run_case", "ml_toy",
            "format_table", "main"]

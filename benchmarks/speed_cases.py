@@ -8,7 +8,7 @@ import numpy as np
 import tensorflow as tf
 
 from tf_ffjord.datasets import toy
-from tf_ffjord.dynamics import ODENet, time_features
+from tf_ffjord.nets.dense import ODENet, time_features
 
 __all__ = ["DATA_DIR", "Case", "CASES", "ConvDynamics", "make_net",
            "make_batches"]

@@ -5,7 +5,7 @@ import numpy as np
 import tensorflow as tf
 import tensorflow_probability as tfp
 
-from tf_ffjord.bijector import FFJORD
+from tf_ffjord.cnf.ffjord import FFJORD
 
 __all__ = ["Ours", "TFP", "IMPLS"]
 

@@ -6,7 +6,7 @@ import time
 
 import tensorflow as tf
 
-from tf_ffjord import divergence
+from tf_ffjord.cnf import trace_estimators as divergence
 
 __all__ = ["PeakRSS", "eval_chains", "sync"]
 

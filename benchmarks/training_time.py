@@ -46,7 +46,7 @@ import tensorflow as tf
 
 from tf_ffjord import FFJORDModel, ODENet
 from tf_ffjord.datasets import batches, toy
-from tf_ffjord.objectives import FlowMatching, MaximumLikelihood
+from tf_ffjord.model.objectives import FlowMatching, MaximumLikelihood
 
 __all__ = ["Config", "METHODS", "TestNLLEvery", "run", "main"]
 

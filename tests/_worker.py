@@ -33,8 +33,9 @@ def train(spec):
   import keras  # pylint: disable=g-import-not-at-top
   import numpy as np  # pylint: disable=g-import-not-at-top
   import tensorflow as tf  # pylint: disable=g-import-not-at-top
-  from tf_ffjord import FFJORDModel, ODENet, density  # pylint: disable=g-import-not-at-top
-  from tf_ffjord.divergence import replica_seed  # pylint: disable=g-import-not-at-top
+  from tf_ffjord import FFJORDModel, ODENet  # pylint: disable=g-import-not-at-top
+  from tf_ffjord.cnf import density  # pylint: disable=g-import-not-at-top
+  from tf_ffjord.cnf.trace_estimators import replica_seed  # pylint: disable=g-import-not-at-top
 
   # The same global seed in every process: any per-replica difference must
   # come from the model, not from unseeded randomness.
@@ -64,7 +65,7 @@ def train(spec):
   if spec.get("checkpoints"):
     # Every worker saves (collective reads), only the chief's files stay;
     # after a barrier every worker restores the chief's checkpoint.
-    from tf_ffjord.checkpoints import Checkpoint  # pylint: disable=g-import-not-at-top
+    from tf_ffjord.saving.checkpoints import Checkpoint  # pylint: disable=g-import-not-at-top
     Checkpoint(model, spec["checkpoints"]).save(1)
     strategy.reduce("SUM", strategy.run(lambda: tf.constant(1.0)), axis=None)
     out["checkpoint_epoch"] = Checkpoint(model, spec["checkpoints"]).restore()

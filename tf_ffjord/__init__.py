@@ -1,17 +1,26 @@
-"""tf-ffjord: FFJORD continuous normalizing flows for TensorFlow and Keras."""
+"""tf-ffjord: FFJORD continuous normalizing flows for TensorFlow and Keras.
+
+The layers, each a subpackage whose imports only go down:
+
+- `solvers`: ODE solvers (methods, step-size controllers, adjoints);
+- `nets`: dynamics networks f(t, z);
+- `cnf`: the continuous flow (`FFJORD`, trace estimators, the multiscale
+  stack, image transforms, the density of a flow on its base);
+- `saving`: SavedModel export and checkpoints;
+- `model`: the Keras model, its objectives and train steps;
+- `datasets`: data loaders and pipelines.
+
+The names below are the ones most code needs; each subpackage's `__all__`
+lists the rest of its public names.
+"""
 
 from tf_ffjord import datasets
-from tf_ffjord.bijector import FFJORD, Solution
-from tf_ffjord.tfp_compat import TFPFFJORD
-from tf_ffjord.divergence import Exact, Hutchinson, TraceEstimator
-from tf_ffjord.conv import ConvODENet
-from tf_ffjord.dynamics import ODENet
-from tf_ffjord.end_time import EndTime
-from tf_ffjord.images import LogitTransform, Squeeze, bits_per_dim, dequantize
-from tf_ffjord.flow_model import FlowModel
-from tf_ffjord.models import FFJORDModel, ImageFlow
-from tf_ffjord.multiscale import ODENVP
-from tf_ffjord.objectives import FlowMatching, MaximumLikelihood
+from tf_ffjord.cnf import EndTime, Exact, FFJORD, Hutchinson, LogitTransform
+from tf_ffjord.cnf import ODENVP, Solution, Squeeze, TFPFFJORD, TraceEstimator
+from tf_ffjord.cnf.image_transforms import bits_per_dim, dequantize
+from tf_ffjord.model import FFJORDModel, FlowMatching, FlowModel, ImageFlow
+from tf_ffjord.model import MaximumLikelihood
+from tf_ffjord.nets import ConvODENet, ODENet
 from tf_ffjord.solvers import Solver, Tableau, make_solver
 
 __all__ = [

@@ -1,4 +1,4 @@
-"""The values the CLI flags accept, copied from tf_ffjord so that parsing and `--help` import no TensorFlow (tests/test_runs.py checks each copy)."""
+"""The values the CLI flags accept, copied from tf_ffjord so that parsing and `--help` import no TensorFlow (tests/training/test_run_folders.py checks each copy)."""
 
 __all__ = ["SOLVERS", "GRADIENTS", "TRACES", "NOISES", "ACTIVATIONS",
            "LAYER_TYPES", "TOY_NAMES", "TABULAR_NAMES", "TABULAR_DIMS",
@@ -23,15 +23,15 @@ POSTERIORS = ("none", "maf", "ffjord")
 # Where each copy comes from: name -> (module, expression over it).
 ORIGINALS = {
     "SOLVERS": ("tf_ffjord.solvers", "ADAPTIVE_SOLVERS + FIXED_SOLVERS"),
-    "GRADIENTS": ("tf_ffjord.bijector", "GRADIENTS"),
-    "TRACES": ("tf_ffjord.divergence", "TRACES"),
-    "NOISES": ("tf_ffjord.divergence", "NOISES"),
-    "ACTIVATIONS": ("tf_ffjord.dynamics", "ACTIVATIONS"),
-    "LAYER_TYPES": ("tf_ffjord.dynamics", "tuple(LAYER_TYPES)"),
+    "GRADIENTS": ("tf_ffjord.cnf.ffjord", "GRADIENTS"),
+    "TRACES": ("tf_ffjord.cnf.trace_estimators", "TRACES"),
+    "NOISES": ("tf_ffjord.cnf.trace_estimators", "NOISES"),
+    "ACTIVATIONS": ("tf_ffjord.nets.dense", "ACTIVATIONS"),
+    "LAYER_TYPES": ("tf_ffjord.nets.dense", "tuple(LAYER_TYPES)"),
     "TOY_NAMES": ("tf_ffjord.datasets.toy", "NAMES"),
     "TABULAR_NAMES": ("tf_ffjord.datasets.tabular", "NAMES"),
     "TABULAR_DIMS": ("tf_ffjord.datasets.tabular", "DIMS"),
     "IMAGE_DATASETS": ("tf_ffjord.datasets.images", "DATASETS"),
-    "NETS": ("tf_ffjord.models", "NETS"),
-    "POSTERIORS": ("tf_ffjord.vae", "POSTERIORS"),
+    "NETS": ("tf_ffjord.model.builders", "NETS"),
+    "POSTERIORS": ("tf_ffjord.model.vae", "POSTERIORS"),
 }

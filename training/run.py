@@ -12,10 +12,10 @@ import keras
 import numpy as np
 import tensorflow as tf
 
-from tf_ffjord.callbacks import TimeBudget
-from tf_ffjord.checkpoints import Checkpoint, is_chief, optimizer_steps
+from tf_ffjord.model.callbacks import TimeBudget
+from tf_ffjord.saving.checkpoints import Checkpoint, is_chief, optimizer_steps
 from tf_ffjord.datasets.batches import step_seed
-from tf_ffjord.images import bits_per_dim, dequantize
+from tf_ffjord.cnf.image_transforms import bits_per_dim, dequantize
 
 __all__ = ["CurveLogger", "fit", "evaluate", "read_curve", "write_json",
            "on_every_worker", "is_chief", "optimizer_steps"]

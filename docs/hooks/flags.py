@@ -1,7 +1,7 @@
 """MkDocs hook: CLI flag tables generated from the training CLIs themselves.
 
-A page line `<!-- cli-flags: training.toy -->` becomes the table of every flag
-of `python -m training.toy`: the hook runs that module's `main([])` until its
+A page line `<!-- cli-flags: training.toy_cli -->` becomes the table of every flag
+of `python -m training.toy_cli`: the hook runs that module's `main([])` until its
 argument parser is built and reads the parser's own actions (flag, default,
 choices, help), so the table cannot drift from the code. No training runs:
 the parser's `parse_args` is intercepted before it returns.

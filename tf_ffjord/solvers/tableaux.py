@@ -197,7 +197,7 @@ TSIT5 = Tableau(
     order=5,
     # A 4th-order midpoint value: the minimum-norm solution of the order
     # conditions of the trees up to order 4 at theta = 1/2 (one of a line
-    # of solutions; tests/test_tableaux.py checks its order).
+    # of solutions; tests/solvers/test_tableaux.py checks its order).
     b_mid=(0.1114257489207335, 0.013197067390739337, 0.3778399896729754,
            -0.018471772229543715, 0.003142799070462657, 0.01577833690799852,
            -0.0029121697333655146))

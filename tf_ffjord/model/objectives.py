@@ -1,0 +1,339 @@
+"""Training objectives of a `FlowModel`: maximum likelihood (plus RNODE regularizers) and flow matching."""
+
+from collections.abc import Mapping
+from typing import TYPE_CHECKING, Any, TypeVar
+
+import keras
+import tensorflow as tf
+
+from tf_ffjord import solvers
+from tf_ffjord.cnf import density
+from tf_ffjord.cnf import trace_estimators as divergence
+from tf_ffjord.cnf import composite as flows
+from tf_ffjord.cnf import regularizers as regs
+from tf_ffjord.model.flow_matching import flow_matching_loss
+from tf_ffjord.model.steps import LAST, MEAN, minimize
+
+if TYPE_CHECKING:
+  from tf_ffjord.model.flow_model import FlowModel
+
+__all__ = ["Objective", "MaximumLikelihood", "FlowMatching", "get",
+           "deserialize"]
+
+_O = TypeVar("_O", bound="Objective")
+
+
+@keras.saving.register_keras_serializable("tf_ffjord")
+class Objective:
+  """What a `FlowModel`'s `train_step` minimizes, and what it logs.
+
+  A subclass defines `loss(model, x, context)`, which runs under the gradient
+  tape and returns the scalar loss and a dict of scalar step logs, and
+  `metrics(model)`, the kind of each log: `"mean"` (the mean over the epoch)
+  or `"last"` (the last step's value). The model makes one Keras metric per
+  log and knows nothing else of the objective. Optional hooks: `check(model)`
+  runs at `compile` and raises on a model the objective cannot train;
+  `jit_compile(model, requested)` decides whether Keras may XLA-compile the
+  train step; `step(model, x, context)` is the whole train step (by default
+  one optimizer step on `loss`, logging it as `loss` beside the objective's
+  logs), for logs read after the gradient; `validation_loss(model, x,
+  context, logs)` is the `loss` that `evaluate` logs (by default `loss` on
+  the batch), so that `val_loss` is the objective's.
+
+  Objectives are Keras-serializable: with `get_config` (the constructor's
+  arguments) and the `keras.saving.register_keras_serializable` decorator,
+  a model compiled with a user's objective saves to `.keras` and loads back.
+
+  #### Examples
+
+  >>> @keras.saving.register_keras_serializable("doctest")
+  ... class Energy(Objective):
+  ...   def metrics(self, model):
+  ...     return {"energy": "mean"}
+  ...   def loss(self, model, x, context=None):
+  ...     e = tf.reduce_mean(tf.square(x))
+  ...     return e, {"energy": e}
+  >>> keras.saving.deserialize_keras_object(
+  ...     keras.saving.serialize_keras_object(Energy()))
+  Energy()
+  """
+
+  def metrics(self, model: "FlowModel") -> dict[str, str]:
+    """`{log name: "mean" or "last"}` of the logs `loss` (or `step`) returns."""
+    del model
+    return {}
+
+  def check(self, model: "FlowModel") -> None:
+    """Raises `ValueError` if the objective cannot train `model`."""
+    del model
+
+  def jit_compile(self, model: "FlowModel", requested: bool | str
+                  ) -> bool | str:
+    """The `jit_compile` of the train step, given the one `compile` got.
+
+    Args:
+      model: the model being compiled.
+      requested: `True`, `False` or `"auto"` (Keras' default).
+
+    Returns:
+      The value to give `keras.Model.compile`.
+
+    Raises:
+      ValueError: a requested XLA compile the objective cannot run under.
+    """
+    del model
+    return requested
+
+  def loss(self, model: "FlowModel", x: tf.Tensor,
+           context: tf.Tensor | None = None
+           ) -> tuple[tf.Tensor, dict[str, tf.Tensor]]:
+    """`(scalar loss, {name: scalar log})` of one batch."""
+    raise NotImplementedError
+
+  def step(self, model: "FlowModel", x: tf.Tensor,
+           context: tf.Tensor | None = None) -> dict[str, tf.Tensor]:
+    """One training step; returns its logs (`metrics(model)` names them).
+
+    The default logs the loss minimized (with the model's own losses) as
+    `loss`, which Keras' callbacks monitor by default (as `val_loss`).
+    """
+    loss, logs = minimize(model, lambda: self.loss(model, x, context),
+                          return_loss=True)
+    return {"loss": loss, **logs}
+
+  def validation_loss(self, model: "FlowModel", x: tf.Tensor,
+                      context: tf.Tensor | None,
+                      logs: Mapping[str, tf.Tensor]) -> tf.Tensor | None:
+    """The objective's loss on a validation batch (`val_loss`), or None.
+
+    Args:
+      model: the model.
+      x: the batch (dequantized).
+      context: its context, or None.
+      logs: the evaluation logs of the batch: `nll`, `nfe` (and `bpd`), by
+        the evaluation flow.
+
+    Returns:
+      A scalar, by default `loss(model, x, context)` plus the model's own
+      losses, as in training; None for no `loss` log (an objective that
+      only defines `step`).
+    """
+    del logs
+    try:
+      loss = self.loss(model, x, context)[0]
+    except NotImplementedError:
+      return None
+    return loss + tf.add_n(model.losses) if model.losses else loss
+
+  def get_config(self) -> dict[str, Any]:
+    return {}
+
+  @classmethod
+  def from_config(cls: type[_O], config: Mapping[str, Any]) -> _O:
+    return cls(**config)
+
+  def __repr__(self) -> str:
+    args = ", ".join(f"{k}={v!r}" for k, v in self.get_config().items())
+    return f"{type(self).__name__}({args})"
+
+
+@keras.saving.register_keras_serializable("tf_ffjord")
+class MaximumLikelihood(Objective):
+  """Mean negative log-likelihood (nats) through ODE solves, plus penalties.
+
+  Each solve draws fresh Hutchinson probes (distinct per replica). The
+  regularizers (Finlay et al. 2020) are integrated along the same solves as
+  extra ODE states, so they cost no extra dynamics evaluations; each adds
+  weight x its mean integral to the loss and is logged as a metric. Logs:
+  `loss`, `nll`, the forward `nfe` and adjoint `nfe_backward` of the last
+  step, `bpd` for image models, and each regularizer. Without
+  regularizers the loss is the NLL, and `val_loss` is the validation
+  `nll` by the evaluation flow (no second solve); with them, the loss of
+  the training flow on the validation batch.
+
+  Args:
+    regularization: dict name -> weight over `tf_ffjord.cnf.regularizers`
+      (`"kinetic"`, `"jacobian"`, `"l1"`, `"l2"`).
+
+  Raises:
+    ValueError: an unknown regularizer or a negative weight.
+
+  #### Examples
+
+  >>> MaximumLikelihood({"kinetic": 0.01}).metric_names
+  ('nll', 'nfe', 'nfe_backward', 'kinetic')
+  """
+
+  def __init__(self, regularization: Mapping[str, float] | None = None
+               ) -> None:
+    self.regularization = dict(regularization or {})
+    for name, weight in self.regularization.items():
+      if name not in regs.REGULARIZERS:
+        raise ValueError(f"Unknown regularizer {name!r}; expected one of "
+                         f"{regs.REGULARIZERS}.")
+      if not weight >= 0:
+        raise ValueError(f"Regularization weights must be >= 0, got "
+                         f"{name}={weight}.")
+
+  @property
+  def metric_names(self) -> tuple[str, ...]:
+    """The logs on a vector model."""
+    return ("nll", "nfe", "nfe_backward", *self.regularization)
+
+  def metrics(self, model: "FlowModel") -> dict[str, str]:
+    kinds = {"nll": MEAN, "nfe": LAST, "nfe_backward": LAST}
+    if getattr(model, "dequantize", False):
+      kinds["bpd"] = MEAN
+    return {**kinds, **dict.fromkeys(self.regularization, MEAN)}
+
+  def check(self, model: "FlowModel") -> None:
+    if "jacobian" in self.regularization and any(
+        not b.trace.has_probe for b in flows.ffjord_blocks(model.bijector)):
+      raise ValueError("The 'jacobian' regularizer reuses the Hutchinson "
+                       "probe: train with a probing trace (trace='hutchinson').")
+
+  def loss(self, model: "FlowModel", x: tf.Tensor,
+           context: tf.Tensor | None = None
+           ) -> tuple[tf.Tensor, dict[str, tf.Tensor]]:
+    logp, sol = density.log_prob(model, x, context, bijector=model.bijector,
+                                 seed=divergence.replica_seed(),
+                                 regularizers=tuple(self.regularization))
+    nll = -tf.reduce_mean(logp)
+    loss = nll
+    logs = {"nll": nll, "nfe": sol.nfe}
+    for name, weight in self.regularization.items():
+      value = tf.reduce_mean(sol.regularization[name])
+      loss += weight * value
+      logs[name] = value
+    return loss, logs
+
+  def step(self, model: "FlowModel", x: tf.Tensor,
+           context: tf.Tensor | None = None) -> dict[str, tf.Tensor]:
+    logs = super().step(model, x, context)
+    # The adjoint solves run in the gradient: their NFE is known only now.
+    logs["nfe_backward"] = tf.add_n(
+        [b.nfe_backward.read_value()
+         for b in flows.ffjord_blocks(model.bijector)])
+    if getattr(model, "dequantize", False):
+      logs["bpd"] = density.bits_per_dim(model, -logs["nll"])
+    return logs
+
+  def validation_loss(self, model: "FlowModel", x: tf.Tensor,
+                      context: tf.Tensor | None,
+                      logs: Mapping[str, tf.Tensor]) -> tf.Tensor | None:
+    if not self.regularization and not model.losses:
+      return logs["nll"]  # the loss itself, by the exact evaluation solve
+    return super().validation_loss(model, x, context, logs)
+
+  def get_config(self) -> dict[str, Any]:
+    return {"regularization": self.regularization}
+
+
+@keras.saving.register_keras_serializable("tf_ffjord")
+class FlowMatching(Objective):
+  """Simulation-free flow matching of the model's one FFJORD block.
+
+  Regresses the block's field onto straight paths from the data (pushed
+  through any fixed pre-transform of the flow, such as a logit) to
+  N(0, I) samples: no ODE solve while training. Densities, samples,
+  `evaluate` and export then integrate the learned field as usual. Defined
+  for a flow with a single FFJORD block next to the base and a fixed end
+  time; `compile` refuses other models with a message naming what to use.
+  The loss (metric `fm_loss`) is the squared error per dimension.
+
+  Args:
+    ot: pair each batch with its base samples by exact minibatch optimal
+      transport (scipy; the train step then runs without XLA).
+    sigma: noise around the straight paths.
+
+  Raises:
+    ValueError: a negative sigma.
+  """
+
+  metric_names: tuple[str, ...] = ("fm_loss",)
+
+  def __init__(self, ot: bool = False, sigma: float = 0.0) -> None:
+    if not sigma >= 0:
+      raise ValueError(f"sigma must be >= 0, got {sigma}.")
+    self.ot = bool(ot)
+    self.sigma = float(sigma)
+
+  def metrics(self, model: "FlowModel") -> dict[str, str]:
+    del model
+    return {"fm_loss": MEAN}
+
+  def check(self, model: "FlowModel") -> None:
+    _, block = flows.flow_matching_parts(model.bijector)
+    if any(layer.trainable_weights for layer in block.keras_layers
+           if layer is not block.dynamics):
+      raise ValueError("Flow matching regresses a field over a fixed time "
+                       "interval and cannot learn the end time: build the "
+                       "model with train_time=False.")
+
+  def jit_compile(self, model: "FlowModel", requested: bool | str
+                  ) -> bool | str:
+    if self.ot:
+      if requested is True:
+        raise ValueError("ot=True runs scipy in the train step and cannot "
+                         "be XLA-compiled; use jit_compile=False.")
+      return False
+    if requested != "auto":
+      return requested
+    # Keras' "auto" leaves XLA off on CPU, and a flow-matching step has no
+    # solve whose own jit_compile would apply: decide by the solvers' rule
+    # (on for dense dynamics on CPU, off for convolutions; on for GPUs).
+    _, block = flows.flow_matching_parts(model.bijector)
+    return solvers.use_xla(
+        "auto", solvers.xla.num_weights(block.dynamics), None,
+        len(model.event_shape), solvers.xla.device_type(tf.zeros([])))
+
+  def loss(self, model: "FlowModel", x: tf.Tensor,
+           context: tf.Tensor | None = None
+           ) -> tuple[tf.Tensor, dict[str, tf.Tensor]]:
+    pre, block = flows.flow_matching_parts(model.bijector)
+    # Per dimension, so that learning rates and gradient clipping carry
+    # over between data sets of different sizes.
+    fm = tf.reduce_mean(flow_matching_loss(
+        block.dynamics, pre(x), context, time_length=block.time_length,
+        initial_time=block.initial_time, ot=self.ot,
+        sigma=self.sigma)) / model.event_size
+    return fm, {"fm_loss": fm}
+
+  def get_config(self) -> dict[str, Any]:
+    return {"ot": self.ot, "sigma": self.sigma}
+
+
+_NAMES: dict[str, type[Objective]] = {
+    "likelihood": MaximumLikelihood, "flow_matching": FlowMatching}
+
+
+def get(objective: Objective | str) -> Objective:
+  """An `Objective` from itself, `"likelihood"` or `"flow_matching"`.
+
+  Raises:
+    ValueError: an unknown name or type.
+  """
+  if isinstance(objective, Objective):
+    return objective
+  if isinstance(objective, str) and objective in _NAMES:
+    return _NAMES[objective]()
+  raise ValueError(f"Unknown objective {objective!r}; expected one of "
+                   f"{sorted(_NAMES)} or an Objective instance.")
+
+
+def deserialize(config: Mapping[str, Any] | str) -> Objective:
+  """The `Objective` of its Keras config, by Keras' deserialization.
+
+  Also reads the `{"class_name", "config"}` of `.keras` files written before
+  the objectives were registered (built-in objectives only).
+
+  Raises:
+    TypeError: the config is not an objective's.
+  """
+  legacy = {cls.__name__: cls for cls in (MaximumLikelihood, FlowMatching)}
+  objective = keras.saving.deserialize_keras_object(config,
+                                                    custom_objects=legacy)
+  if not isinstance(objective, Objective):
+    raise TypeError(f"Expected the config of an Objective, got one of "
+                    f"{type(objective).__name__}.")
+  return objective

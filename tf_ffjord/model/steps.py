@@ -1,0 +1,159 @@
+"""Pieces of the custom Keras train steps of `FlowModel` and `VAE`: one optimizer step, step logs Keras can reduce, the two kinds of step metric and their direction."""
+
+from collections.abc import Callable, Sequence
+from typing import Any
+
+import keras
+# Private: the one container Keras' callbacks read directions from (see
+# `monitorable`).
+from keras.src.trainers import compile_utils
+import tensorflow as tf
+
+from tf_ffjord._distribute import in_multi_worker_mode
+from tf_ffjord._types import TensorLike
+
+__all__ = ["MEAN", "LAST", "METRIC_KINDS", "LastValue", "make_metric",
+           "monitorable", "minimize", "step_logs"]
+
+MEAN = "mean"  # the mean over the epoch (a loss)
+LAST = "last"  # the last step's value (a count such as the NFE)
+METRIC_KINDS = (MEAN, LAST)
+
+
+def minimize(model: keras.Model, loss_fn: Callable[[], tuple[tf.Tensor, Any]],
+             return_loss: bool = False) -> Any:
+  """One optimizer step of `model` on `loss_fn()` plus the model's own losses.
+
+  Under `tf.distribute` the gradients are summed over replicas, so the loss
+  is divided by the number of replicas: each replica's mean then counts as
+  its share of the global batch.
+
+  Args:
+    model: a compiled Keras model.
+    loss_fn: callable returning `(loss, aux)`; runs under the gradient tape.
+    return_loss: also return the loss minimized (with the model's losses).
+
+  Returns:
+    `aux`, or `(loss, aux)`.
+  """
+  replicas = tf.distribute.get_strategy().num_replicas_in_sync
+  with tf.GradientTape() as tape:
+    loss, aux = loss_fn()
+    if model.losses:
+      loss += tf.add_n(model.losses)
+    # A LossScaleOptimizer (Keras wraps one under mixed_float16) scales the
+    # loss here and unscales the gradients in apply_gradients.
+    scaled = model.optimizer.scale_loss(loss / replicas)
+  variables = model.trainable_variables
+  grads = tape.gradient(scaled, variables)
+  model.optimizer.apply_gradients(zip(grads, variables))
+  return (loss, aux) if return_loss else aux
+
+
+def step_logs(logs: dict[str, tf.Tensor]) -> dict[str, tf.Tensor]:
+  """Step logs in the shape Keras can reduce under the current strategy.
+
+  Keras 3 averages multi-worker step logs with `strategy.reduce("MEAN", v,
+  axis=0)`, which fails on scalars; give them a length-1 axis there.
+  """
+  if in_multi_worker_mode():
+    return {k: tf.reshape(v, [1]) for k, v in logs.items()}
+  return logs
+
+
+@keras.saving.register_keras_serializable("tf_ffjord")
+class LastValue(keras.metrics.Metric):
+  """A metric that reports the last value it was given (e.g. the last NFE)."""
+
+  def __init__(self, name: str = "last_value", **kwargs: Any) -> None:
+    super().__init__(name=name, **kwargs)
+    # Under tf.distribute each replica keeps its own value; report their
+    # mean, not their sum.
+    self.value = self.add_variable(shape=(), initializer="zeros", name="value",
+                                   aggregation="mean")
+
+  def update_state(self, value: TensorLike) -> None:
+    self.value.assign(tf.cast(value, self.value.dtype))
+
+  def result(self) -> tf.Tensor:
+    return tf.convert_to_tensor(self.value)  # a tensor, also under tf.distribute
+
+  def reset_state(self) -> None:
+    self.value.assign(0.0)
+
+
+def make_metric(name: str, kind: str,
+                lower_is_better: bool = False) -> keras.metrics.Metric:
+  """The Keras metric of a step log: `MEAN` over the epoch or `LAST` value.
+
+  Args:
+    name: the log's name.
+    kind: `MEAN` or `LAST`.
+    lower_is_better: mark the metric as one to minimize, for the callbacks
+      that monitor it (see `monitorable`).
+
+  Raises:
+    ValueError: an unknown kind.
+
+  #### Examples
+
+  >>> type(make_metric("nfe", LAST)).__name__
+  'LastValue'
+  """
+  if kind == MEAN:
+    metric = keras.metrics.Mean(name=name)
+  elif kind == LAST:
+    metric = LastValue(name=name)
+  else:
+    raise ValueError(f"Unknown kind {kind!r} of metric {name!r}; expected "
+                     f"one of {METRIC_KINDS}.")
+  if lower_is_better:
+    # Keras' own losses and error metrics set this private attribute, the
+    # one Keras reads (see `monitorable`).
+    metric._direction = "down"  # pylint: disable=protected-access
+  return metric
+
+
+def monitorable(metrics: Sequence[Any]) -> list[Any]:
+  """`metrics`, then one entry through which Keras' callbacks see directions.
+
+  Keras 3 has no public way to say that a custom metric is to be minimized.
+  `EarlyStopping`, `ModelCheckpoint` and `ReduceLROnPlateau` in their
+  default `mode="auto"` know `loss` by name, and otherwise read the private
+  `_direction` of the metrics that `model.metrics` holds inside Keras'
+  private metric containers (`keras.src.trainers.compile_utils`), and fail
+  for any other name. So a model's `metrics` ends with one such container
+  of its metrics marked by `make_metric(..., lower_is_better=True)`: it has
+  no state and reports nothing (`reset_state`, `result` are no-ops), so
+  the model's logs, `evaluate`'s list order and saving are as before.
+  `tests/model/test_keras_habits.py` fails if Keras changes this.
+
+  Args:
+    metrics: the model's metrics, in order.
+
+  Returns:
+    A new list.
+  """
+  down = [m for m in metrics if getattr(m, "_direction", None) == "down"]
+  if not down:
+    return list(metrics)
+  return [*metrics, _Directions(down)]
+
+
+class _Directions(compile_utils.MetricsList):
+  """The directions of metrics, for Keras' callbacks; no state, no logs."""
+
+  def __init__(self, metrics):
+    super().__init__([], name="directions")
+    # Untracked: the metrics' variables stay theirs alone.
+    object.__setattr__(self, "metrics", list(metrics))
+
+  def update_state(self, *args, **kwargs):
+    del args, kwargs
+
+  def reset_state(self):
+    pass
+
+  def result(self):
+    return {}
+
