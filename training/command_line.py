@@ -1,12 +1,11 @@
-"""Experiment configs as command lines: one dataclass per experiment, shared solver/evaluation flags, checks at parse time, presets, `--strategy`, `--precision`.
+"""Experiment configs as command lines: one dataclass per experiment, shared solver/evaluation flags, checks at parse time, presets.
 
 Parsing (and `--help`) imports neither TensorFlow nor tf_ffjord: the flags'
 choices come from `training.choices`, and TensorFlow starts, quietly unless
-`--verbose`, once the flags are good.
+`--verbose`, once the flags are good (`training.environment`).
 """
 
 import argparse
-import contextlib
 import dataclasses
 import importlib
 import importlib.util
@@ -14,20 +13,15 @@ import os
 import re
 import sys
 
-from training import choices, run_folders as runs
+from training import choices, run_folders
+from training.environment import PRECISIONS, STRATEGIES
+from training.environment import start_tensorflow, use_strategy
 
 __all__ = ["option", "default", "field_metadata", "RunConfig",
-           "SolverConfig", "EvalConfig", "parse", "use_strategy", "use_precision", "check_out",
-           "start_tensorflow", "lazy", "STRATEGIES", "PRECISIONS", "SOLVERS",
-           "LOGICAL_CPUS_ENV"]
+           "SolverConfig", "EvalConfig", "parse", "check_out", "lazy",
+           "SOLVERS"]
 
-STRATEGIES = ("default", "mirrored", "multiworker")
-PRECISIONS = ("float32", "mixed_bfloat16", "mixed_float16")
 SOLVERS = choices.SOLVERS
-
-# Testing aid: `--strategy mirrored` over N logical CPU devices of one
-# physical CPU (how the tests get 2 replicas on a machine without GPUs).
-LOGICAL_CPUS_ENV = "TF_FFJORD_LOGICAL_CPUS"
 
 _TRUE = ("true", "1", "yes", "y", "on")
 _FALSE = ("false", "0", "no", "n", "off")
@@ -308,7 +302,7 @@ def parse(config_cls, description, argv=None, presets=None,
   config = config_cls(**args)
   problem = None
   if hasattr(config, "out"):
-    problem = check_out(config.out) or runs.check(config)
+    problem = check_out(config.out) or run_folders.check(config)
   problem = problem or (check(config) if check else None)
   if not problem and getattr(config, "tensorboard", ""):
     if importlib.util.find_spec("tensorboard") is None:
@@ -318,54 +312,6 @@ def parse(config_cls, description, argv=None, presets=None,
     parser.error(problem)
   start_tensorflow(getattr(config, "verbose", False))
   return config, use_strategy(strategy_name)
-
-
-@contextlib.contextmanager
-def _stderr_to_devnull():
-  """Sends file descriptor 2 (C++ writes too) to /dev/null for a while."""
-  sys.stderr.flush()
-  saved = os.dup(2)
-  null = os.open(os.devnull, os.O_WRONLY)
-  os.dup2(null, 2)
-  try:
-    yield
-  finally:
-    sys.stderr.flush()
-    os.dup2(saved, 2)
-    os.close(saved)
-    os.close(null)
-
-
-def start_tensorflow(verbose=False):
-  """Imports TensorFlow, without its log lines unless `verbose`.
-
-  Quiet (the default) sets `TF_CPP_MIN_LOG_LEVEL=3` unless the environment
-  sets it (which silences the C++ logs: the failed `cuInit` on machines
-  without a GPU, XLA's "Ignoring Assert operator" for every
-  `tf.debugging` assert in compiled code), hides what TensorFlow's
-  libraries print while they load (absl's "All log messages before
-  absl::InitializeLog()" and the lines that follow it come before any log
-  level is read), and sets the Python loggers of TensorFlow and absl to
-  errors. The log level takes effect only if TensorFlow was not imported
-  yet. `verbose` sets `TF_CPP_MIN_LOG_LEVEL=0`: every line comes back.
-
-  Returns:
-    The `tensorflow` module.
-  """
-  if verbose:
-    os.environ["TF_CPP_MIN_LOG_LEVEL"] = "0"
-  else:
-    os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "3")
-  if verbose or "tensorflow" in sys.modules:
-    import tensorflow as tf  # pylint: disable=g-import-not-at-top
-  else:
-    with _stderr_to_devnull():
-      import tensorflow as tf  # pylint: disable=g-import-not-at-top
-  if not verbose:
-    from absl import logging as absl_logging  # pylint: disable=g-import-not-at-top
-    absl_logging.set_verbosity(absl_logging.ERROR)
-    tf.get_logger().setLevel("ERROR")
-  return tf
 
 
 def check_out(out):
@@ -388,82 +334,3 @@ def check_out(out):
   if not os.access(parent, os.W_OK | os.X_OK):
     return f"--out {out} cannot be created: {parent} is not writable"
   return None
-
-
-def use_precision(name):
-  """Sets the Keras dtype policy that models built afterwards take.
-
-  Args:
-    name: one of `PRECISIONS`.
-
-  Raises:
-    ValueError: an unknown name.
-  """
-  if name not in PRECISIONS:
-    raise ValueError(f"Unknown precision {name!r}; expected one of "
-                     f"{PRECISIONS}.")
-  import keras  # pylint: disable=g-import-not-at-top
-  keras.mixed_precision.set_global_policy(name)
-
-
-def use_strategy(name):
-  """Makes a `tf.distribute` strategy the process default and returns it.
-
-  Models built afterwards live in it, and `fit` splits each global batch
-  over its replicas. Call it first: `MultiWorkerMirroredStrategy` must exist
-  before TensorFlow runs any op.
-
-  Args:
-    name: `"default"` (no-op), `"mirrored"` (`MirroredStrategy` over all
-      local GPUs, else the CPU; with the environment variable
-      `TF_FFJORD_LOGICAL_CPUS=N`, over N logical CPU devices instead) or
-      `"multiworker"` (`MultiWorkerMirroredStrategy` over the cluster in
-      `TF_CONFIG`).
-
-  Raises:
-    ValueError: an unknown name, `multiworker` without `TF_CONFIG`, or a bad
-      `TF_FFJORD_LOGICAL_CPUS`.
-    RuntimeError: `TF_FFJORD_LOGICAL_CPUS` set after TensorFlow started.
-  """
-  if name not in STRATEGIES:
-    raise ValueError(f"Unknown strategy {name!r}; expected one of "
-                     f"{STRATEGIES}.")
-  import tensorflow as tf  # pylint: disable=g-import-not-at-top
-  if name == "default":
-    return tf.distribute.get_strategy()
-  if name == "mirrored":
-    strategy = tf.distribute.MirroredStrategy(_logical_cpus())
-  else:
-    if "TF_CONFIG" not in os.environ:
-      raise ValueError("--strategy multiworker needs TF_CONFIG (the cluster "
-                       "spec and this worker's task) in the environment.")
-    strategy = tf.distribute.MultiWorkerMirroredStrategy()
-  tf.distribute.experimental_set_strategy(strategy)
-  return strategy
-
-
-def _logical_cpus():
-  """The devices `TF_FFJORD_LOGICAL_CPUS` asks for, or None (the default)."""
-  value = os.environ.get(LOGICAL_CPUS_ENV, "")
-  if not value:
-    return None
-  try:
-    n = int(value)
-  except ValueError:
-    n = 0
-  if n < 1:
-    raise ValueError(f"{LOGICAL_CPUS_ENV} must be a positive integer, got "
-                     f"{value!r}.")
-  import tensorflow as tf  # pylint: disable=g-import-not-at-top
-  cpu = tf.config.list_physical_devices("CPU")[0]
-  # (Listing logical devices would start TensorFlow: ask the config.)
-  configured = tf.config.get_logical_device_configuration(cpu) or [None]
-  if len(configured) != n:
-    try:
-      tf.config.set_logical_device_configuration(
-          cpu, [tf.config.LogicalDeviceConfiguration()] * n)
-    except RuntimeError as e:
-      raise RuntimeError(
-          f"{LOGICAL_CPUS_ENV}={n} must take effect before TensorFlow runs "
-          "its first op; choose the strategy first.") from e
-  return [d.name for d in tf.config.list_logical_devices("CPU")]

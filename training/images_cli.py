@@ -5,7 +5,8 @@ import os
 
 import numpy as np
 
-from training import choices, command_line as cli, run_folders as runs
+from training import choices, environment, run_folders
+from training import command_line as cli
 
 # Parsing the flags and --help import neither TensorFlow nor tf_ffjord:
 # keras and tf load at first use, tf_ffjord and training.run in the
@@ -127,7 +128,7 @@ def build_model(config, event_shape):
   """The compiled `ImageFlow` of an `ImagesConfig` (in the current strategy)."""
   from tf_ffjord import ImageFlow  # pylint: disable=g-import-not-at-top
   from tf_ffjord.model.objectives import FlowMatching, MaximumLikelihood  # pylint: disable=g-import-not-at-top
-  cli.use_precision(config.precision)
+  environment.use_precision(config.precision)
   keras.utils.set_random_seed(config.seed)
   flow_matching = config.objective == "flow_matching"
   alpha = config.alpha or (0.05 if event_shape[-1] == 3 else 1e-6)
@@ -166,13 +167,13 @@ def run(config, strategy=None):
   from tf_ffjord.datasets import batches  # pylint: disable=g-import-not-at-top
   from tf_ffjord.datasets import images as image_data  # pylint: disable=g-import-not-at-top
   from tf_ffjord.cnf.image_transforms import dequantize  # pylint: disable=g-import-not-at-top
-  from training import image_plots as plots_images, run as run_lib, summaries  # pylint: disable=g-import-not-at-top
+  from training import image_plots, run as run_lib, summaries  # pylint: disable=g-import-not-at-top
   problem = check(config)
   if problem:
     raise ValueError(problem)
   strategy = strategy or tf.distribute.get_strategy()
   chief = run_lib.is_chief(strategy)
-  runs.claim(config, write=chief)
+  run_folders.claim(config, write=chief)
   (x_train, _), (x_test, _) = image_data.load(
       config.data, os.path.join(config.data_root, FILES[config.data]))
   if config.train_size:
@@ -181,7 +182,7 @@ def run(config, strategy=None):
     model = build_model(config, x_train.shape[1:])
   observers = summaries.callbacks(config.tensorboard, chief)
   if observers:  # a grid of samples at every validation, and at the end
-    grid = lambda seed: plots_images.image_grid(
+    grid = lambda seed: image_plots.image_grid(
         model.sample(16, seed=seed).numpy(), nrow=4)
     observers.append(summaries.SampleImages(
         config.tensorboard, grid, config.seed, config.steps_per_epoch))
@@ -227,8 +228,8 @@ def run(config, strategy=None):
     observers[-1].write(trained["steps"])
   if chief:
     samples = model.sample(64, seed=config.seed).numpy()
-    plots_images.save_grid(os.path.join(config.out, "samples.png"), samples)
-    plots_images.plot_curve(os.path.join(config.out, "curve.png"), curve,
+    image_plots.save_grid(os.path.join(config.out, "samples.png"), samples)
+    image_plots.plot_curve(os.path.join(config.out, "curve.png"), curve,
                             ev["bpd"], PAPER_BPD.get(config.data))
     run_lib.write_json(os.path.join(config.out, "metrics.json"), metrics)
   print(f"test bits/dim {ev['bpd']:.3f} ± {ev['bpd_stderr']:.3f} on "

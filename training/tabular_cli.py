@@ -40,7 +40,8 @@ import sys
 
 import numpy as np
 
-from training import choices, command_line as cli, run_folders as runs
+from training import choices, environment, run_folders
+from training import command_line as cli
 
 # Parsing the flags and --help import neither TensorFlow nor tf_ffjord:
 # keras and tf load at first use, tf_ffjord and training.run in the
@@ -197,7 +198,7 @@ def build_model(config, dim, whitening=None):
   """
   from tf_ffjord import FFJORDModel, ODENet  # pylint: disable=g-import-not-at-top
   from tf_ffjord.model.objectives import FlowMatching, MaximumLikelihood  # pylint: disable=g-import-not-at-top
-  cli.use_precision(config.precision)
+  environment.use_precision(config.precision)
   keras.utils.set_random_seed(config.seed)
   flow_matching = config.objective == "flow_matching"
   width = config.hdim_factor * dim
@@ -255,7 +256,7 @@ def run(config, strategy=None):
   from tf_ffjord.datasets import batches  # pylint: disable=g-import-not-at-top
   from training import run as run_lib, summaries  # pylint: disable=g-import-not-at-top
   strategy = strategy or tf.distribute.get_strategy()
-  runs.claim(config, write=run_lib.is_chief(strategy))
+  run_folders.claim(config, write=run_lib.is_chief(strategy))
   splits = load_splits(config)
   dim = splits.train.shape[1]
   print(f"{config.data}: D={dim}, train/val/test {len(splits.train)}/"

@@ -5,7 +5,8 @@ import os
 
 import numpy as np
 
-from training import choices, command_line as cli, run_folders as runs
+from training import choices, environment, run_folders
+from training import command_line as cli
 
 # Parsing the flags and --help import neither TensorFlow nor tf_ffjord:
 # keras and tf load at first use, tf_ffjord and training.run in the
@@ -80,7 +81,7 @@ def build_model(config):
   """The compiled `FFJORDModel` of a `ToyConfig` (in the current strategy)."""
   from tf_ffjord import FFJORDModel, ODENet  # pylint: disable=g-import-not-at-top
   from tf_ffjord.model.objectives import FlowMatching, MaximumLikelihood  # pylint: disable=g-import-not-at-top
-  cli.use_precision(config.precision)
+  environment.use_precision(config.precision)
   keras.utils.set_random_seed(config.seed)
   flow_matching = config.objective == "flow_matching"
   model = FFJORDModel(
@@ -149,7 +150,7 @@ def run(config, strategy=None):
   from training import run as run_lib, summaries  # pylint: disable=g-import-not-at-top
   strategy = strategy or tf.distribute.get_strategy()
   chief = run_lib.is_chief(strategy)
-  runs.claim(config, write=chief)
+  run_folders.claim(config, write=chief)
   with strategy.scope():
     model = build_model(config)
   sample = lambda n, seed: toy.sample(config.data, n, seed=seed)

@@ -8,7 +8,8 @@ import time
 
 import numpy as np
 
-from training import choices, command_line as cli, run_folders as runs
+from training import choices, environment, run_folders
+from training import command_line as cli
 
 # Parsing the flags and --help import neither TensorFlow nor tf_ffjord:
 # keras and tf load at first use, tf_ffjord and training.run in the
@@ -134,7 +135,7 @@ def load_images(name, root):
 def build_model(config, input_shape=(28, 28)):
   """The compiled `VAE` of a `VAEConfig` (in the current strategy)."""
   from tf_ffjord.model.vae import VAE  # pylint: disable=g-import-not-at-top
-  cli.use_precision(config.precision)
+  environment.use_precision(config.precision)
   keras.utils.set_random_seed(config.seed)
   kwargs = {}
   if config.flow == "ffjord":
@@ -267,7 +268,7 @@ def run(config, strategy=None):
                      f"{len(x_train)} training images.")
   # One fixed binarization of the test set.
   x_test = binarize(x_test, seed=[config.seed, 2019]).numpy()
-  runs.claim(config, write=run_lib.is_chief(strategy))
+  run_folders.claim(config, write=run_lib.is_chief(strategy))
   with strategy.scope():
     vae = build_model(config, x_train.shape[1:])
   steps_per_epoch = len(x_train) // config.batch_size

@@ -146,7 +146,7 @@ def test_nfe_backward_is_per_replica():
 
 def test_cli_strategy_flag(monkeypatch):
   import dataclasses  # pylint: disable=g-import-not-at-top
-  from training import command_line as cli  # pylint: disable=g-import-not-at-top
+  from training import command_line as cli, environment  # pylint: disable=g-import-not-at-top
 
   @dataclasses.dataclass
   class Config:
@@ -159,13 +159,13 @@ def test_cli_strategy_flag(monkeypatch):
   with pytest.raises(SystemExit):  # argparse rejects unknown strategies
     cli.parse(Config, "test", ["--strategy", "tpu"])
   with pytest.raises(ValueError, match="Unknown strategy"):
-    cli.use_strategy("tpu")
+    environment.use_strategy("tpu")
   monkeypatch.delenv("TF_CONFIG", raising=False)
   with pytest.raises(ValueError, match="TF_CONFIG"):
-    cli.use_strategy("multiworker")
-  monkeypatch.setenv(cli.LOGICAL_CPUS_ENV, "two")
+    environment.use_strategy("multiworker")
+  monkeypatch.setenv(environment.LOGICAL_CPUS_ENV, "two")
   with pytest.raises(ValueError, match="positive integer"):
-    cli.use_strategy("mirrored")
+    environment.use_strategy("mirrored")
 
 
 def test_single_worker_helpers():

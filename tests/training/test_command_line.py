@@ -7,7 +7,8 @@ import os
 import keras
 import pytest
 
-from training import command_line as cli, images_cli as images, tabular_cli as tabular, toy_cli as toy, vae_cli as vae
+from training import command_line as cli
+from training import images_cli, tabular_cli, toy_cli, vae_cli
 
 
 @dataclasses.dataclass
@@ -89,9 +90,9 @@ def test_check_refuses_combinations(capsys):
   assert "--ot needs flow matching" in capsys.readouterr().err
 
 
-CLIS = {"toy": (toy, toy.ToyConfig), "images": (images, images.ImagesConfig),
-        "tabular": (tabular, tabular.TabularConfig),
-        "vae": (vae, vae.VAEConfig)}
+CLIS = {"toy": (toy_cli, toy_cli.ToyConfig), "images": (images_cli, images_cli.ImagesConfig),
+        "tabular": (tabular_cli, tabular_cli.TabularConfig),
+        "vae": (vae_cli, vae_cli.VAEConfig)}
 
 
 def _flags(config_cls):
@@ -140,10 +141,10 @@ def test_one_solver_vocabulary_in_every_cli():
             cli.SolverConfig if f.name in cli.SolverConfig.__dataclass_fields__
             else cli.EvalConfig, f.name)), (name, f.name)
   # The per-CLI defaults took (and the help stayed the shared one).
-  assert (toy.ToyConfig().rtol, tabular.TabularConfig().atol,
-          images.ImagesConfig().eval_trace, vae.VAEConfig().gradient) == (
+  assert (toy_cli.ToyConfig().rtol, tabular_cli.TabularConfig().atol,
+          images_cli.ImagesConfig().eval_trace, vae_cli.VAEConfig().gradient) == (
               1e-3, 1e-8, "hutchinson", "adjoint")
-  assert tabular.TabularConfig().eval_options() == dict(
+  assert tabular_cli.TabularConfig().eval_options() == dict(
       solver="dopri5", rtol=1e-5, atol=1e-5, trace="exact")
 
 
@@ -171,16 +172,16 @@ def test_out_is_checked_before_training(tmp_path, capsys):
 
 
 def test_precision_sets_the_policy_before_the_model_is_built(tmp_path):
-  config, _ = cli.parse(toy.ToyConfig, "", [
+  config, _ = cli.parse(toy_cli.ToyConfig, "", [
       "--precision", "mixed_bfloat16", "--out", str(tmp_path / "run"),
       "--steps", "2", "--steps-per-epoch", "2", "--batch-size", "16",
       "--dims", "8", "--solver", "rk4", "--step-size", "0.5",
       "--eval-solver", "rk4", "--test-size", "16", "--eval-batch-size", "16",
       "--plot", "false", "--export", "false"])
   try:
-    metrics = toy.run(config)
+    metrics = toy_cli.run(config)
     assert keras.mixed_precision.global_policy().name == "mixed_bfloat16"
-    model = toy.build_model(config)
+    model = toy_cli.build_model(config)
     assert (model.compute_dtype, model.variable_dtype) == ("bfloat16",
                                                            "float32")
   finally:
@@ -191,7 +192,7 @@ def test_precision_sets_the_policy_before_the_model_is_built(tmp_path):
   # The default puts float32 back, whatever ran before.
   keras.mixed_precision.set_global_policy("mixed_float16")
   try:
-    toy.build_model(toy.ToyConfig(dims=(4,)))
+    toy_cli.build_model(toy_cli.ToyConfig(dims=(4,)))
     assert keras.mixed_precision.global_policy().name == "float32"
   finally:
     keras.mixed_precision.set_global_policy("float32")
@@ -224,7 +225,7 @@ def test_every_cli_refuses_a_file_as_out(name, tmp_path, capsys):
 def test_a_redeclared_field_keeps_its_own_checks(capsys):
   # ToyConfig redeclares RunConfig's --data with choices; its own win.
   with pytest.raises(SystemExit) as e:
-    cli.parse(toy.ToyConfig, "", ["--data", "iris"])
+    cli.parse(toy_cli.ToyConfig, "", ["--data", "iris"])
   assert e.value.code == 2
   assert "invalid choice: 'iris'" in capsys.readouterr().err
 

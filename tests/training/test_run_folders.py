@@ -14,7 +14,9 @@ import numpy as np
 import pytest
 import tensorflow as tf
 
-from training import choices, command_line as cli, images_cli as images, run_folders as runs, tabular_cli as tabular, toy_cli as toy, vae_cli as vae
+from training import choices, run_folders
+from training import command_line as cli
+from training import images_cli, tabular_cli, toy_cli, vae_cli
 
 ROOT = pathlib.Path(__file__).resolve().parents[2]
 CLIS = ("toy", "tabular", "images", "vae")
@@ -59,17 +61,17 @@ print("ok")
 
 
 @pytest.mark.parametrize("module,argv,out", [
-    (toy, ["--data", "moons"], "runs/toy/moons"),
-    (toy, [], "runs/toy/8gaussians"),
-    (tabular, ["--data", "power"], "runs/tabular/power"),
-    (images, ["--data", "cifar10"], "runs/images/cifar10"),
-    (vae, ["--flow", "maf"], "runs/vae/mnist-maf"),
+    (toy_cli, ["--data", "moons"], "runs/toy/moons"),
+    (toy_cli, [], "runs/toy/8gaussians"),
+    (tabular_cli, ["--data", "power"], "runs/tabular/power"),
+    (images_cli, ["--data", "cifar10"], "runs/images/cifar10"),
+    (vae_cli, ["--flow", "maf"], "runs/vae/mnist-maf"),
 ])
 def test_default_out_names_the_data(module, argv, out, tmp_path,
                                     monkeypatch):
   monkeypatch.chdir(tmp_path)  # (a run of the developer's is no concern)
-  config_cls = {toy: toy.ToyConfig, tabular: tabular.TabularConfig,
-                images: images.ImagesConfig, vae: vae.VAEConfig}[module]
+  config_cls = {toy_cli: toy_cli.ToyConfig, tabular_cli: tabular_cli.TabularConfig,
+                images_cli: images_cli.ImagesConfig, vae_cli: vae_cli.VAEConfig}[module]
   config, _ = cli.parse(config_cls, "", argv,
                         data_defaults=getattr(module, "DATA_DEFAULTS", None))
   assert config.out == out
@@ -88,25 +90,25 @@ class _Config(cli.RunConfig):
 def test_the_rule_compares_all_but_duration_and_outputs(tmp_path):
   out = str(tmp_path / "run")
   first = _Config(out=out, dims=(4,))
-  assert runs.check(first) is None  # nothing there yet
-  assert runs.claim(first) is None
+  assert run_folders.check(first) is None  # nothing there yet
+  assert run_folders.claim(first) is None
   saved = json.loads((tmp_path / "run" / "config.json").read_text())
   assert saved["dims"] == [4] and saved["out"] == out
   same = dataclasses.replace(first, steps=99, time_budget=5.0, export=False,
                              verbose=True, tensorboard="tb")
-  assert runs.check(same) is None
+  assert run_folders.check(same) is None
   other = dataclasses.replace(first, dims=(4, 4), lr=0.5)
-  message = runs.check(other)
+  message = run_folders.check(other)
   assert "\n" not in message
   assert "--dims 4 -> 4,4" in message and "--lr 0.001 -> 0.5" in message
   assert "--steps" not in message
   assert "another --out" in message and "--overwrite" in message
   with pytest.raises(ValueError, match="another configuration"):
-    runs.claim(other)
+    run_folders.claim(other)
   # A field newer than the run differs only if it is not its default.
   del saved["precision"]
-  assert runs.differences(saved, first) == []
-  assert runs.differences(saved, dataclasses.replace(
+  assert run_folders.differences(saved, first) == []
+  assert run_folders.differences(saved, dataclasses.replace(
       first, precision="mixed_bfloat16")) == [
           ("precision", "(unset)", "mixed_bfloat16")]
 
@@ -114,13 +116,13 @@ def test_the_rule_compares_all_but_duration_and_outputs(tmp_path):
 def test_checkpoints_of_an_unknown_configuration_are_refused(tmp_path):
   (tmp_path / "checkpoints").mkdir()
   (tmp_path / "checkpoints" / "checkpoint.json").write_text("{}")
-  message = runs.check(_Config(out=str(tmp_path)))
+  message = run_folders.check(_Config(out=str(tmp_path)))
   assert "without config.json" in message and "--overwrite" in message
   # A run written before config.json is judged by its metrics' config.
   (tmp_path / "metrics.json").write_text(json.dumps(
       {"config": dataclasses.asdict(_Config(out=str(tmp_path), dims=(3,)))}))
-  assert "--dims 3 -> 8,8" in runs.check(_Config(out=str(tmp_path)))
-  assert runs.check(_Config(out=str(tmp_path), dims=(3,))) is None
+  assert "--dims 3 -> 8,8" in run_folders.check(_Config(out=str(tmp_path)))
+  assert run_folders.check(_Config(out=str(tmp_path), dims=(3,))) is None
 
 
 def _toy(out, *extra):
@@ -134,7 +136,7 @@ def _toy(out, *extra):
 
 def test_runs_never_mix(tmp_path, capsys):
   out = tmp_path / "run"
-  first = toy.main(_toy(out))
+  first = toy_cli.main(_toy(out))
   assert first["data"] == "8gaussians" and first["steps"] == 2
   config = json.loads((out / "config.json").read_text())
   assert config["data"] == "8gaussians" and config["dims"] == [8]
@@ -149,7 +151,7 @@ def test_runs_never_mix(tmp_path, capsys):
                          "--precision float32 -> mixed_bfloat16")):
     capsys.readouterr()
     with pytest.raises(SystemExit) as e:
-      toy.main(_toy(out, *flags))
+      toy_cli.main(_toy(out, *flags))
     assert e.value.code == 2, flags
     captured = capsys.readouterr()
     errors = [line for line in captured.err.splitlines() if "error:" in line]
@@ -165,12 +167,12 @@ def test_runs_never_mix(tmp_path, capsys):
 
   # A longer budget resumes.
   capsys.readouterr()
-  longer = toy.main(_toy(out, "--steps", "4"))
+  longer = toy_cli.main(_toy(out, "--steps", "4"))
   assert f"Resumed from {out}/checkpoints/ckpt-1" in capsys.readouterr().out
   assert longer["steps"] == 4 and longer["data"] == "8gaussians"
 
   # --overwrite starts afresh; the old run moves aside, whole.
-  fresh = toy.main(_toy(out, "--data", "moons", "--overwrite"))
+  fresh = toy_cli.main(_toy(out, "--data", "moons", "--overwrite"))
   printed = capsys.readouterr().out
   assert "Resumed" not in printed and f"moved the previous run" in printed
   assert fresh["data"] == "moons" and fresh["steps"] == 2
@@ -180,16 +182,16 @@ def test_runs_never_mix(tmp_path, capsys):
   assert json.loads((old / "config.json").read_text())["data"] == "8gaussians"
   assert (old / "checkpoints" / "checkpoint.json").exists()
   # ...and stays resumable where it went (a finished run evaluates again).
-  again = toy.main(_toy(old, "--steps", "4"))
+  again = toy_cli.main(_toy(old, "--steps", "4"))
   assert again["data"] == "8gaussians" and again["steps"] == 4
   # A second --overwrite keeps the first replaced run where it is.
-  toy.main(_toy(out, "--data", "moons", "--overwrite"))
+  toy_cli.main(_toy(out, "--data", "moons", "--overwrite"))
   assert sorted(p.name for p in out.glob("replaced-*")) == ["replaced-1",
                                                             "replaced-2"]
   assert not (out / "replaced-2" / "replaced-1").exists()
   # The library path refuses too.
   with pytest.raises(ValueError, match="another configuration"):
-    toy.run(toy.ToyConfig(out=str(out), dims=(8,)))
+    toy_cli.run(toy_cli.ToyConfig(out=str(out), dims=(8,)))
 
 
 _TF_LOG = re.compile(r"^[IWEF]\d{4} |absl::InitializeLog|cuInit|"
@@ -222,7 +224,7 @@ def test_tensorboard_needs_its_package(monkeypatch, capsys, tmp_path):
   monkeypatch.setattr(importlib.util, "find_spec", lambda name, *a: None
                       if name == "tensorboard" else real(name, *a))
   with pytest.raises(SystemExit) as e:
-    toy.main(_toy(tmp_path / "run", "--tensorboard", str(tmp_path / "tb")))
+    toy_cli.main(_toy(tmp_path / "run", "--tensorboard", str(tmp_path / "tb")))
   assert e.value.code == 2
   assert capsys.readouterr().err.strip().splitlines()[-1].endswith(
       "--tensorboard needs the tensorboard package: pip install tensorboard")
@@ -244,7 +246,7 @@ def test_tensorboard_logs_and_images(tmp_path):
   pytest.importorskip("tensorboard", reason="--tensorboard needs the "
                       "tensorboard package (pip install tensorboard)")
   tb = tmp_path / "tb"
-  metrics = toy.main(_toy(tmp_path / "toy", "--tensorboard", str(tb),
+  metrics = toy_cli.main(_toy(tmp_path / "toy", "--tensorboard", str(tb),
                           "--plot", "true"))
   events = _events(str(tb))
   assert [(s, k) for s, k, _ in events["epoch_nll"]] == [(0, "scalars")]
@@ -265,7 +267,7 @@ def test_tensorboard_logs_and_images(tmp_path):
   np.savez(tmp_path / "mnist.npz", x_train=x[:16], y_train=np.zeros(16),
            x_test=x[16:], y_test=np.zeros(8))
   tb = tmp_path / "tb_images"
-  images.main(["--data-root", str(tmp_path), "--out", str(tmp_path / "im"),
+  images_cli.main(["--data-root", str(tmp_path), "--out", str(tmp_path / "im"),
                "--batch-size", "8", "--dims", "4", "--multiscale", "false",
                "--solver", "euler", "--step-size", "1.0", "--trace", "exact",
                "--steps", "2", "--steps-per-epoch", "1", "--val-size", "4",
