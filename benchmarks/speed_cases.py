@@ -7,15 +7,12 @@ import keras
 import numpy as np
 import tensorflow as tf
 
+from benchmarks import DATA_DIR
 from tf_ffjord.datasets import toy
 from tf_ffjord.nets.dense import ODENet, time_features
 
-__all__ = ["DATA_DIR", "Case", "CASES", "ConvDynamics", "make_net",
+__all__ = ["Case", "CASES", "ConvDynamics", "make_net",
            "make_batches"]
-
-DATA_DIR = os.environ.get("TF_FFJORD_DATA",
-                          os.path.join(os.path.dirname(__file__), "..", "..",
-                                       "shared", "data"))
 
 
 # -- cases -------------------------------------------------------------------

@@ -44,6 +44,7 @@ import keras
 import numpy as np
 import tensorflow as tf
 
+from benchmarks import DATA_DIR
 from tf_ffjord import FFJORDModel, ODENet
 from tf_ffjord.datasets import batches, toy
 from tf_ffjord.model.objectives import FlowMatching, MaximumLikelihood
@@ -52,9 +53,6 @@ __all__ = ["Config", "METHODS", "TestNLLEvery", "run", "main"]
 
 METHODS = ("ffjord", "rnode", "fm", "fm_ot")
 DATASETS = ("8gaussians", "checkerboard", "miniboone")
-DATA_DIR = os.environ.get("TF_FFJORD_DATA",
-                          os.path.join(os.path.dirname(__file__), "..", "..",
-                                       "shared", "data"))
 
 
 @dataclasses.dataclass

@@ -37,12 +37,11 @@ import time
 
 import numpy as np
 
+from benchmarks import DATA_DIR
+
 __all__ = ["RunCase", "RUN_CASES", "RUN_IMPLS", "run_worker", "run_side_by_side",
            "format_run_table", "run_windows", "format_windows"]
 
-DATA_DIR = os.environ.get("TF_FFJORD_DATA",
-                          os.path.join(os.path.dirname(__file__), "..", "..",
-                                       "shared", "data"))
 
 
 @dataclasses.dataclass

@@ -71,14 +71,20 @@ def _step_fn(net, event_ndims, jit):
   return step
 
 
-def measure(hidden, batch, event_shape, conv=False, reps=5, budget_s=60.0,
-            log=print):
-  """Times jit_compile=True/False on one configuration; returns a dict."""
+def _built(hidden, batch, event_shape, conv):
+  """`(event_shape, net, x)`: a seeded net, built on a batch of its events."""
   keras.utils.set_random_seed(0)
   event_shape = tuple(event_shape)
   net = _net(hidden, event_shape, conv)
   x = tf.random.normal([batch, *event_shape])
   net(0.0, x[:2])
+  return event_shape, net, x
+
+
+def measure(hidden, batch, event_shape, conv=False, reps=5, budget_s=60.0,
+            log=print):
+  """Times jit_compile=True/False on one configuration; returns a dict."""
+  event_shape, net, x = _built(hidden, batch, event_shape, conv)
   seed = tf.constant([1, 2])
   steps = {jit: _step_fn(net, len(event_shape), jit) for jit in (False, True)}
   first = {}
@@ -133,11 +139,7 @@ def _net(hidden, event_shape, conv):
 def measure_chains(hidden, batch, event_shape, conv=False, reps=5, chain=10,
                    log=print):
   """Per-evaluation costs with and without XLA on one configuration."""
-  keras.utils.set_random_seed(0)
-  event_shape = tuple(event_shape)
-  net = _net(hidden, event_shape, conv)
-  x = tf.random.normal([batch, *event_shape])
-  net(0.0, x[:2])
+  event_shape, net, x = _built(hidden, batch, event_shape, conv)
   t = time.perf_counter()
   timed = {jit: eval_chains(net, x, len(event_shape), jit, chain=chain)
            for jit in (False, True)}

@@ -17,7 +17,7 @@ from training import choices, run_folders
 from training.environment import PRECISIONS, STRATEGIES
 from training.environment import start_tensorflow, use_strategy
 
-__all__ = ["option", "default", "field_metadata", "RunConfig",
+__all__ = ["option", "default", "out_option", "field_metadata", "RunConfig",
            "SolverConfig", "EvalConfig", "parse", "check_out", "lazy",
            "SOLVERS"]
 
@@ -67,6 +67,13 @@ def default(value):
   return dataclasses.field(default=value, metadata={})
 
 
+def out_option(default, files, names="{data}: the data set's name"):
+  """The `--out` field of an experiment: its default folder and the files it gets."""
+  return option(default, f"output directory ({names}): checkpoints, {files}, "
+                "config.json; rerunning with the same --out resumes a run of "
+                "the same configuration")
+
+
 def field_metadata(config_cls, name):
   """The help and checks of a field: its last full declaration in the MRO."""
   for cls in config_cls.__mro__:
@@ -83,10 +90,7 @@ class RunConfig:
   data: str = option("8gaussians", "name of the data set")
   data_root: str = option("../shared/data", "directory that holds the data "
                           "files (ignored by the 2-D toys)")
-  out: str = option("runs/run/{data}", "output directory ({data}: the data "
-                    "set's name): checkpoints, metrics, plots, SavedModel, "
-                    "config.json; rerunning with the same --out resumes a "
-                    "run of the same configuration")
+  out: str = out_option("runs/run/{data}", "metrics, plots, SavedModel")
   overwrite: bool = option(False, "start afresh in --out even if it holds "
                            "a run (of any configuration): the old run's "
                            "files move into <out>/replaced-N, nothing is "

@@ -27,11 +27,8 @@ class ImagesConfig(cli.RunConfig, cli.SolverConfig, cli.EvalConfig):
   """One image experiment; the defaults train the paper's multiscale model at CPU size."""
   data: str = cli.option("mnist", "image data set, read from --data-root",
                          choices=choices.IMAGE_DATASETS)
-  out: str = cli.option("runs/images/{data}", "output directory ({data}: "
-                        "the data set's name): checkpoints, curve.csv, "
-                        "metrics.json, samples.png, curve.png, "
-                        "saved_model/, config.json; rerunning with the same "
-                        "--out resumes a run of the same configuration")
+  out: str = cli.out_option("runs/images/{data}", "curve.csv, metrics.json, "
+                            "samples.png, curve.png, saved_model/")
   batch_size: int = cli.option(64, "images per training step (the global "
                                "batch under --strategy)", positive=True)
   eval_batch_size: int = cli.option(500, "images per evaluation solve",

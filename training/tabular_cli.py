@@ -77,11 +77,8 @@ class TabularConfig(cli.RunConfig, cli.SolverConfig, cli.EvalConfig):
   data: str = cli.option("miniboone", "tabular data set (MAF's "
                          "preprocessing); also picks the paper's model and "
                          "batch for it", choices=choices.TABULAR_NAMES)
-  out: str = cli.option("runs/tabular/{data}", "output directory ({data}: "
-                        "the data set's name): checkpoints, curve.csv, "
-                        "metrics.json, saved_model/, config.json; rerunning "
-                        "with the same --out resumes a run of the same "
-                        "configuration")
+  out: str = cli.out_option("runs/tabular/{data}",
+                            "curve.csv, metrics.json, saved_model/")
   batch_size: int = cli.option(1000, "examples per training step (the global "
                                "batch under --strategy)", positive=True)
   weight_decay: float = cli.option(1e-6, "decoupled weight decay (as AdamW: "

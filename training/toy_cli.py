@@ -30,11 +30,9 @@ class ToyConfig(cli.RunConfig, cli.SolverConfig, cli.EvalConfig):
   """
   data: str = cli.option("8gaussians", "toy density",
                          choices=choices.TOY_NAMES)
-  out: str = cli.option("runs/toy/{data}", "output directory ({data}: the "
-                        "toy's name): checkpoints, metrics.json, "
-                        "density.png, saved_model/, config.json; rerunning "
-                        "with the same --out resumes a run of the same "
-                        "configuration")
+  out: str = cli.out_option("runs/toy/{data}",
+                            "metrics.json, density.png, saved_model/",
+                            names="{data}: the toy's name")
   lr: float = cli.option(1e-2, "Adam learning rate (the start of the cosine "
                          "decay)", positive=True)
   steps: int = cli.option(500, "training steps", positive=True)

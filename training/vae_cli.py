@@ -39,13 +39,10 @@ class VAEConfig(cli.RunConfig, cli.SolverConfig):
                          "<data-root>/<name>.npz (keras' mnist.npz layout) "
                          "or IDX files in <data-root>/<name>/",
                          choices=("mnist", "fashion-mnist"))
-  out: str = cli.option("runs/vae/{data}-{flow}", "output directory "
-                        "({data}, {flow}: the data set's and the "
-                        "posterior's names): checkpoints, curve.csv, "
-                        "metrics.json, reconstructions.png, samples.png, "
-                        "vae.weights.h5, config.json; rerunning with the "
-                        "same --out resumes a run of the same "
-                        "configuration")
+  out: str = cli.out_option(
+      "runs/vae/{data}-{flow}", "curve.csv, metrics.json, reconstructions.png, "
+      "samples.png, vae.weights.h5",
+      names="{data}, {flow}: the data set's and the posterior's names")
   objective: str = cli.option("elbo", "training objective: the VAE "
                               "maximizes its evidence lower bound (its only "
                               "objective)", choices=("elbo",))
