@@ -38,7 +38,8 @@ import time
 
 _T_START = time.perf_counter()
 
-__all__ = ["MODELS", "PARTS", "run_part", "run_all", "format_table", "main"]
+__all__ = ["MODELS", "PARTS", "run_part", "run_all", "measures", "format_table",
+           "main"]
 
 MODELS = {
     "toy": dict(dim=2, hidden=(64, 64, 64), activation="tanh", batch=512),
@@ -256,37 +257,42 @@ def _fmt(v):
   return "" if v is None else f"{v:.2f}"
 
 
+def measures(r):
+  """`[(measure, seconds), ...]` of one part's result row."""
+  rows = [("imports (apart)", r["import_s"])]
+  if r["part"].startswith("train"):
+    ends = r["step_end_s"]
+    rows += [("to the end of step 1 (setup included)", ends[0]),
+             (f"to the end of step {len(ends)}", ends[-1])]
+    if len(ends) > 20:
+      rows.append(("later steps, per 100 (median of the second half x 100)",
+                   100 * statistics.median(
+                       b - a for a, b in zip(ends[len(ends) // 2:-1],
+                                             ends[len(ends) // 2 + 1:]))))
+  elif r["part"] == "log_prob":
+    for key in ("tfp_eager", "tfp_function", "model_eager",
+                "model_function"):
+      rows += [(f"{key}: first call", r[key][0]),
+               (f"{key}: steady", r[key][1])]
+      if f"{key}_new_batch" in r:
+        rows.append((f"{key}: a new batch size (median of 3 first calls)",
+                     statistics.median(r[f"{key}_new_batch"])))
+    rows.append(("export", r["export_s"]))
+  else:
+    rows += [("load", r["load_s"]),
+             ("first request", r["first_batch"][0]),
+             ("steady request", r["first_batch"][1]),
+             ("first request, second batch size", r["second_batch"][0]),
+             ("steady, second batch size", r["second_batch"][1])]
+  return rows
+
+
 def format_table(results):
   """A Markdown table (seconds) of `run_all`'s results."""
   lines = ["| model | part | measure | seconds |", "| --- | --- | --- | --- |"]
   for r in results["parts"]:
-    rows = [("imports (apart)", r["import_s"])]
-    if r["part"].startswith("train"):
-      ends = r["step_end_s"]
-      rows += [("to the end of step 1 (setup included)", ends[0]),
-               (f"to the end of step {len(ends)}", ends[-1])]
-      if len(ends) > 20:
-        rows.append(("later steps, per 100 (median of the second half x 100)",
-                     100 * statistics.median(
-                         b - a for a, b in zip(ends[len(ends) // 2:-1],
-                                               ends[len(ends) // 2 + 1:]))))
-    elif r["part"] == "log_prob":
-      for key in ("tfp_eager", "tfp_function", "model_eager",
-                  "model_function"):
-        rows += [(f"{key}: first call", r[key][0]),
-                 (f"{key}: steady", r[key][1])]
-        if f"{key}_new_batch" in r:
-          rows.append((f"{key}: a new batch size (median of 3 first calls)",
-                       statistics.median(r[f"{key}_new_batch"])))
-      rows.append(("export", r["export_s"]))
-    else:
-      rows += [("load", r["load_s"]),
-               ("first request", r["first_batch"][0]),
-               ("steady request", r["first_batch"][1]),
-               ("first request, second batch size", r["second_batch"][0]),
-               ("steady, second batch size", r["second_batch"][1])]
     lines += [f"| {r['model']} | {r['part']} | {m} | {_fmt(v)} |"
-              for m, v in rows]
+              for m, v in measures(r)]
   return "\n".join(lines)
 
 
