@@ -32,3 +32,26 @@ def test_run_windows_use_the_shorter_run():
   a = _run([1] * 9, [(1, 1)] * 9)
   b = _run([1] * 5, [(1, 1)] * 5)
   assert user_path.run_windows({"a": a, "b": b}, parts=2)[-1]["steps"] == [3, 4]
+
+
+def _serve_run(first_requests):
+  return {"parts": [{"part": "serve", "model": "toy", "import_s": 4.0,
+                     "load_s": 1.0, "first_batch": [first, 0.01],
+                     "second_batch": [0.02, 0.005]}
+                    for first in first_requests]}
+
+
+def test_before_after_takes_the_median_of_the_rounds_and_their_ratio():
+  from benchmarks import before_after  # pylint: disable=g-import-not-at-top
+  results = {"before": {"commit": "aaa", "runs": [_serve_run([1.0]),
+                                                  _serve_run([3.0]),
+                                                  _serve_run([2.0])]},
+             "after": {"commit": "bbb", "runs": [_serve_run([1.0]),
+                                                 _serve_run([1.0]),
+                                                 _serve_run([9.0])]}}
+  table = before_after.format_table(results).splitlines()
+  assert "before aaa" in table[0] and "after bbb" in table[0]
+  row = next(line for line in table if "| first request |" in line)
+  assert row == "| toy | serve | first request | 2.000 | 1.000 | 0.50 |"
+  load = next(line for line in table if "| load |" in line)
+  assert load.endswith("| 1.000 | 1.000 | 1.00 |")
