@@ -115,7 +115,7 @@ STEPS = {"images": ("steps", 2), "vae": ("optimizer_steps", 2),
 def _mirrored(cli, args, out, env):
   env = {**env, "TF_FFJORD_LOGICAL_CPUS": "2"}
   proc = subprocess.run(
-      [sys.executable, "-m", f"training.{cli}", *args, "--out", str(out),
+      [sys.executable, "-m", f"training.{cli}_cli", *args, "--out", str(out),
        "--strategy", "mirrored"],
       cwd=ROOT, env=env, capture_output=True, text=True, timeout=600)
   assert proc.returncode == 0, proc.stderr[-3000:]
@@ -125,7 +125,7 @@ def _mirrored(cli, args, out, env):
 def test_mirrored_two_devices_matches_default(cli, tmp_path, subprocess_env):
   import importlib  # pylint: disable=g-import-not-at-top
   args = CASES[cli](tmp_path)
-  module = importlib.import_module(f"training.{cli}")
+  module = importlib.import_module(f"training.{cli}_cli")
   module.main([*args, "--out", str(tmp_path / "default"), "--strategy",
                "default"])
   _mirrored(cli, args, tmp_path / "mirrored", subprocess_env)

@@ -40,7 +40,7 @@ for name in sys.argv[1:]:
     with contextlib.redirect_stdout(io.StringIO()) as out, \\
         contextlib.redirect_stderr(err):
       try:
-        runpy.run_module("training." + name, run_name="__main__")
+        runpy.run_module("training." + name + "_cli", run_name="__main__")
       except SystemExit as e:
         assert e.code == code, (name, argv, e.code)
     heavy = sorted(m for m in sys.modules
