@@ -1,0 +1,177 @@
+"""`TFPSolver`: a `tfp.math.ode.Solver` behind the library's `ODESolver` protocol.
+
+TFP solvers are solved through their public `solve` and differentiated by
+TFP's own adjoint. What that asks of a solve is this adapter's business
+alone:
+
+- TFP's adjoint reports no backward NFE: the adapter counts the dynamics'
+  evaluations into the `nfe_backward` variable (reset after the forward
+  solve, so after a gradient it holds the backward solve's count);
+- a TFP solver would loop for ever on an empty state (the RMS error norm
+  of no values is NaN): an empty state is returned as it is, unsolved;
+- it takes no `Adjoint` object: only the adjoint names `"auto"` and
+  `"adjoint"` (see `solver.choose_adjoint`).
+"""
+
+from collections.abc import Callable, Mapping, Sequence
+from typing import Any
+
+import tensorflow as tf
+import tensorflow_probability as tfp
+
+from tf_ffjord.solvers.protocols import Adjoint, ODESolver
+from tf_ffjord.solvers.result import Result
+
+__all__ = ["TFPSolver", "adapt", "solve_tfp"]
+
+
+def solve_tfp(solver: tfp.math.ode.Solver, fn: Callable[..., Any], y0: Any,
+              t0: float | tf.Tensor, t1: float | tf.Tensor,
+              constants: Mapping[str, tf.Tensor] | None = None) -> Result:
+  """Solves with a `tfp.math.ode.Solver` through its public `solve`.
+
+  Gradients come from TFP's own adjoint (its backward solve uses the same
+  solver and controls the error of every adjoint, parameters included).
+
+  Args:
+    solver: a `tfp.math.ode.Solver` instance, e.g. `tfp.math.ode.BDF()`.
+    fn: the dynamics, as in `solve`.
+    y0: initial state, as in `solve`.
+    t0: initial time.
+    t1: final time.
+    constants: optional dict of tensors passed to `fn` as keyword
+      arguments, as in `solve`.
+
+  Returns:
+    A `Result`; `nfe` is TFP's `num_ode_fn_evaluations`, `status` TFP's
+    status (0 on success) and `last_step` NaN (TFP does not report it).
+
+  Raises:
+    TypeError: `solver` is not a `tfp.math.ode.Solver`.
+  """
+  if not isinstance(solver, tfp.math.ode.Solver):
+    raise TypeError(f"Expected a tfp.math.ode.Solver, got "
+                    f"{type(solver).__name__}.")
+  state = tf.nest.map_structure(tf.convert_to_tensor, y0)
+  dtype = tf.nest.flatten(state)[0].dtype
+  t1 = tf.cast(t1, dtype)
+  results = solver.solve(fn, tf.cast(t0, dtype), state,
+                         solution_times=tf.reshape(t1, [1]),
+                         constants=constants)
+  final = tf.nest.map_structure(lambda s: s[-1], results.states)
+  diag = results.diagnostics
+  return Result(final, tf.cast(diag.num_ode_fn_evaluations, tf.int32),
+                tf.cast(diag.status, tf.int32),
+                tf.constant(float("nan"), dtype))
+
+
+class TFPSolver(ODESolver):
+  """A `tfp.math.ode.Solver` as an `ODESolver` (see the module docstring).
+
+  Args:
+    solver: a `tfp.math.ode.Solver` instance, e.g. `tfp.math.ode.BDF()`.
+    name: the name it was made from (`"bdf"`), or `None`; a named solver
+      takes new tolerances in `replace`.
+
+  Raises:
+    TypeError: `solver` is not a `tfp.math.ode.Solver`.
+  """
+  own_adjoint = True
+
+  def __init__(self, solver: tfp.math.ode.Solver,
+               name: str | None = None) -> None:
+    if not isinstance(solver, tfp.math.ode.Solver):
+      raise TypeError(f"TFPSolver wraps a tfp.math.ode.Solver, got "
+                      f"{type(solver).__name__}.")
+    self.solver, self.name = solver, name
+
+  def __repr__(self) -> str:
+    return f"TFPSolver({type(self.solver).__name__})"
+
+  def __eq__(self, other: object) -> bool:
+    return isinstance(other, TFPSolver) and other.solver is self.solver
+
+  def __hash__(self) -> int:
+    return id(self.solver)
+
+  @property
+  def adaptive(self) -> bool:
+    return True
+
+  @classmethod
+  def named(cls, name: str, rtol: float = 1e-5, atol: float = 1e-5,
+            max_num_steps: int | None = 1000, **unused: Any) -> "TFPSolver":
+    """The TFP solver of a name (`"bdf"`) with loose options."""
+    del unused  # options of other kinds of solvers (step_size)
+    if name != "bdf":
+      raise ValueError(f"Unknown TFP solver name {name!r}; expected 'bdf'.")
+    return cls(tfp.math.ode.BDF(rtol=rtol, atol=atol,
+                                max_num_steps=max_num_steps), name)
+
+  def replace(self, **options: Any) -> "ODESolver":
+    """A named solver with new tolerances; a user's instance as it is."""
+    if self.name is None:
+      return self
+    solver = self.solver
+    current = {"rtol": solver._rtol, "atol": solver._atol,  # pylint: disable=protected-access
+               "max_num_steps": solver._max_num_steps}  # pylint: disable=protected-access
+    return TFPSolver.named(self.name, **{**current, **options})
+
+  def integrate(self, fn: Callable[..., Any], y0: Any,
+                t0: float | tf.Tensor, t1: float | tf.Tensor,
+                constants: Mapping[str, tf.Tensor] | None = None, *,
+                adjoint: Adjoint | None = None,
+                error_weights: Sequence[float] | None = None,
+                jit_compile: bool = False,
+                jit_compile_backward: bool | None = None,
+                nfe_backward: tf.Variable | None = None) -> Result:
+    """Solves with TFP (see `ODESolver.integrate`); XLA options are ignored."""
+    del error_weights, jit_compile, jit_compile_backward
+    if adjoint is not None:
+      raise ValueError(
+          f"A tfp.math.ode.Solver differentiates by its own adjoint; it "
+          f"takes no {type(adjoint).__name__} (use adjoint='adjoint').")
+    if nfe_backward is not None:
+      fn = _counted(fn, nfe_backward)
+    state = tf.nest.map_structure(tf.convert_to_tensor, y0)
+    flat = tf.nest.flatten(state)
+
+    def run():
+      result = solve_tfp(self.solver, fn, state, t0, t1, constants)
+      if nfe_backward is None:
+        return result
+      # The forward solve's evaluations were counted too: start the
+      # backward count from 0.
+      with tf.control_dependencies(tf.nest.flatten(result.state)):
+        reset = nfe_backward.assign(0)
+      with tf.control_dependencies([reset]):
+        return result._replace(state=tf.nest.map_structure(
+            tf.identity, result.state))
+
+    sizes = [v.shape.num_elements() for v in flat]
+    if all(n is not None and n > 0 for n in sizes):
+      return run()
+    empty = Result(state, tf.constant(0, tf.int32), tf.constant(0, tf.int32),
+                   tf.constant(float("nan"), flat[0].dtype))
+    if all(n == 0 for n in sizes):
+      return empty
+    return tf.cond(
+        tf.reduce_all([tf.size(v) > 0 for v in flat]), run, lambda: empty)
+
+
+def _counted(fn, counter):
+  """`fn` that adds 1 to `counter` at each evaluation."""
+
+  def counted(*args, **kwargs):
+    out = fn(*args, **kwargs)
+    with tf.control_dependencies([counter.assign_add(1)]):
+      return tf.nest.map_structure(tf.identity, out)
+
+  return counted
+
+
+def adapt(solver: Any) -> TFPSolver | None:
+  """`TFPSolver(solver)` for a `tfp.math.ode.Solver`, else `None`."""
+  if isinstance(solver, tfp.math.ode.Solver):
+    return TFPSolver(solver)
+  return None
