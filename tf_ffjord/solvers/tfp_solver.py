@@ -135,28 +135,54 @@ class TFPSolver(ODESolver):
       fn = _counted(fn, nfe_backward)
     state = tf.nest.map_structure(tf.convert_to_tensor, y0)
     flat = tf.nest.flatten(state)
-
-    def run():
-      result = solve_tfp(self.solver, fn, state, t0, t1, constants)
-      if nfe_backward is None:
-        return result
+    if not all(v.shape.rank == 0 or (v.shape[:1].is_fully_defined()
+                                     and v.shape[0] > 0) for v in flat):
+      fn, state, unpad = _padded(fn, state)
+    else:
+      unpad = lambda v: v
+    result = solve_tfp(self.solver, fn, state, t0, t1, constants)
+    final = tf.nest.map_structure(unpad, result.state)
+    if nfe_backward is not None:
       # The forward solve's evaluations were counted too: start the
       # backward count from 0.
-      with tf.control_dependencies(tf.nest.flatten(result.state)):
+      with tf.control_dependencies(tf.nest.flatten(final)):
         reset = nfe_backward.assign(0)
       with tf.control_dependencies([reset]):
-        return result._replace(state=tf.nest.map_structure(
-            tf.identity, result.state))
+        final = tf.nest.map_structure(tf.identity, final)
+    return result._replace(state=final)
 
-    sizes = [v.shape.num_elements() for v in flat]
-    if all(n is not None and n > 0 for n in sizes):
-      return run()
-    empty = Result(state, tf.constant(0, tf.int32), tf.constant(0, tf.int32),
-                   tf.constant(float("nan"), flat[0].dtype))
-    if all(n == 0 for n in sizes):
-      return empty
-    return tf.cond(
-        tf.reduce_all([tf.size(v) > 0 for v in flat]), run, lambda: empty)
+
+def _padded(fn, state):
+  """`(fn, state, unpad)` with a zero row added to each empty component.
+
+  TFP's error norm of an empty state is NaN (its step loop would never
+  end), so a component of batch size 0 gets one row of zeros whose time
+  derivative is 0; `fn` sees the real rows only, and `unpad` drops the row.
+  A component with rows is unchanged (0 rows are added).
+  """
+  flat = tf.nest.flatten(state)
+  sizes = [None if v.shape.rank == 0 else tf.shape(v)[0] for v in flat]
+  pads = [None if n is None else tf.cast(tf.equal(n, 0), tf.int32)
+          for n in sizes]
+
+  def pad(v, p):
+    if p is None:
+      return v
+    zeros = tf.zeros(tf.concat([[p], tf.shape(v)[1:]], 0), v.dtype)
+    return tf.concat([v, zeros], 0)
+
+  def padded_fn(t, y, **constants):
+    rows = [v if n is None else v[:n]
+            for v, n in zip(tf.nest.flatten(y), sizes)]
+    out = fn(t, tf.nest.pack_sequence_as(state, rows), **constants)
+    return tf.nest.pack_sequence_as(state, [
+        pad(tf.convert_to_tensor(v), p)
+        for v, p in zip(tf.nest.flatten(out), pads)])
+
+  it = iter(sizes)
+  unpad = lambda v: (lambda n: v if n is None else v[:n])(next(it))
+  return padded_fn, tf.nest.pack_sequence_as(
+      state, [pad(v, p) for v, p in zip(flat, pads)]), unpad
 
 
 def _counted(fn, counter):
