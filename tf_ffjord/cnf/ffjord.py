@@ -25,8 +25,6 @@ __all__ = ["FFJORD", "Solution"]
 
 tfb = tfp.bijectors
 
-GRADIENTS = solvers.GRADIENTS
-
 
 class FFJORD(tfp.bijectors.Bijector):
   """Free-form continuous dynamics (FFJORD) as a bijector.
@@ -56,22 +54,18 @@ class FFJORD(tfp.bijectors.Bijector):
     trace: a `divergence.TraceEstimator` (`Exact()`, `Hutchinson(noise,
       probes)` or your own subclass), or a name: `"hutchinson"`
       (Rademacher probes) or `"exact"`.
-    solver: a `solvers.ODESolver`: `make_solver(name, rtol=, atol=,
-      max_num_steps=, step_size=)`, `solvers.Solver(method, controller)`
-      (a `Tableau` and a `StepSizeController`, yours or the library's), a
-      `solvers.TFPSolver`; or what `make_solver` takes: a name
-      (`"dopri5"`, `"tsit5"`, `"bosh3"`, `"bdf"`, `"rk4"`, `"midpoint"`,
-      `"euler"`, with default options), a `Tableau`, or a
-      `tfp.math.ode.Solver` (solved through its public `solve`,
-      differentiated by TFP's adjoint).
-    adjoint: how gradients are computed: a `solvers.Adjoint` instance
-      (`BacksolveAdjoint(seminorm=False)`, your own subclass, ...) or a
-      name: `"adjoint"` (the seminorm adjoint, memory constant in the
-      number of steps), `"interpolated"` (reads the state from the forward
-      solve's dense output: fewer backward steps, a few state-sized tensors
-      per forward step, no XLA on the forward loop; adaptive methods with
-      `b_mid`, e.g. dopri5), `"backprop"`, or `"auto"`, decided per solve
-      by `solvers.choose_adjoint`. A TFP solver always uses TFP's adjoint.
+    solver: a `solvers.ODESolver` (`make_solver(name, rtol=, atol=,
+      max_num_steps=, step_size=)`, `Solver(method, controller)` with a
+      `StepSizeController` of yours or the library's, a `TFPSolver`) or what
+      `make_solver` takes with default options: a name (`"dopri5"`,
+      `"tsit5"`, `"bosh3"`, `"bdf"`, `"rk4"`, `"midpoint"`, `"euler"`), a
+      `Tableau`, a `tfp.math.ode.Solver` (differentiated by TFP's adjoint).
+    adjoint: a `solvers.Adjoint` (`BacksolveAdjoint(seminorm=False)`, your
+      subclass, ...) or a name: `"adjoint"` (seminorm adjoint, memory
+      constant in the steps), `"interpolated"` (the state from the forward
+      solve's dense output: fewer backward steps, no XLA on the forward
+      loop; methods with `b_mid`, e.g. dopri5), `"backprop"`, or `"auto"`,
+      decided per solve by `solvers.choose_adjoint`.
     jit_compile: `True`, `False` or `"auto"`: whether the forward and the
       adjoint's backward integration loops run XLA-compiled inside whatever
       graph calls the bijector (so a plain `tf.function` around `log_prob`
@@ -88,9 +82,8 @@ class FFJORD(tfp.bijectors.Bijector):
 
   Raises:
     ValueError: an unknown option or a non-positive time length.
-    TypeError: a loose option of earlier versions (`rtol=`, `gradient=`,
-      `noise=`, `train_time=`, ...), with the argument that replaces it
-      (see `tf_ffjord.cnf.options`).
+    TypeError: a loose option (`rtol=`, `gradient=`, `noise=`, ...), naming
+      the argument that replaces it (see `tf_ffjord.cnf.options`).
 
   The weights of Keras dynamics (and of a learned `EndTime`) are exposed to
   TFP's variable tracking, so `bijector.trainable_variables`,
@@ -154,14 +147,11 @@ class FFJORD(tfp.bijectors.Bijector):
       # closing over a net), found by the first call on zeros (`_probe`).
       object.__setattr__(self, "_found_variables", [])
       object.__setattr__(self, "_probed", False)
-      # The cached tf.functions of eager calls (`inputs.eager_call`),
-      # outside tf.Module tracking: they are no state to save.
+      # Eager calls' tf.functions (`inputs.eager_call`): no state to save.
       object.__setattr__(self, "_eager_solves", {})
       self._time_length = end_time.resolve(time_length)
-      self._initial_time = float(initial_time)
-      self._trace = estimator
-      self._solver = solver
-      self._adjoint = adjoint
+      self._initial_time, self._trace = float(initial_time), estimator
+      self._solver, self._adjoint = solver, adjoint
       self._jit_compile = jit_compile
       self._event_ndims = int(event_ndims)
       object.__setattr__(self, "_event_shape", inputs.declared_event_shape(
@@ -271,13 +261,11 @@ class FFJORD(tfp.bijectors.Bijector):
             regularizers: Iterable[str] = ()) -> Solution:
     """Integrates the flow once and returns a `Solution`.
 
-    The steps: check the input once (`inputs.check_input`), then run the
-    solve (`_solve`): eagerly through one cached `tf.function` per call
-    signature (`inputs.eager_call`), in a graph directly. `_solve` flattens
-    the input to `[batch, *event]`, builds the dynamics for its event shape
-    (`_build_dynamics`), sets up the augmented ODE (`augmented.AugmentedODE`:
-    state, log-det, regularizer integrals), integrates it with the solver
-    (`_integrate`), and reshapes the end state back.
+    Checks the input once (`inputs.check_input`), then runs `_solve`:
+    eagerly through one cached `tf.function` per call signature
+    (`inputs.eager_call`), in a graph directly. `_solve` builds the
+    dynamics (`_build_dynamics`), sets up the augmented ODE
+    (`augmented.AugmentedODE`) and integrates it with the solver.
 
     Args:
       x: `[*batch, *event]` start state: data for `"inverse"`, base samples
@@ -303,7 +291,7 @@ class FFJORD(tfp.bijectors.Bijector):
     if direction not in ("inverse", "forward"):
       raise ValueError(f"direction must be 'inverse' or 'forward', got "
                        f"{direction!r}.")
-    regularizers = tuple(regs.check(regularizers, self._trace))
+    regularizers = regs.check(regularizers, self._trace)
     x = self._check_input(x)
     if tf.executing_eagerly():  # one cached tf.function, not a retrace per call
       return inputs.eager_call(self._solve, self._eager_solves, x,
@@ -322,8 +310,7 @@ class FFJORD(tfp.bijectors.Bijector):
     ode = augmented.AugmentedODE(
         self._dynamics, self._trace,
         self._trace.sample(tf.shape(y0), dtype, seed), direction,
-        tf.constant(self._initial_time, dtype), self._event_ndims,
-        regularizers)
+        tf.constant(self._initial_time, dtype), self._event_ndims, regularizers)
     constants = {"time_length": tf.cast(self.time_length, dtype)}
     if context is not None:
       constants["context"] = context
@@ -332,65 +319,25 @@ class FFJORD(tfp.bijectors.Bijector):
     self._expose_variables()  # dynamics of unknown event shape build in it
     y1 = tf.debugging.assert_all_finite(
         final[0], "FFJORD: the ODE solve produced NaN or inf")
-    return Solution(
-        state=tf.reshape(y1, tf.shape(x)),
-        log_det=tf.reshape(final[1], batch_shape),
-        regularization={r: tf.reshape(v, batch_shape)
-                        for r, v in zip(regularizers, final[2:])},
-        nfe=result.nfe)
+    return Solution(tf.reshape(y1, tf.shape(x)),
+                    tf.reshape(final[1], batch_shape),
+                    {r: tf.reshape(v, batch_shape)
+                     for r, v in zip(regularizers, final[2:])}, result.nfe)
 
   def _build_declared(self):
-    """Builds Keras dynamics now if the event shape is known (`event_shape=`, `dim`).
-
-    Then `optimizer.build(dist.trainable_variables)` works before the first
-    call, a train step's `tf.function` that creates no variables traces
-    once, not twice, and a net that breaks the contract says so at once.
-    Our nets know their context width; a user's net is built without a
-    context unless its call needs one (then the first solve builds it).
-    """
-    if not isinstance(self._dynamics, keras.layers.Layer):
-      return  # a function's dtype is known at the first solve only
-    shape = inputs.event_shape(self._event_shape, self._event_ndims,
-                               self._dynamics)
-    context_dim = getattr(self._dynamics, "context_dim", None)
-    if context_dim is None:  # a user's net
-      try:
-        contract.check_signature(self._dynamics, with_context=False)
-      except contract.DynamicsError:
-        return
-      context_dim = 0
-    if shape.is_fully_defined():
-      self._build_dynamics(shape, getattr(
-          self._dynamics, "variable_dtype", None) or tf.float32,
-                           [context_dim] if context_dim else None)
+    """Builds Keras dynamics now if the event shape is known (`inputs.declared_build`)."""
+    args = inputs.declared_build(self._dynamics, inputs.event_shape(
+        self._event_shape, self._event_ndims, self._dynamics))
+    if args is not None:
+      self._build_dynamics(*args)
 
   def _build_dynamics(self, event_shape, dtype, context_shape=None):
-    """Builds lazy dynamics, checks their contract, finds their variables.
-
-    Keras nets that are not built yet, and once any other dynamics, are
-    called on zeros outside any graph (`contract.probe`): weights are never
-    created in a compiled loop, they decide `jit_compile="auto"`, and they
-    are exposed to TFP's variable tracking with those a function reads.
-    """
-    # Once per trace (not per eager call): the signature the solve will use.
-    contract.check_signature(self._dynamics, context_shape is not None)
-    event_shape = tf.TensorShape(event_shape)
-    if not event_shape.is_fully_defined() or not (
-        context_shape is None
-        or tf.TensorShape(context_shape).is_fully_defined()):
-      return
-    dynamics = self._dynamics
-    if isinstance(dynamics, keras.layers.Layer):
-      if not dynamics.built:
-        contract.probe(dynamics, event_shape, dtype, context_shape)
-    elif not self._probed:
-      read = contract.probe(dynamics, event_shape, dtype, context_shape)
-      own = {id(v) for v in getattr(dynamics, "trainable_variables", ())}
-      object.__setattr__(self, "_found_variables",
-                         [v for v in read if id(v) not in own])
+    """Builds lazy dynamics and finds their variables (`inputs.build_dynamics`)."""
+    found = inputs.build_dynamics(self._dynamics, event_shape, dtype,
+                                  context_shape, probed=self._probed)
+    if found is not None:
+      object.__setattr__(self, "_found_variables", found)
       object.__setattr__(self, "_probed", True)
-      if not read and not own:
-        contract.warn_no_variables(dynamics)
     self._expose_variables()
 
   def _integrate(self, ode, state0, constants):

@@ -30,14 +30,17 @@ from collections.abc import Iterable
 from collections.abc import Callable
 from typing import Any
 
+import keras
 import tensorflow as tf
 
 from tf_ffjord import validation
 from tf_ffjord._types import Dynamics, SeedLike, ShapeLike, TensorLike
+from tf_ffjord.cnf import contract
 from tf_ffjord.cnf.augmented_ode import Solution
 from tf_ffjord.solvers import xla
 
-__all__ = ["check_input", "declared_event_shape", "eager_call", "event_shape"]
+__all__ = ["build_dynamics", "check_input", "declared_build",
+           "declared_event_shape", "eager_call", "event_shape"]
 
 
 def declared_event_shape(event_shape: ShapeLike | None,
@@ -169,3 +172,67 @@ def eager_call(
 
     cache[key] = tf.function(run, input_signature=specs, autograph=False)
   return cache[key](*args)
+
+
+def declared_build(
+    dynamics: Dynamics, shape: tf.TensorShape,
+) -> tuple[tf.TensorShape, tf.dtypes.DType, list[int] | None] | None:
+  """`build_dynamics`' arguments for Keras dynamics of a known event shape, else None.
+
+  Building at construction (`event_shape=`, `dim`) lets
+  `optimizer.build(dist.trainable_variables)` work before the first call,
+  a train step's `tf.function` that creates no variables trace once, not
+  twice, and a net that breaks the contract say so at once. Our nets know
+  their context width; a user's net is built without a context unless its
+  call needs one (then the first solve builds it).
+  """
+  if not isinstance(dynamics, keras.layers.Layer):
+    return None  # a function's dtype is known at the first solve only
+  context_dim = getattr(dynamics, "context_dim", None)
+  if context_dim is None:  # a user's net
+    try:
+      contract.check_signature(dynamics, with_context=False)
+    except contract.DynamicsError:
+      return None
+    context_dim = 0
+  if not shape.is_fully_defined():
+    return None
+  dtype = getattr(dynamics, "variable_dtype", None) or tf.float32
+  return shape, tf.as_dtype(dtype), [context_dim] if context_dim else None
+
+
+def build_dynamics(dynamics: Dynamics, event_shape: ShapeLike,
+                   dtype: tf.dtypes.DType,
+                   context_shape: ShapeLike | None = None,
+                   probed: bool = False) -> list[tf.Variable] | None:
+  """Builds lazy dynamics, checks their contract, finds their variables.
+
+  Keras nets that are not built yet, and once (`probed=False`) any other
+  dynamics, are called on zeros outside any graph (`contract.probe`):
+  weights are never created in a compiled loop, they decide
+  `jit_compile="auto"`, and they are exposed to TFP's variable tracking
+  with those a function reads.
+
+  Returns:
+    The variables the probe of non-Keras dynamics found beyond their own
+    `trainable_variables` (the caller keeps them and marks the dynamics
+    probed), or `None` if nothing was probed.
+  """
+  # Once per trace (not per eager call): the signature the solve will use.
+  contract.check_signature(dynamics, context_shape is not None)
+  event_shape = tf.TensorShape(event_shape)
+  if not event_shape.is_fully_defined() or not (
+      context_shape is None
+      or tf.TensorShape(context_shape).is_fully_defined()):
+    return None
+  if isinstance(dynamics, keras.layers.Layer):
+    if not dynamics.built:
+      contract.probe(dynamics, event_shape, dtype, context_shape)
+    return None
+  if probed:
+    return None
+  read = contract.probe(dynamics, event_shape, dtype, context_shape)
+  own = {id(v) for v in getattr(dynamics, "trainable_variables", ())}
+  if not read and not own:
+    contract.warn_no_variables(dynamics)
+  return [v for v in read if id(v) not in own]
