@@ -8,6 +8,8 @@ import scipy.linalg
 import tensorflow as tf
 import tensorflow_probability as tfp
 
+import tf_ffjord
+
 from tf_ffjord import FFJORD
 from tf_ffjord import solvers
 from tf_ffjord.solvers import (STATUS, AdaptiveStepSize, BacksolveAdjoint,
@@ -403,8 +405,9 @@ def test_bijector_jit_compile_matches_plain_graph(solver):
   x = tf.constant(np.random.default_rng(0).normal(size=(8, 2)), tf.float32)
   out = {}
   for inner, outer in ((False, False), (True, False), (False, True)):
-    bij = FFJORD(f, trace="exact", rtol=1e-6, atol=1e-6, solver=solver,
-                 gradient="adjoint", jit_compile=inner)
+    bij = FFJORD(f, trace="exact", jit_compile=inner,
+                 solver=tf_ffjord.make_solver(solver, rtol=1e-6, atol=1e-6),
+                 adjoint="adjoint")
 
     def step(x):
       with tf.GradientTape() as tape:

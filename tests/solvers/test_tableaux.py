@@ -5,6 +5,8 @@ import pytest
 import scipy.linalg
 import tensorflow as tf
 
+import tf_ffjord
+
 from tf_ffjord import FFJORD
 from tf_ffjord import solvers
 from tf_ffjord.solvers import (AdaptiveStepSize, BacksolveAdjoint, Backprop,
@@ -205,7 +207,7 @@ def test_solver_objects_and_names():
     Solver(3.0)
   with pytest.raises(TypeError, match="controller"):
     Solver("rk4", "fast")
-  bij = FFJORD(lambda t, x: -x, solver=own, rtol=1e-9)
+  bij = FFJORD(lambda t, x: -x, solver=tf_ffjord.make_solver(own, rtol=1e-9))
   assert bij.solver is own and bij.gradient == "backprop"
 
 
@@ -221,6 +223,6 @@ def test_adjoint_follows_from_the_solver_object():
   with pytest.raises(ValueError, match="dense output.*'bosh3'"):
     choose_adjoint(bosh, "interpolated")
   with pytest.raises(ValueError, match="interpolated"):
-    FFJORD(lambda t, x: -x, solver="bosh3", gradient="interpolated")
+    FFJORD(lambda t, x: -x, solver="bosh3", adjoint="interpolated")
   with pytest.raises(ValueError, match="backprop"):
     choose_adjoint(make_solver("bdf"), "backprop")
