@@ -386,9 +386,13 @@ def test_make_solver_names():
                                           max_num_steps=7)
   rk4 = make_solver("rk4", step_size=0.25)
   assert not rk4.adaptive and rk4.controller.num_steps == 4
-  assert isinstance(make_solver("bdf"), tfp.math.ode.BDF)
+  bdf = make_solver("bdf", rtol=1e-3)
+  assert isinstance(bdf, solvers.TFPSolver)
+  assert isinstance(bdf.solver, tfp.math.ode.BDF) and bdf.solver._rtol == 1e-3
+  assert bdf.replace(rtol=1e-6).solver._rtol == 1e-6  # a name takes options
   own = tfp.math.ode.DormandPrince()
-  assert make_solver(own) is own
+  assert make_solver(own).solver is own
+  assert make_solver(own, rtol=1e-9).solver is own  # an instance keeps its own
   with pytest.raises(ValueError, match="Unknown solver"):
     make_solver("rk45")
   with pytest.raises(ValueError, match="rtol"):

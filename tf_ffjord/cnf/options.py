@@ -93,6 +93,8 @@ def ffjord_arguments(options: Mapping[str, Any], base: Any = None,
   if "noise" in out:
     noise = out.pop("noise")
     trace = out.get("trace", getattr(base, "trace", "hutchinson"))
+    if isinstance(trace, divergence.Hutchinson):  # the block's, new noise
+      trace = divergence.Hutchinson(noise, trace.probes)
     out["trace"] = divergence.make_estimator(trace, noise)
   if out.pop("train_time", False):
     out["time_length"] = end_time.resolve(

@@ -16,6 +16,7 @@ from tf_ffjord.solvers.fixed_grid import ConstantStepSize
 from tf_ffjord.solvers.protocols import Adjoint, ODESolver, StepSizeController
 from tf_ffjord.solvers.result import Result
 from tf_ffjord.solvers.solve import method_and_controller, solve
+from tf_ffjord.solvers.step_size import AdaptiveStepSize  # (doctests)
 from tf_ffjord.solvers.tableaux import Tableau
 
 __all__ = ["Solver", "make_solver", "choose_adjoint", "ADAPTIVE_SOLVERS",
