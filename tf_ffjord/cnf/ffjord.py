@@ -344,13 +344,11 @@ class FFJORD(tfp.bijectors.Bijector):
     """Solves the augmented ODE over s in [0, 1] with the solver; returns a `solvers.Result`."""
     y0 = state0[0]
     xla = self._use_xla(y0)
-    return self._solver.integrate(
-        ode, state0, 0.0, 1.0, constants=constants,
+    options = solvers.SolveOptions(
         adjoint=self._adjoint_for(xla), error_weights=ode.error_weights(),
-        jit_compile=xla,
-        jit_compile_backward=xla and not self._trace.uses_pfor(
-            y0.shape[1:].num_elements()),
-        nfe_backward=self._nfe_backward)
+        jit_compile=xla, jit_compile_backward=xla and not self._trace.uses_pfor(
+            y0.shape[1:].num_elements()), nfe_backward=self._nfe_backward)
+    return self._solver.integrate(ode, state0, 0.0, 1.0, constants, options)
 
   def _adjoint_for(self, xla):
     """The adjoint instance of one solve (`solvers.choose_adjoint`), or None."""

@@ -38,7 +38,7 @@ from tf_ffjord.solvers.adjoint import InterpolatedAdjoint
 from tf_ffjord.solvers.fixed_grid import ConstantStepSize
 from tf_ffjord.solvers.result import Result, STATUS, check_status
 from tf_ffjord.solvers.protocols import Adjoint, ODESolver
-from tf_ffjord.solvers.protocols import StepSizeController
+from tf_ffjord.solvers.protocols import SolveOptions, StepSizeController
 from tf_ffjord.solvers.solve import solve
 from tf_ffjord.solvers.solver import ADAPTIVE_SOLVERS, FIXED_SOLVERS
 from tf_ffjord.solvers.solver import GRADIENTS, SOLVER_OPTIONS, Solver
@@ -56,5 +56,5 @@ __all__ = [
     "InterpolatedAdjoint", "Backprop", "Solver", "make_solver",
     "choose_adjoint", "use_xla", "ADAPTIVE_SOLVERS", "FIXED_SOLVERS",
     "GRADIENTS", "SOLVER_OPTIONS", "StepSizeController", "Adjoint",
-    "ODESolver", "TFPSolver",
+    "ODESolver", "TFPSolver", "SolveOptions",
 ]

@@ -45,7 +45,7 @@ import tensorflow as tf
 from tf_ffjord._types import OdeFn
 
 __all__ = ["StepSizeController", "AdaptiveController", "Adjoint",
-           "ODESolver"]
+           "ODESolver", "SolveOptions"]
 
 
 class StepSizeController(abc.ABC):
@@ -65,14 +65,15 @@ class StepSizeController(abc.ABC):
                 y0: Sequence[tf.Tensor], method: Any,
                 first_step: tf.Tensor | None = None,
                 record: bool = False) -> tuple:
-    """Integrates dy/dt = fn(t, y) from t0 to t1 with `method`.
+    """The loop: steps of `method` from t0 to t1 (t1 may be below t0).
 
     Args:
-      fn: `fn(t, y) -> dy/dt` on lists of tensors.
-      t0: initial time, a scalar tensor.
-      t1: final time, a scalar tensor (may be below t0).
-      y0: list of state tensors.
-      method: a `tableaux.Tableau` (`tableaux.rk_step` takes one step).
+      fn: the time derivative: a list of tensors from `fn(t, y)`, `y` a
+        list of tensors shaped like `y0`.
+      t0: the start, and `t1` the end (scalar tensors); `y0` the state at t0.
+      t1: see `t0`.
+      y0: see `t0`.
+      method: a `tableaux.Tableau`; `tableaux.rk_step` takes one step.
       first_step: an optional first trial step (the adjoint passes the
         forward solve's last one); a controller may ignore it.
       record: also return a dense output (only if `dense_output`).
@@ -153,6 +154,30 @@ class Adjoint(abc.ABC):
     return self
 
 
+@dataclasses.dataclass(frozen=True)
+class SolveOptions:
+  """What one solve asks of an `ODESolver.integrate` besides the ODE.
+
+  A solver uses what applies to it and ignores the rest (a TFP solver
+  has its own adjoint and no XLA loop).
+
+  Attributes:
+    adjoint: the `Adjoint` of this solve (`None`: the solver's default).
+    error_weights: one weight per flattened state component (0: out of
+      step control), for adaptive steps.
+    jit_compile: XLA-compile the forward loop.
+    jit_compile_backward: the same for a backward loop (`None`: follow
+      `jit_compile`).
+    nfe_backward: an int32 variable that receives the NFE of the gradient's
+      backward solve.
+  """
+  adjoint: Adjoint | None = None
+  error_weights: tuple[float, ...] | None = None
+  jit_compile: bool = False
+  jit_compile_backward: bool | None = None
+  nfe_backward: tf.Variable | None = None
+
+
 class ODESolver(abc.ABC):
   """What `FFJORD` integrates with: `integrate` solves an ODE over [t0, t1].
 
@@ -176,31 +201,19 @@ class ODESolver(abc.ABC):
     return False
 
   @abc.abstractmethod
-  def integrate(self, fn: Callable[..., Any], y0: Any,
-                t0: float | tf.Tensor, t1: float | tf.Tensor,
-                constants: Mapping[str, tf.Tensor] | None = None, *,
-                adjoint: Adjoint | None = None,
-                error_weights: Sequence[float] | None = None,
-                jit_compile: bool = False,
-                jit_compile_backward: bool | None = None,
-                nfe_backward: tf.Variable | None = None) -> Any:
+  def integrate(self, fn: Callable[..., Any], y0: Any, t0: Any, t1: Any,
+                constants: Mapping[str, tf.Tensor] | None = None,
+                options: SolveOptions = SolveOptions()) -> Any:
     """Solves dy/dt = fn(t, y, **constants) from t0 to t1; returns a `Result`.
 
     Args:
       fn: the dynamics; `y` has the structure of `y0`.
       y0: the initial state (a nest of float tensors of one dtype).
-      t0: initial time.
+      t0: initial time (a float or a scalar tensor).
       t1: final time.
       constants: tensors passed to `fn` as keyword arguments (they receive
         gradients).
-      adjoint: the `Adjoint` of this solve (`None`: the solver's default).
-      error_weights: one weight per flattened state component (0: out of
-        step control), for adaptive solvers.
-      jit_compile: XLA-compile the forward loop, where the solver can.
-      jit_compile_backward: the same for a backward loop (`None`: follow
-        `jit_compile`).
-      nfe_backward: an int32 variable that receives the NFE of the
-        gradient's backward solve.
+      options: the `SolveOptions` of this solve.
     """
 
   def replace(self, **options: Any) -> "ODESolver":

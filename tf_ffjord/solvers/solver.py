@@ -1,7 +1,7 @@
 """`Solver(method, controller)`, the names that stand for a solver (`make_solver`), and the adjoint rule (`choose_adjoint`)."""
 
 import collections
-from collections.abc import Callable, Mapping, Sequence
+from collections.abc import Callable, Mapping
 import dataclasses
 from typing import Any
 
@@ -13,7 +13,8 @@ from tf_ffjord.solvers import xla
 from tf_ffjord.solvers.adjoint import Backprop, BacksolveAdjoint
 from tf_ffjord.solvers.adjoint import InterpolatedAdjoint
 from tf_ffjord.solvers.fixed_grid import ConstantStepSize
-from tf_ffjord.solvers.protocols import Adjoint, ODESolver, StepSizeController
+from tf_ffjord.solvers.protocols import Adjoint, ODESolver, SolveOptions
+from tf_ffjord.solvers.protocols import StepSizeController
 from tf_ffjord.solvers.result import Result
 from tf_ffjord.solvers.solve import method_and_controller, solve
 from tf_ffjord.solvers.step_size import AdaptiveStepSize  # (doctests)
@@ -112,26 +113,23 @@ class Solver(collections.namedtuple("Solver", ["method", "controller"]),
       if fields.get("max_num_steps", 0) is None:
         fields["max_num_steps"] = 100_000
       controller = dataclasses.replace(controller, **fields)
+    if controller == self.controller:
+      return self
     return Solver(self.method, controller)
 
-  def integrate(self, fn: Callable[..., Any], y0: Any,
-                t0: float | tf.Tensor, t1: float | tf.Tensor,
-                constants: Mapping[str, tf.Tensor] | None = None, *,
-                adjoint: Adjoint | None = None,
-                error_weights: Sequence[float] | None = None,
-                jit_compile: bool = False,
-                jit_compile_backward: bool | None = None,
-                nfe_backward: tf.Variable | None = None) -> Result:
+  def integrate(self, fn: Callable[..., Any], y0: Any, t0: Any, t1: Any,
+                constants: Mapping[str, tf.Tensor] | None = None,
+                options: SolveOptions = SolveOptions()) -> Result:
     """Solves with this method and controller (`solve`; see `ODESolver`)."""
-    controller = self.controller
-    if error_weights is not None:
-      controller = controller.with_error_weights(error_weights)
-    if adjoint is not None and nfe_backward is not None:
-      adjoint = adjoint.with_backward_nfe(nfe_backward.assign)
+    controller, adjoint = self.controller, options.adjoint
+    if options.error_weights is not None:
+      controller = controller.with_error_weights(options.error_weights)
+    if adjoint is not None and options.nfe_backward is not None:
+      adjoint = adjoint.with_backward_nfe(options.nfe_backward.assign)
     return solve(fn, y0, t0, t1, constants=constants, method=self.method,
                  controller=controller, adjoint=adjoint,
-                 jit_compile=jit_compile,
-                 jit_compile_backward=jit_compile_backward)
+                 jit_compile=options.jit_compile,
+                 jit_compile_backward=options.jit_compile_backward)
 
 
 def _describe(solver):

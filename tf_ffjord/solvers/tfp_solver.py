@@ -13,13 +13,13 @@ alone:
   `"adjoint"` (see `solver.choose_adjoint`).
 """
 
-from collections.abc import Callable, Mapping, Sequence
+from collections.abc import Callable, Mapping
 from typing import Any
 
 import tensorflow as tf
 import tensorflow_probability as tfp
 
-from tf_ffjord.solvers.protocols import Adjoint, ODESolver
+from tf_ffjord.solvers.protocols import ODESolver, SolveOptions
 from tf_ffjord.solvers.result import Result
 
 __all__ = ["TFPSolver", "adapt", "solve_tfp"]
@@ -117,20 +117,16 @@ class TFPSolver(ODESolver):
                "max_num_steps": solver._max_num_steps}  # pylint: disable=protected-access
     return TFPSolver.named(self.name, **{**current, **options})
 
-  def integrate(self, fn: Callable[..., Any], y0: Any,
-                t0: float | tf.Tensor, t1: float | tf.Tensor,
-                constants: Mapping[str, tf.Tensor] | None = None, *,
-                adjoint: Adjoint | None = None,
-                error_weights: Sequence[float] | None = None,
-                jit_compile: bool = False,
-                jit_compile_backward: bool | None = None,
-                nfe_backward: tf.Variable | None = None) -> Result:
+  def integrate(self, fn: Callable[..., Any], y0: Any, t0: Any, t1: Any,
+                constants: Mapping[str, tf.Tensor] | None = None,
+                options: SolveOptions = SolveOptions()) -> Result:
     """Solves with TFP (see `ODESolver.integrate`); XLA options are ignored."""
-    del error_weights, jit_compile, jit_compile_backward
-    if adjoint is not None:
+    if options.adjoint is not None:
       raise ValueError(
           f"A tfp.math.ode.Solver differentiates by its own adjoint; it "
-          f"takes no {type(adjoint).__name__} (use adjoint='adjoint').")
+          f"takes no {type(options.adjoint).__name__} (use "
+          "adjoint='adjoint').")
+    nfe_backward = options.nfe_backward
     if nfe_backward is not None:
       fn = _counted(fn, nfe_backward)
     state = tf.nest.map_structure(tf.convert_to_tensor, y0)
