@@ -38,7 +38,7 @@ A fixed grid of chosen times, as a user's controller:
 import abc
 from collections.abc import Callable, Mapping, Sequence
 import dataclasses
-from typing import Any, ClassVar
+from typing import Any, ClassVar, cast
 
 import tensorflow as tf
 
@@ -112,8 +112,9 @@ class AdaptiveController(StepSizeController):
                 record: bool = False) -> tuple:
     # step_size.py imports this module for its class line.
     from tf_ffjord.solvers import step_size  # pylint: disable=g-import-not-at-top
-    return step_size.integrate_adaptive(fn, t0, t1, y0, method, self,
-                                        first_step=first_step, record=record)
+    return step_size.integrate_adaptive(fn, t0, t1, y0, method,
+                                        cast(Any, self), first_step=first_step,
+                                        record=record)
 
   def with_error_weights(self,
                          weights: Sequence[float]) -> "StepSizeController":
@@ -136,8 +137,7 @@ class Adjoint(abc.ABC):
   @abc.abstractmethod
   def __call__(self, run: Callable[..., tuple], fn: OdeFn, t0: tf.Tensor,
                t1: tf.Tensor, ys: Sequence[tf.Tensor],
-               cs: Sequence[tf.Tensor],
-               controller: StepSizeController) -> tuple:
+               cs: Sequence[tf.Tensor], controller: Any) -> tuple:
     """Runs the forward solve; returns `(y1, nfe, status, h)`."""
 
   def with_backward_nfe(self, callback: Callable[[tf.Tensor], Any]

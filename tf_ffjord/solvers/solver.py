@@ -3,7 +3,7 @@
 import collections
 from collections.abc import Callable, Mapping
 import dataclasses
-from typing import Any
+from typing import Any, cast
 
 import tensorflow as tf
 
@@ -112,7 +112,7 @@ class Solver(collections.namedtuple("Solver", ["method", "controller"]),
                 if _CONTROLLER_FIELDS.get(k) in names}
       if fields.get("max_num_steps", 0) is None:
         fields["max_num_steps"] = 100_000
-      controller = dataclasses.replace(controller, **fields)
+      controller = dataclasses.replace(cast(Any, controller), **fields)
     if controller == self.controller:
       return self
     return Solver(self.method, controller)
@@ -266,9 +266,10 @@ def choose_adjoint(
           f"The interpolated adjoint reads the state from a dense output: it "
           f"needs adaptive steps and a method with b_mid (e.g. dopri5), got "
           f"{_describe(solver)}.")
-    return InterpolatedAdjoint if adjoint == "interpolated" else adjoint
   if isinstance(adjoint, Adjoint):
     return adjoint
+  if adjoint == "interpolated":
+    return InterpolatedAdjoint
   if adjoint == "backprop" or (adjoint == "auto" and not solver.adaptive):
     return Backprop
   if (adjoint == "auto" and solver.dense_output and not xla_loop
