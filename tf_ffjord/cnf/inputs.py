@@ -21,11 +21,11 @@ traced once per signature. Under `jit_compile="auto"` these calls run
 plain (`solvers.xla.any_batch_size`): XLA would compile again for every
 new batch size.
 
-These are pure functions: they take what they need and return values;
-`FFJORD` keeps the event shape they find and the functions they build.
+Empty batches take the same path (a TFP solver's needs with them are its
+adapter's, `solvers.TFPSolver`). These are pure functions: they take what
+they need and return values; `FFJORD` keeps the event shape they find, the
+variables they probe and the functions they build.
 """
-
-from collections.abc import Iterable
 
 from collections.abc import Callable
 from typing import Any
