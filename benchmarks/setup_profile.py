@@ -1,3 +1,4 @@
+import tf_ffjord
 """Where the toy run's setup time goes: Python tracing, graph optimization, XLA compiles.
 
     taskset -c 0 python -m benchmarks.setup_profile --out benchmarks/results/setup_profile.json
@@ -66,7 +67,8 @@ def child(steps, grappler_off, out_path):
   dist = tfp.distributions.TransformedDistribution(
       tfp.distributions.MultivariateNormalDiag(tf.zeros(2)),
       FFJORD(ODENet(hidden=(64, 64, 64)), time_length=0.5,
-             trace="hutchinson", solver="dopri5", rtol=1e-5, atol=1e-5))
+             trace="hutchinson",
+             solver=tf_ffjord.make_solver("dopri5", rtol=1e-5, atol=1e-5)))
   optimizer = keras.optimizers.Adam(1e-3)
   t["build_s"] = time.perf_counter() - start
 

@@ -5,6 +5,8 @@ import numpy as np
 import tensorflow as tf
 import tensorflow_probability as tfp
 
+import tf_ffjord
+
 from tf_ffjord.cnf.ffjord import FFJORD
 
 __all__ = ["Ours", "TFP", "IMPLS"]
@@ -29,9 +31,12 @@ class Ours:
     self.xla = xla
     nd = len(case.event_shape)
     # The step itself is compiled (or not) here: the solve adds no XLA.
-    self.bij = FFJORD(net, trace="hutchinson", solver="dopri5",
-                      rtol=rtol or case.rtol, atol=atol or case.atol,
-                      gradient=gradient, event_ndims=nd, jit_compile=False)
+    self.bij = FFJORD(net, trace="hutchinson", event_ndims=nd,
+                      jit_compile=False,
+                      solver=tf_ffjord.make_solver(
+                          "dopri5", rtol=rtol or case.rtol,
+                          atol=atol or case.atol),
+                      adjoint=gradient)
     self.opt = keras.optimizers.Adam(1e-3)
     self.opt.build(net.trainable_variables)
     bij, opt = self.bij, self.opt

@@ -37,6 +37,7 @@ import time
 
 import numpy as np
 
+import tf_ffjord
 from benchmarks import DATA_DIR
 
 __all__ = ["RunCase", "RUN_CASES", "RUN_IMPLS", "run_worker", "run_side_by_side",
@@ -130,9 +131,10 @@ def run_worker(case_key, impl, out_path, log=print):
   if impl.startswith("ours"):
     jit = {"ours_xla": True, "ours_noxla": False}.get(impl, "auto")
     gradient = "interpolated" if impl == "ours_interp" else "auto"
-    bij = FFJORD(f, time_length=t_len, trace="hutchinson", solver="dopri5",
-                 rtol=case.rtol, atol=case.atol, jit_compile=jit,
-                 gradient=gradient)
+    bij = FFJORD(f, time_length=t_len, trace="hutchinson", jit_compile=jit,
+                 solver=tf_ffjord.make_solver("dopri5", rtol=case.rtol,
+                                              atol=case.atol),
+                 adjoint=gradient)
   else:
     # tfb.FFJORD puts the data at final_time: the same net defines another
     # density than ours, which is why each model is evaluated in its own
@@ -168,8 +170,8 @@ def run_worker(case_key, impl, out_path, log=print):
       g = lambda t, z: net(t, z)
     else:
       g = lambda s, z: -net(t_len - s, z)
-    ev = FFJORD(g, time_length=t_len, trace="exact", solver="dopri5",
-                rtol=1e-5, atol=1e-5, jit_compile=False)
+    ev = FFJORD(g, time_length=t_len, trace="exact", jit_compile=False,
+                solver=tf_ffjord.make_solver("dopri5", rtol=1e-5, atol=1e-5))
     ev_dist = tfd.TransformedDistribution(base, ev)
     test_x = toy.sample("8gaussians", case.eval_size, seed=10_000)
     entropy = toy.entropy("8gaussians")

@@ -39,6 +39,8 @@ import keras
 import numpy as np
 import tensorflow as tf
 
+import tf_ffjord
+
 from benchmarks.speed import ConvDynamics, eval_chains, machine
 from tf_ffjord import FFJORD, ODENet
 from tf_ffjord.solvers import xla
@@ -56,8 +58,9 @@ QUICK = [((64, 64), 500, 2), ((512, 512), 500, 16), ((1024, 1024), 1000, 63)]
 
 
 def _step_fn(net, event_ndims, jit):
-  bij = FFJORD(net, trace="hutchinson", solver="dopri5", rtol=1e-5,
-               atol=1e-5, event_ndims=event_ndims, jit_compile=jit)
+  bij = FFJORD(net, trace="hutchinson", event_ndims=event_ndims,
+               jit_compile=jit,
+               solver=tf_ffjord.make_solver("dopri5", rtol=1e-5, atol=1e-5))
 
   @tf.function
   def step(x, seed):

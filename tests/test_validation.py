@@ -6,6 +6,8 @@ import numpy as np
 import pytest
 import tensorflow as tf
 
+import tf_ffjord
+
 from tf_ffjord import ODENet
 from tf_ffjord import validation
 from tf_ffjord.validation import InputError
@@ -158,7 +160,7 @@ def test_first_call_pins_the_shape_of_an_undeclared_flow():
 def test_a_built_net_gives_the_event_shape():
   f = ODENet(hidden=(8,))
   f(0.0, tf.zeros([1, 2]))
-  bij = FFJORD(f, solver="euler", step_size=1.0)
+  bij = FFJORD(f, solver=tf_ffjord.make_solver("euler", step_size=1.0))
   with pytest.raises(InputError, match=r"shape \[2\].*got shape \[1, 5\]"):
     bij.forward(tf.zeros([1, 5]))
   assert bij.forward(tf.zeros([1, 2])).shape == (1, 2)
@@ -225,7 +227,8 @@ def test_every_entry_point_casts_real_dtypes_alike(dtype):
 
 
 def test_unknown_rank_is_refused_with_advice():
-  bij = FFJORD(Linear(), solver="euler", step_size=1.0, event_shape=[2])
+  bij = FFJORD(Linear(), event_shape=[2],
+               solver=tf_ffjord.make_solver("euler", step_size=1.0))
   fn = tf.function(bij.forward, input_signature=[tf.TensorSpec(None)])
   with pytest.raises(InputError, match=r"known rank.*input_signature, e\.g\. "
                      r"\[None, 2\]"):

@@ -23,7 +23,7 @@ POSTERIORS = ("none", "maf", "ffjord")
 # Where each copy comes from: name -> (module, expression over it).
 ORIGINALS = {
     "SOLVERS": ("tf_ffjord.solvers", "ADAPTIVE_SOLVERS + FIXED_SOLVERS"),
-    "GRADIENTS": ("tf_ffjord.cnf.ffjord", "GRADIENTS"),
+    "GRADIENTS": ("tf_ffjord.solvers", "GRADIENTS"),
     "TRACES": ("tf_ffjord.cnf.trace_estimators", "TRACES"),
     "NOISES": ("tf_ffjord.cnf.trace_estimators", "NOISES"),
     "ACTIVATIONS": ("tf_ffjord.nets.dense", "ACTIVATIONS"),

@@ -6,6 +6,8 @@ import pytest
 import tensorflow as tf
 import tensorflow_probability as tfp
 
+import tf_ffjord
+
 from tf_ffjord import FFJORD, FFJORDModel, MaximumLikelihood, ODENet
 
 tfd = tfp.distributions
@@ -25,7 +27,8 @@ def _data(n, seed):
 def test_context_through_transformed_distribution():
   keras.utils.set_random_seed(0)
   net = ODENet(hidden=(16,), context_dim=3)
-  bij = FFJORD(net, trace="exact", solver="dopri5", rtol=1e-6, atol=1e-6)
+  bij = FFJORD(net, trace="exact",
+               solver=tf_ffjord.make_solver("dopri5", rtol=1e-6, atol=1e-6))
   flow = tfd.TransformedDistribution(tfd.MultivariateNormalDiag(tf.zeros(2)),
                                      bij)
   x = tf.random.stateless_normal([6, 2], [0, 1])

@@ -8,6 +8,8 @@ import scipy.linalg
 import tensorflow as tf
 import tensorflow_probability as tfp
 
+import tf_ffjord
+
 from tf_ffjord import FFJORD, ODENet
 
 tfb = tfp.bijectors
@@ -25,8 +27,9 @@ def linear(a):
 @pytest.mark.parametrize("solver", ["dopri5", "rk4"])
 def test_linear_flow_log_det_is_t_trace(trace, solver):
   t_len = 0.7
-  bij = FFJORD(linear(A), time_length=t_len, trace=trace, solver=solver,
-               step_size=0.175)  # 4 RK4 steps: error ~(h|A|)^5/120 = 1e-7
+  # 4 RK4 steps: error ~(h|A|)^5/120 = 1e-7
+  bij = FFJORD(linear(A), time_length=t_len, trace=trace,
+               solver=tf_ffjord.make_solver(solver, step_size=0.175))
   x = tf.random.normal([4000, 2])
   z, ildj = tf.function(lambda x: (bij.inverse(x),
                                    bij.inverse_log_det_jacobian(x, 1)))(x)
@@ -45,7 +48,8 @@ def test_linear_flow_log_det_is_t_trace(trace, solver):
 
 def test_inverse_of_forward_is_identity_at_solver_tolerance():
   f = ODENet(hidden=(32, 32))
-  bij = FFJORD(f, time_length=1.0, trace="exact", rtol=1e-6, atol=1e-6)
+  bij = FFJORD(f, time_length=1.0, trace="exact",
+               solver=tf_ffjord.make_solver("dopri5", rtol=1e-6, atol=1e-6))
   z = tf.random.normal([64, 2])
 
   @tf.function
@@ -72,9 +76,10 @@ def test_nonzero_initial_time():
 @pytest.mark.parametrize("noise", ["rademacher", "gaussian"])
 def test_hutchinson_is_unbiased(noise):
   f = ODENet(hidden=(16, 16), activation="softplus")
-  exact = FFJORD(f, trace="exact", solver="rk4", step_size=0.25)
-  hutch = FFJORD(f, trace="hutchinson", noise=noise, solver="rk4",
-                 step_size=0.25)
+  exact = FFJORD(f, trace="exact",
+                 solver=tf_ffjord.make_solver("rk4", step_size=0.25))
+  hutch = FFJORD(f, solver=tf_ffjord.make_solver("rk4", step_size=0.25),
+                 trace=tf_ffjord.Hutchinson(noise))
   x = tf.constant([[0.5, -1.0]])
   reps = tf.tile(x, [5000, 1])  # one probe per row
   ref = tf.function(lambda x: exact.solve(x).log_det)(x)[0]
@@ -86,7 +91,7 @@ def test_hutchinson_is_unbiased(noise):
 
 def test_end_time_gets_its_gradient():
   # d/dT [T Tr(A)] = Tr(A); T = softplus(raw), so d/draw = Tr(A) sigmoid(raw).
-  bij = FFJORD(linear(A), time_length=0.5, train_time=True, trace="exact")
+  bij = FFJORD(linear(A), trace="exact", time_length=tf_ffjord.EndTime(0.5))
   assert len(bij.trainable_variables) == 1
   x = tf.random.normal([8, 2])
 
@@ -109,8 +114,9 @@ def test_parameter_gradients_match_closed_form(gradient):
   # stage's trace is Tr(W)).
   w = tf.Variable(A)
   bij = FFJORD(lambda t, x: tf.linalg.matvec(w, x), time_length=0.5,
-               trace="exact", solver="rk4" if gradient == "backprop" else
-               "dopri5", step_size=0.25, gradient=gradient)
+               trace="exact", solver=tf_ffjord.make_solver(
+                   "rk4" if gradient == "backprop" else "dopri5",
+                   step_size=0.25), adjoint=gradient)
   x = tf.random.normal([8, 2])
 
   @tf.function
@@ -181,7 +187,8 @@ def test_density_integrates_to_one_on_a_grid():
   f = ODENet(hidden=(32, 32))
   dist = tfd.TransformedDistribution(
       tfd.MultivariateNormalDiag(tf.zeros(2)),
-      FFJORD(f, time_length=1.0, trace="exact", rtol=1e-6, atol=1e-6))
+      FFJORD(f, time_length=1.0, trace="exact",
+             solver=tf_ffjord.make_solver("dopri5", rtol=1e-6, atol=1e-6)))
   side = np.linspace(-7, 7, 141, dtype=np.float32)
   xx, yy = np.meshgrid(side, side)
   grid = np.stack([xx.ravel(), yy.ravel()], 1)
@@ -220,7 +227,7 @@ def test_auto_gradient_picks_the_adjoint_per_solve():
 
   inside_xla()
   assert isinstance(seen[0], BacksolveAdjoint)  # its record cannot compile
-  explicit = FFJORD(linear(A), gradient="adjoint")
+  explicit = FFJORD(linear(A), adjoint="adjoint")
   assert isinstance(explicit._adjoint_for(False), BacksolveAdjoint)
 
 
@@ -251,7 +258,8 @@ def _alarm(seconds):
 
 
 def test_nan_dynamics_raise_instead_of_hanging():
-  bij = FFJORD(lambda t, x: x * np.nan, trace="exact", max_num_steps=50)
+  bij = FFJORD(lambda t, x: x * np.nan, trace="exact",
+               solver=tf_ffjord.make_solver("dopri5", max_num_steps=50))
   _alarm(300)
   try:
     with pytest.raises(tf.errors.InvalidArgumentError,
@@ -264,7 +272,8 @@ def test_nan_dynamics_raise_instead_of_hanging():
 def test_step_limit_error_suggests_looser_tolerances():
   # Stiff, fast dynamics at a tight tolerance cannot finish in 5 steps.
   bij = FFJORD(lambda t, x: -200.0 * x + 50.0 * tf.sin(40.0 * t),
-               trace="exact", rtol=1e-8, atol=1e-8, max_num_steps=5)
+               trace="exact", solver=tf_ffjord.make_solver(
+                   "dopri5", rtol=1e-8, atol=1e-8, max_num_steps=5))
   with pytest.raises(tf.errors.InvalidArgumentError,
                      match="max_num_steps.*tolerance|tolerance.*max_num_steps"):
     tf.function(lambda x: bij.solve(x).state)(tf.ones([2, 2]))
@@ -348,7 +357,7 @@ def test_auto_jit_compile_rule(monkeypatch):
 def test_known_event_shape_builds_the_net_and_the_train_step_traces_once(
     declared):
   net = ODENet(hidden=(8,), **({"dim": 2} if declared == "dim" else {}))
-  flow = FFJORD(net, solver="rk4", step_size=0.5,
+  flow = FFJORD(net, solver=tf_ffjord.make_solver("rk4", step_size=0.5),
                 **({"event_shape": [2]} if declared == "event_shape" else {}))
   dist = tfp.distributions.TransformedDistribution(
       tfp.distributions.MultivariateNormalDiag(tf.zeros(2)), flow)

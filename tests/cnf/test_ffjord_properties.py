@@ -11,6 +11,8 @@ import scipy.linalg
 import tensorflow as tf
 import tensorflow_probability as tfp
 
+import tf_ffjord
+
 from tf_ffjord import FFJORD
 from tf_ffjord.validation import InputError
 
@@ -46,7 +48,8 @@ def flow(dim):
   """One flow per width, reused across examples (as a user would)."""
   # RK4 with 4 steps of 0.125 on |A| < 1.5: error ~ (h|A|)^5 / 120 < 1e-6.
   bijector = FFJORD(LinearField(matrix(dim)), time_length=T, trace="exact",
-                    solver="rk4", step_size=0.25, event_shape=[dim])
+                    event_shape=[dim],
+                    solver=tf_ffjord.make_solver("rk4", step_size=0.25))
   return bijector, tfd.TransformedDistribution(
       tfd.MultivariateNormalDiag(tf.zeros(dim)), bijector)
 

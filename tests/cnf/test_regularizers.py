@@ -4,6 +4,8 @@ import keras
 import numpy as np
 import pytest
 import tensorflow as tf
+
+import tf_ffjord
 from scipy.integrate import quad
 from scipy.linalg import expm
 
@@ -46,8 +48,9 @@ def _closed_forms(x, t_len, sign):
 def test_linear_dynamics_match_closed_forms(direction, solver, rtol):
   t_len = 1.5
   # rk4 at 8 steps: few steps keep the unrolled graph small.
-  bij = FFJORD(_linear, time_length=t_len, initial_time=0.3, solver=solver,
-               rtol=1e-9, atol=1e-9, step_size=0.125)
+  bij = FFJORD(_linear, time_length=t_len, initial_time=0.3,
+               solver=tf_ffjord.make_solver(solver, rtol=1e-9, atol=1e-9,
+                                            step_size=0.125))
   sol = _solve(bij, X0, direction, regularizers=ALL)
   sign = 1.0 if direction == "inverse" else -1.0
   np.testing.assert_allclose(sol.state.numpy(),
@@ -76,7 +79,8 @@ def test_time_dependent_dynamics_with_offset_time():
   t0, t_len = 1.0, 0.5
   a = tf.constant(A)
   bij = FFJORD(lambda t, x: t * tf.linalg.matvec(a, x), time_length=t_len,
-               initial_time=t0, solver="dopri5", rtol=1e-10, atol=1e-10)
+               initial_time=t0,
+               solver=tf_ffjord.make_solver("dopri5", rtol=1e-10, atol=1e-10))
   sol = _solve(bij, X0, regularizers=("kinetic",))
   for i, x in enumerate(X0):
     want = quad(lambda t: np.sum(
@@ -89,8 +93,9 @@ def test_time_dependent_dynamics_with_offset_time():
 @pytest.mark.parametrize("noise", ["rademacher", "gaussian"])
 def test_jacobian_hutchinson_mean_is_frobenius_norm(noise):
   t_len, n = 2.0, 20000
-  bij = FFJORD(_linear, time_length=t_len, solver="rk4", step_size=0.5,
-               noise=noise)
+  bij = FFJORD(_linear, time_length=t_len,
+               solver=tf_ffjord.make_solver("rk4", step_size=0.5),
+               trace=tf_ffjord.Hutchinson(noise))
   x = np.tile(X0[:1], (n, 1))
   jac = _solve(bij, x, seed=(3, 4),
                regularizers=("jacobian",)).regularization["jacobian"].numpy()
@@ -106,8 +111,9 @@ def test_regularizer_states_do_not_change_step_control():
   a = tf.constant([[0.0, 6.0], [-6.0, 0.3]], tf.float64)
   fn = lambda t, x: tf.linalg.matvec(a, x) * (1.0 + 3.0 * t)
   x = np.random.default_rng(0).normal(size=(64, 2)) * 5.0
-  plain = _solve(FFJORD(fn, solver="dopri5", rtol=1e-5, atol=1e-5), x)
-  reg = _solve(FFJORD(fn, solver="dopri5", rtol=1e-5, atol=1e-5), x,
+  tight = tf_ffjord.make_solver("dopri5", rtol=1e-5, atol=1e-5)
+  plain = _solve(FFJORD(fn, solver=tight), x)
+  reg = _solve(FFJORD(fn, solver=tight), x,
                regularizers=ALL)
   assert int(plain.nfe) == int(reg.nfe)
   np.testing.assert_allclose(plain.state.numpy(), reg.state.numpy(),
@@ -149,7 +155,8 @@ def test_model_logs_and_minimizes_regularizers():
   x = datasets.toy.sample("8gaussians", 512, seed=9).astype("f4")
 
   def kinetic(model):
-    bij = FFJORD(model.blocks[0].dynamics, solver="rk4", step_size=0.5, trace="exact")
+    bij = FFJORD(model.blocks[0].dynamics, trace="exact",
+                 solver=tf_ffjord.make_solver("rk4", step_size=0.5))
     return float(tf.reduce_mean(_solve(
         bij, x, regularizers=("kinetic",)).regularization["kinetic"]))
 

@@ -6,6 +6,8 @@ import scipy.linalg
 import tensorflow as tf
 import tensorflow_probability as tfp
 
+import tf_ffjord
+
 from tf_ffjord import FFJORD, ODENet
 from tf_ffjord.datasets import toy
 
@@ -25,8 +27,9 @@ def backing(layer):
 def test_tfp_custom_loop_over_dist_trainable_variables_lowers_nll():
   f = ODENet(hidden=(32, 32), dim=2)
   dist = tfd.TransformedDistribution(
-      normal(2), FFJORD(f, time_length=0.5, train_time=True, trace="exact",
-                        solver="rk4", step_size=0.25))
+      normal(2), FFJORD(f, trace="exact",
+                        solver=tf_ffjord.make_solver("rk4", step_size=0.25),
+                        time_length=tf_ffjord.EndTime(0.5)))
   x_test = toy.sample("8gaussians", 2000, seed=1)
   nll = tf.function(lambda x: -tf.reduce_mean(dist.log_prob(x)))
   before = float(nll(x_test))
@@ -54,8 +57,8 @@ def test_tfp_custom_loop_over_dist_trainable_variables_lowers_nll():
 
 def test_chain_of_blocks_exposes_every_weight_and_both_end_times():
   nets = [ODENet(hidden=(8, 8), dim=2) for _ in range(2)]
-  blocks = [FFJORD(net, time_length=t, train_time=True, trace="exact",
-                   solver="rk4")
+  blocks = [FFJORD(net, trace="exact",
+                   solver="rk4", time_length=tf_ffjord.EndTime(t))
             for net, t in zip(nets, (0.5, 0.3))]
   chain = tfb.Chain(blocks)
   dist = tfd.TransformedDistribution(normal(2), chain)
@@ -84,8 +87,9 @@ def test_frozen_dynamics_are_not_trainable():
 
 def test_copy_of_trained_bijector_keeps_learned_end_time_and_density():
   f = ODENet(hidden=(16,), dim=2)
-  bij = FFJORD(f, time_length=0.5, train_time=True, trace="exact",
-               rtol=1e-6, atol=1e-6)
+  bij = FFJORD(f, trace="exact",
+               solver=tf_ffjord.make_solver("dopri5", rtol=1e-6, atol=1e-6),
+               time_length=tf_ffjord.EndTime(0.5))
   end_time = bij.keras_layers[1]
   end_time.raw.assign(np.log(np.expm1(0.4288)))  # as if trained to T=0.4288
   copy = bij.copy()
@@ -101,14 +105,15 @@ def test_copy_of_trained_bijector_keeps_learned_end_time_and_density():
 
 def test_train_time_refuses_a_time_length_it_cannot_learn():
   with pytest.raises(ValueError, match="train_time"):
-    FFJORD(ODENet(), time_length=lambda: tf.constant(1.0), train_time=True)
+    FFJORD(ODENet(), time_length=tf_ffjord.EndTime(lambda: tf.constant(1.0)))
 
 
 def test_float64_linear_log_det_is_t_trace_to_1e7():
   a = np.array([[0.3, -0.5], [0.2, -0.1]])  # Tr = 0.2
   a_t = tf.constant(a, tf.float64)
   bij = FFJORD(lambda t, x: tf.linalg.matvec(a_t, x), time_length=0.7,
-               trace="exact", rtol=1e-11, atol=1e-11)
+               trace="exact",
+               solver=tf_ffjord.make_solver("dopri5", rtol=1e-11, atol=1e-11))
   x = tf.random.normal([64, 2], dtype=tf.float64)
   z, ildj = tf.function(lambda x: (bij.inverse(x),
                                    bij.inverse_log_det_jacobian(x, 1)))(x)
@@ -122,7 +127,7 @@ def test_float64_dynamics_train_end_to_end():
   f = ODENet(hidden=(8,), dim=2, dtype="float64")
   dist = tfd.TransformedDistribution(
       normal(2, tf.float64),
-      FFJORD(f, time_length=0.5, train_time=True, trace="hutchinson"))
+      FFJORD(f, trace="hutchinson", time_length=tf_ffjord.EndTime(0.5)))
   x = tf.constant(toy.sample("8gaussians", 64, seed=0), tf.float64)
 
   @tf.function
@@ -156,7 +161,7 @@ def test_porting_recipe_matches_tfp_ffjord(time_dependent):
   else:
     f = lambda t, z: -g(t, z)
   ours = FFJORD(f, initial_time=t0, time_length=t1 - t0, trace="exact",
-                rtol=1e-7, atol=1e-7)
+                solver=tf_ffjord.make_solver("dopri5", rtol=1e-7, atol=1e-7))
   x = tf.random.normal([16, 2]) * 2.0
   lp = [tf.function(tfd.TransformedDistribution(normal(2), b).log_prob)(x)
         for b in (theirs, ours)]

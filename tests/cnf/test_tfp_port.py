@@ -276,8 +276,8 @@ def test_final_time_may_be_a_variable():
 def test_ode_solve_fn_and_trace_augmentation_fn_map_to_ours():
   g = lambda t, z: -z
   solver = tfp.math.ode.DormandPrince(rtol=1e-7, atol=1e-7)
-  assert TFPFFJORD(g, ode_solve_fn=solver.solve).solver is solver
-  assert TFPFFJORD(g, ode_solve_fn=solver).solver is solver
+  assert TFPFFJORD(g, ode_solve_fn=solver.solve).solver.solver is solver
+  assert TFPFFJORD(g, ode_solve_fn=solver).solver.solver is solver
   default = TFPFFJORD(g)
   assert isinstance(default.solver, tf_ffjord.Solver)
   assert default.trace == divergence.Hutchinson("gaussian")  # TFP's default

@@ -5,6 +5,8 @@ import numpy as np
 import pytest
 import tensorflow as tf
 
+import tf_ffjord
+
 from tf_ffjord import FFJORD, FFJORDModel, ODENet, datasets
 from tf_ffjord.cnf import trace_estimators as divergence
 from tf_ffjord.cnf.trace_estimators import Exact, Hutchinson, TraceEstimator
@@ -80,11 +82,11 @@ def test_estimators_compare_copy_and_serialize():
 
 
 def test_names_stand_for_their_estimators():
-  bij = FFJORD(lambda t, x: x, trace="hutchinson", noise="gaussian")
+  bij = FFJORD(lambda t, x: x, trace=tf_ffjord.Hutchinson("gaussian"))
   assert bij.trace == Hutchinson("gaussian") and bij.trace == "hutchinson"
   assert FFJORD(lambda t, x: x, trace="exact").trace == Exact()
   # noise belongs to the name; an estimator object carries its own.
-  assert FFJORD(lambda t, x: x, trace=Exact(), noise="gaussian").trace == "exact"
+  assert FFJORD(lambda t, x: x, trace=Exact(), ).trace == "exact"
 
 
 @pytest.mark.parametrize("gradient,solver", [("adjoint", "dopri5"),
@@ -94,7 +96,7 @@ def test_user_estimator_trains_through_every_gradient(gradient, solver):
   # f = W x: ildj = T Tr(W), d ildj / dW = T I.
   w = tf.Variable(A)
   bij = FFJORD(lambda t, x: tf.linalg.matvec(w, x), time_length=0.5,
-               trace=ColumnLoopExact(), solver=solver, gradient=gradient)
+               trace=ColumnLoopExact(), solver=solver, adjoint=gradient)
   x = tf.random.normal([8, 2])
 
   @tf.function

@@ -6,6 +6,8 @@ import keras
 import numpy as np
 import pytest
 import tensorflow as tf
+
+import tf_ffjord
 from scipy.stats import norm
 
 from tf_ffjord import FFJORD, FFJORDModel, FlowMatching, ODENet, datasets
@@ -76,7 +78,7 @@ def test_optimal_field_gives_exact_density_through_the_bijector():
   # bijector's.
   t_len = 2.0
   bij = FFJORD(_optimal_field(t_len), time_length=t_len, trace="exact",
-               solver="dopri5", rtol=1e-8, atol=1e-8)
+               solver=tf_ffjord.make_solver("dopri5", rtol=1e-8, atol=1e-8))
   x = np.random.default_rng(2).normal(size=(64, 2)) * S + M
   sol = tf.function(lambda x: bij.solve(x))(tf.constant(x))
   logp = norm.logpdf(sol.state.numpy()).sum(-1) + sol.log_det.numpy()

@@ -5,6 +5,8 @@ import numpy as np
 import pytest
 import tensorflow as tf
 
+import tf_ffjord
+
 from tf_ffjord import FFJORD, FFJORDModel, ODENet
 from tf_ffjord.nets.conv import ConvODENet
 from tf_ffjord.datasets import toy
@@ -104,8 +106,9 @@ def test_vjp_through_the_casts_is_float32_and_close():
 def test_solve_state_and_log_det_float32_and_close_to_float32_net():
   x = tf.random.normal([32, 2])
   f, g = _bfloat16_twins(x)
-  sols = [FFJORD(net, trace="exact", solver="dopri5", rtol=1e-4,
-                 atol=1e-4).solve(x) for net in (f, g)]
+  solver = tf_ffjord.make_solver("dopri5", rtol=1e-4, atol=1e-4)
+  sols = [FFJORD(net, trace="exact", solver=solver).solve(x)
+          for net in (f, g)]
   assert sols[1].state.dtype == tf.float32
   assert sols[1].log_det.dtype == tf.float32
   np.testing.assert_allclose(sols[1].state, sols[0].state, atol=0.02)

@@ -8,6 +8,8 @@ import scipy.linalg
 import tensorflow as tf
 import tensorflow_probability as tfp
 
+import tf_ffjord
+
 from tf_ffjord import FFJORD
 from tf_ffjord import solvers
 from tf_ffjord.solvers import (STATUS, AdaptiveStepSize, BacksolveAdjoint,
@@ -384,9 +386,13 @@ def test_make_solver_names():
                                           max_num_steps=7)
   rk4 = make_solver("rk4", step_size=0.25)
   assert not rk4.adaptive and rk4.controller.num_steps == 4
-  assert isinstance(make_solver("bdf"), tfp.math.ode.BDF)
+  bdf = make_solver("bdf", rtol=1e-3)
+  assert isinstance(bdf, solvers.TFPSolver)
+  assert isinstance(bdf.solver, tfp.math.ode.BDF) and bdf.solver._rtol == 1e-3
+  assert bdf.replace(rtol=1e-6).solver._rtol == 1e-6  # a name takes options
   own = tfp.math.ode.DormandPrince()
-  assert make_solver(own) is own
+  assert make_solver(own).solver is own
+  assert make_solver(own, rtol=1e-9).solver is own  # an instance keeps its own
   with pytest.raises(ValueError, match="Unknown solver"):
     make_solver("rk45")
   with pytest.raises(ValueError, match="rtol"):
@@ -403,8 +409,9 @@ def test_bijector_jit_compile_matches_plain_graph(solver):
   x = tf.constant(np.random.default_rng(0).normal(size=(8, 2)), tf.float32)
   out = {}
   for inner, outer in ((False, False), (True, False), (False, True)):
-    bij = FFJORD(f, trace="exact", rtol=1e-6, atol=1e-6, solver=solver,
-                 gradient="adjoint", jit_compile=inner)
+    bij = FFJORD(f, trace="exact", jit_compile=inner,
+                 solver=tf_ffjord.make_solver(solver, rtol=1e-6, atol=1e-6),
+                 adjoint="adjoint")
 
     def step(x):
       with tf.GradientTape() as tape:

@@ -5,6 +5,8 @@ import pytest
 import scipy.linalg
 import tensorflow as tf
 
+import tf_ffjord
+
 from tf_ffjord import FFJORD
 from tf_ffjord import solvers
 from tf_ffjord.solvers import (AdaptiveStepSize, BacksolveAdjoint, Backprop,
@@ -155,7 +157,7 @@ def test_user_method_in_ffjord_log_det_is_t_trace_with_its_gradient():
                trace="exact",
                solver=Solver(heun_euler, AdaptiveStepSize(rtol=1e-4,
                                                           atol=1e-4)))
-  assert bij.gradient == "adjoint"
+  assert bij.adjoint == "adjoint"
   assert isinstance(bij._adjoint_for(False), BacksolveAdjoint)
 
   @tf.function
@@ -196,7 +198,9 @@ def test_solver_objects_and_names():
   assert make_solver("tsit5").method is solvers.TSIT5
   assert make_solver("bosh3", rtol=1e-3).controller.rtol == 1e-3
   own = Solver("rk4", ConstantStepSize(8))
-  assert make_solver(own, step_size=0.5) is own  # loose options: names only
+  # Loose options replace what the controller has and ignore the rest.
+  assert make_solver(own, step_size=0.5).controller.num_steps == 2
+  assert make_solver(own, rtol=1e-9) == own
   assert make_solver(solvers.BOSH3).adaptive
   assert not make_solver(solvers.RK4, step_size=0.5).adaptive
   with pytest.raises(ValueError, match="error estimate.*'rk4'"):
@@ -205,8 +209,8 @@ def test_solver_objects_and_names():
     Solver(3.0)
   with pytest.raises(TypeError, match="controller"):
     Solver("rk4", "fast")
-  bij = FFJORD(lambda t, x: -x, solver=own, rtol=1e-9)
-  assert bij.solver is own and bij.gradient == "backprop"
+  bij = FFJORD(lambda t, x: -x, solver=own)
+  assert bij.solver is own and bij.adjoint == "backprop"
 
 
 def test_adjoint_follows_from_the_solver_object():
@@ -221,6 +225,6 @@ def test_adjoint_follows_from_the_solver_object():
   with pytest.raises(ValueError, match="dense output.*'bosh3'"):
     choose_adjoint(bosh, "interpolated")
   with pytest.raises(ValueError, match="interpolated"):
-    FFJORD(lambda t, x: -x, solver="bosh3", gradient="interpolated")
+    FFJORD(lambda t, x: -x, solver="bosh3", adjoint="interpolated")
   with pytest.raises(ValueError, match="backprop"):
     choose_adjoint(make_solver("bdf"), "backprop")

@@ -1,6 +1,6 @@
 """The augmented ODE of an FFJORD solve: time change, divergence, regularizer rates, on the unit interval."""
 
-from collections.abc import Callable, Iterable, Sequence
+from collections.abc import Iterable, Sequence
 from typing import Any, NamedTuple
 
 import tensorflow as tf
@@ -72,20 +72,16 @@ class AugmentedODE:
     initial_time: t0, a scalar tensor of the state's dtype.
     event_ndims: number of event dimensions.
     regularizers: names from `regularizers.REGULARIZERS`.
-    on_evaluation: optional zero-argument callable run at each evaluation
-      (returns an op, e.g. a counter's `assign_add`): the NFE count of a
-      `tfp.math.ode.Solver`, which reports none for its adjoint.
   """
 
   def __init__(self, dynamics: Dynamics, estimator: TraceEstimator,
                noise: Any, direction: str, initial_time: tf.Tensor,
-               event_ndims: int = 1, regularizers: Iterable[str] = (),
-               on_evaluation: Callable[[], Any] | None = None) -> None:
+               event_ndims: int = 1,
+               regularizers: Iterable[str] = ()) -> None:
     self.dynamics, self.estimator, self.noise = dynamics, estimator, noise
     self.sign = 1.0 if direction == "inverse" else -1.0
     self.t0, self.event_ndims = initial_time, event_ndims
     self.regularizers = tuple(regularizers)
-    self.on_evaluation = on_evaluation
 
   def time(self, s: tf.Tensor, time_length: tf.Tensor) -> tf.Tensor:
     """The dynamics' time t at solve time s."""
@@ -108,9 +104,6 @@ class AugmentedODE:
     fn = lambda z: scale * contract.call(self.dynamics, t, z, context)
     f, trace, probe = self.estimator(fn, state[0], self.noise,
                                      self.event_ndims)
-    if self.on_evaluation is not None:
-      with tf.control_dependencies([self.on_evaluation()]):
-        f = tf.identity(f)
     out = [f, trace]
     if self.regularizers:
       # Regularizers are integrals over t, the solve runs over s = t / T.

@@ -9,6 +9,7 @@ import tensorflow_probability as tfp
 
 from tf_ffjord._types import SeedLike, TensorLike
 from tf_ffjord.cnf.ffjord import FFJORD, Solution
+from tf_ffjord.cnf.options import ffjord_arguments
 
 __all__ = ["solve", "ffjord_blocks", "keras_layers", "with_options",
            "flow_matching_parts"]
@@ -123,20 +124,26 @@ def with_options(bijector: tfp.bijectors.Bijector,
                  **options: Any) -> tfp.bijectors.Bijector:
   """A copy of a flow whose FFJORD blocks use other solve options.
 
-  Every block is `block.copy(**options)`, which shares its dynamics and its
+  Every block is `block.copy(...)`, which shares its dynamics and its
   learned end time: e.g. `with_options(flow, trace="exact", solver="dopri5")`
-  evaluates the trained density of a flow trained with Hutchinson on RK4.
-  Composite flows are rebuilt around the copies; other bijectors are shared.
+  evaluates the trained density of a flow trained with Hutchinson on RK4,
+  and `with_options(flow, rtol=1e-5, atol=1e-5)` solves each block with
+  its own solver at those tolerances (`Solver.replace`; a fixed grid
+  ignores them). Composite flows are rebuilt around the copies; other
+  bijectors are shared.
 
   Args:
     bijector: the flow.
-    **options: `FFJORD` constructor arguments (trace, solver, rtol, atol,
-      step_size, max_num_steps, gradient, jit_compile, ...).
+    **options: `FFJORD` arguments (trace, solver, adjoint, jit_compile,
+      ...) and loose options (rtol, atol, step_size, max_num_steps,
+      gradient, noise), translated per block by
+      `tf_ffjord.cnf.options.ffjord_arguments` against the block's solver
+      and trace.
   """
   if not options:
     return bijector
   if isinstance(bijector, FFJORD):
-    return bijector.copy(**options)
+    return bijector.copy(**ffjord_arguments(options, base=bijector))
   parts = _children(bijector)
   if parts is None:
     return bijector

@@ -15,8 +15,9 @@ __all__ = ["EndTime", "resolve", "as_tensor"]
 class EndTime(keras.layers.Layer):
   """A trainable, positive integration length T = softplus(raw).
 
-  `FFJORD(f, time_length=0.5, train_time=True)` builds one; pass the same
-  instance to several bijectors (or let `FFJORD.copy()` do it) to share it.
+  `FFJORD(f, time_length=EndTime(0.5))` learns T (builders take
+  `train_time=True` and make one); pass the same instance to several
+  bijectors (or let `FFJORD.copy()` do it) to share it.
   It is a Keras layer, so a Keras model that holds it (the flow models do,
   through `FFJORD.keras_layers`) trains, checkpoints and saves it like any
   other weight, and `FFJORD` exposes its variable to TFP's variable tracking.

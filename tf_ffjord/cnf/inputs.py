@@ -21,24 +21,26 @@ traced once per signature. Under `jit_compile="auto"` these calls run
 plain (`solvers.xla.any_batch_size`): XLA would compile again for every
 new batch size.
 
-Empty batches are legal with every solver. The library's own solvers take
-them as they are; a `tfp.math.ode.Solver` would loop for ever on one (the
-RMS error norm of an empty state is NaN), so for those an empty batch gets
-one row of zeros, solved and then dropped.
+Empty batches take the same path (a TFP solver's needs with them are its
+adapter's, `solvers.TFPSolver`). These are pure functions: they take what
+they need and return values; `FFJORD` keeps the event shape they find, the
+variables they probe and the functions they build.
 """
 
-from collections.abc import Iterable
+from collections.abc import Callable
+from typing import Any
 
+import keras
 import tensorflow as tf
-import tensorflow_probability as tfp
 
 from tf_ffjord import validation
-from tf_ffjord._types import SeedLike, ShapeLike, TensorLike
+from tf_ffjord._types import Dynamics, SeedLike, ShapeLike, TensorLike
+from tf_ffjord.cnf import contract
 from tf_ffjord.cnf.augmented_ode import Solution
 from tf_ffjord.solvers import xla
 
-__all__ = ["check_input", "declared_event_shape", "eager_solve", "event_shape",
-           "pads_empty_batches", "solve_padded"]
+__all__ = ["build_dynamics", "check_input", "declared_build",
+           "declared_event_shape", "eager_call", "event_shape"]
 
 
 def declared_event_shape(event_shape: ShapeLike | None,
@@ -53,18 +55,17 @@ def declared_event_shape(event_shape: ShapeLike | None,
   return shape
 
 
-def event_shape(bijector: tfp.bijectors.Bijector) -> tf.TensorShape:
-  """The bijector's event shape as far as it is known (`None` for unknown sizes).
+def event_shape(pinned: tf.TensorShape | None, ndims: int,
+                dynamics: Dynamics) -> tf.TensorShape:
+  """A flow's event shape as far as it is known (`None` for unknown sizes).
 
-  Declared or pinned by a first call (`bijector._event_shape`), else the
-  width of `tf_ffjord` dynamics that know it (`dim`, for vector events).
+  `pinned` (declared, or pinned by a first call), else the width of
+  `tf_ffjord` dynamics that know it (`dim`, for vector events).
   """
-  ndims = bijector._event_ndims  # pylint: disable=protected-access
-  pinned = getattr(bijector, "_event_shape", None)
   if pinned is not None:
     return pinned
-  dim = getattr(bijector.dynamics, "dim", None)
-  if ndims == 1 and isinstance(dim, int) and _is_ours(bijector.dynamics):
+  dim = getattr(dynamics, "dim", None)
+  if ndims == 1 and isinstance(dim, int) and _is_ours(dynamics):
     return tf.TensorShape([dim])
   return tf.TensorShape([None] * ndims)
 
@@ -74,22 +75,24 @@ def _is_ours(dynamics):
   return isinstance(dynamics, dynamics_lib.DynamicsNet)
 
 
-def check_input(bijector: tfp.bijectors.Bijector, x: TensorLike,
-                context: TensorLike | None = None) -> tf.Tensor:
-  """Checks and casts one input of `bijector` (see `tf_ffjord.validation`).
+def check_input(x: TensorLike, expected: tf.TensorShape,
+                dynamics: Dynamics) -> tf.Tensor:
+  """Checks and casts one input of a flow (see `tf_ffjord.validation`).
 
-  Pins the event shape on the first call that shows it (the solve then
-  builds Keras dynamics for it).
+  Args:
+    x: the input, `[*batch, *event]`.
+    expected: the flow's event shape as far as it is known (`event_shape`).
+    dynamics: the flow's dynamics (their variables' dtype is the flow's).
 
   Returns:
-    `x` as a tensor of the flow's dtype.
+    `x` as a tensor of the flow's dtype whose static event shape is fully
+    known: the flow pins it on the first call that shows it.
 
   Raises:
     tf_ffjord.validation.InputError: a wrong event shape or rank, or a dtype
       that is not a real number.
     tf.errors.InvalidArgumentError: NaN or inf in `x`.
   """
-  expected = event_shape(bijector)
   x = validation.real_input(x)
   if x.shape.rank is None:
     # The solve flattens the batch around a static event shape.
@@ -100,7 +103,7 @@ def check_input(bijector: tfp.bijectors.Bijector, x: TensorLike,
         "different ranks: give it an input_signature, e.g. "
         f"[None, {', '.join('?' if d is None else str(d) for d in expected)}]"
         ").")
-  dtype = validation.flow_dtype(bijector.dynamics, x.dtype)
+  dtype = validation.flow_dtype(dynamics, x.dtype)
   x = validation.check_events(x, expected, dtype)
   ndims = expected.rank
   merged = expected.merge_with(x.shape[x.shape.rank - ndims:])
@@ -110,8 +113,6 @@ def check_input(bijector: tfp.bijectors.Bijector, x: TensorLike,
         f"{validation.format_shape(x.shape)} and the flow does not know its "
         "event shape yet: pass event_shape= or give tf.function an "
         "input_signature with the event sizes.")
-  if not expected.is_fully_defined():
-    object.__setattr__(bijector, "_event_shape", merged)
   # Give the solve the static event shape, with no runtime op of its own:
   # an EnsureShape could fail before the check with the library's message.
   x = tf.identity(x)
@@ -123,13 +124,31 @@ def _spec(t, batch_ndims):
   return tf.TensorSpec([None] * batch_ndims + t.shape[batch_ndims:], t.dtype)
 
 
-def eager_solve(bijector: tfp.bijectors.Bijector, x: TensorLike,
-                direction: str, context: TensorLike | None = None,
-                seed: SeedLike = None,
-                regularizers: Iterable[str] = ()) -> Solution:
-  """`bijector.solve` called eagerly, through its cached `tf.function`."""
-  x = check_input(bijector, x, context)
-  batch_ndims = x.shape.rank - bijector._event_ndims  # pylint: disable=protected-access
+def eager_call(
+    solve: Callable[..., Solution], cache: dict[Any, Callable[..., Solution]],
+    x: tf.Tensor, event_ndims: int, direction: str,
+    context: TensorLike | None = None, seed: SeedLike = None,
+    regularizers: tuple[str, ...] = ()) -> Solution:
+  """`solve(x, direction, context, seed, regularizers)` through a cached `tf.function`.
+
+  One function per call signature (direction, regularizers, context and
+  seed present, dtypes, ranks and event sizes) with the batch sizes left
+  open, kept in `cache`; it runs `solve` in `xla.any_batch_size`.
+
+  Args:
+    solve: the graph solve, called on a checked `x`.
+    cache: the caller's dict of functions, filled here.
+    x: the checked input (`check_input`).
+    event_ndims: number of event dimensions.
+    direction: `"inverse"` or `"forward"`.
+    context: optional conditioning tensor.
+    seed: optional stateless seed.
+    regularizers: checked regularizer names.
+
+  Returns:
+    What `solve` returns.
+  """
+  batch_ndims = x.shape.rank - event_ndims
   args, specs = [x], [_spec(x, batch_ndims)]
   if context is not None:
     context = tf.convert_to_tensor(context, x.dtype)
@@ -139,14 +158,8 @@ def eager_solve(bijector: tfp.bijectors.Bijector, x: TensorLike,
     seed = tf.convert_to_tensor(seed)
     args.append(seed)
     specs.append(tf.TensorSpec(seed.shape, seed.dtype))
-  regularizers = tuple(regularizers)
   key = (direction, regularizers, context is not None, seed is not None,
          tuple((s.shape.as_list(), s.dtype) for s in specs).__repr__())
-  cache = bijector.__dict__.get("_eager_solves")
-  if cache is None:
-    cache = {}
-    # Outside tf.Module tracking: these functions are no state to save.
-    object.__setattr__(bijector, "_eager_solves", cache)
   if key not in cache:
     has_context, has_seed = context is not None, seed is not None
 
@@ -155,61 +168,71 @@ def eager_solve(bijector: tfp.bijectors.Bijector, x: TensorLike,
       ctx = rest.pop(0) if has_context else None
       sd = rest.pop(0) if has_seed else None
       with xla.any_batch_size():  # one trace for every batch size, no compile per size
-        return bijector.solve(x, direction, context=ctx, seed=sd,
-                              regularizers=regularizers)
+        return solve(x, direction, ctx, sd, regularizers)
 
     cache[key] = tf.function(run, input_signature=specs, autograph=False)
   return cache[key](*args)
 
 
-def pads_empty_batches(bijector: tfp.bijectors.Bijector,
-                       x: TensorLike) -> bool:
-  """Whether `solve_padded` must handle this call (a TFP solver, a batch that may be empty)."""
-  from tf_ffjord import solvers  # pylint: disable=g-import-not-at-top
-  if isinstance(bijector.solver, solvers.Solver):
-    return False
-  if getattr(bijector, "_padding", False):
-    return False
-  shape = getattr(x, "shape", None)
-  if shape is None or shape.rank is None:
-    return True
-  batch = shape[:shape.rank - bijector._event_ndims]  # pylint: disable=protected-access
-  return not (batch.is_fully_defined() and batch.num_elements() > 0)
+def declared_build(
+    dynamics: Dynamics, shape: tf.TensorShape,
+) -> tuple[tf.TensorShape, tf.dtypes.DType, list[int] | None] | None:
+  """`build_dynamics`' arguments for Keras dynamics of a known event shape, else None.
+
+  Building at construction (`event_shape=`, `dim`) lets
+  `optimizer.build(dist.trainable_variables)` work before the first call,
+  a train step's `tf.function` that creates no variables trace once, not
+  twice, and a net that breaks the contract say so at once. Our nets know
+  their context width; a user's net is built without a context unless its
+  call needs one (then the first solve builds it).
+  """
+  if not isinstance(dynamics, keras.layers.Layer):
+    return None  # a function's dtype is known at the first solve only
+  context_dim = getattr(dynamics, "context_dim", None)
+  if context_dim is None:  # a user's net
+    try:
+      contract.check_signature(dynamics, with_context=False)
+    except contract.DynamicsError:
+      return None
+    context_dim = 0
+  if not shape.is_fully_defined():
+    return None
+  dtype = getattr(dynamics, "variable_dtype", None) or tf.float32
+  return shape, tf.as_dtype(dtype), [context_dim] if context_dim else None
 
 
-def solve_padded(bijector: tfp.bijectors.Bijector, x: TensorLike,
-                 direction: str, context: TensorLike | None = None,
-                 seed: SeedLike = None,
-                 regularizers: Iterable[str] = ()) -> Solution:
-  """`bijector.solve` with one row of zeros added to an empty batch, then dropped."""
-  x = check_input(bijector, x, context)
-  ndims = bijector._event_ndims  # pylint: disable=protected-access
-  rank = x.shape.rank
-  shape = tf.shape(x)
-  batch_shape = shape[:rank - ndims]
-  y = tf.reshape(x, tf.concat([[-1], shape[rank - ndims:]], 0))
-  y.set_shape([None, *x.shape[rank - ndims:]])
-  batch = tf.shape(y)[0]
-  pad = tf.cast(tf.equal(batch, 0), tf.int32)
+def build_dynamics(dynamics: Dynamics, event_shape: ShapeLike,
+                   dtype: tf.dtypes.DType,
+                   context_shape: ShapeLike | None = None,
+                   probed: bool = False) -> list[tf.Variable] | None:
+  """Builds lazy dynamics, checks their contract, finds their variables.
 
-  def padded(v):
-    zeros = tf.zeros(tf.concat([[pad], tf.shape(v)[1:]], 0), v.dtype)
-    return tf.concat([v, zeros], 0)
+  Keras nets that are not built yet, and once (`probed=False`) any other
+  dynamics, are called on zeros outside any graph (`contract.probe`):
+  weights are never created in a compiled loop, they decide
+  `jit_compile="auto"`, and they are exposed to TFP's variable tracking
+  with those a function reads.
 
-  if context is not None:
-    context = tf.convert_to_tensor(context, x.dtype)
-    width = context.shape[-1]
-    context = tf.reshape(context, [batch, -1])
-    context.set_shape([None, width])
-    context = padded(context)
-  object.__setattr__(bijector, "_padding", True)
-  try:
-    sol = bijector.solve(padded(y), direction, context=context, seed=seed,
-                         regularizers=regularizers)
-  finally:
-    object.__setattr__(bijector, "_padding", False)
-  return sol._replace(
-      state=tf.reshape(sol.state[:batch], shape),
-      log_det=tf.reshape(sol.log_det[:batch], batch_shape),
-      regularization={k: tf.reshape(v[:batch], batch_shape)
-                      for k, v in sol.regularization.items()})
+  Returns:
+    The variables the probe of non-Keras dynamics found beyond their own
+    `trainable_variables` (the caller keeps them and marks the dynamics
+    probed), or `None` if nothing was probed.
+  """
+  # Once per trace (not per eager call): the signature the solve will use.
+  contract.check_signature(dynamics, context_shape is not None)
+  event_shape = tf.TensorShape(event_shape)
+  if not event_shape.is_fully_defined() or not (
+      context_shape is None
+      or tf.TensorShape(context_shape).is_fully_defined()):
+    return None
+  if isinstance(dynamics, keras.layers.Layer):
+    if not dynamics.built:
+      contract.probe(dynamics, event_shape, dtype, context_shape)
+    return None
+  if probed:
+    return None
+  read = contract.probe(dynamics, event_shape, dtype, context_shape)
+  own = {id(v) for v in getattr(dynamics, "trainable_variables", ())}
+  if not read and not own:
+    contract.warn_no_variables(dynamics)
+  return [v for v in read if id(v) not in own]

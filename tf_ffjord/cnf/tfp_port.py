@@ -14,6 +14,7 @@ from tf_ffjord import solvers
 from tf_ffjord._types import DTypeLike, SeedLike, TensorLike, TimeLength
 from tf_ffjord.cnf.augmented_ode import Solution
 from tf_ffjord.cnf.ffjord import FFJORD
+from tf_ffjord.cnf.options import ffjord_arguments
 
 __all__ = ["TFPFFJORD", "AugmentationTrace"]
 
@@ -337,9 +338,10 @@ class TFPFFJORD(FFJORD):
                        None if dtype is None else tf.as_dtype(dtype))
     object.__setattr__(self, "_owners", tuple(owners))
     super().__init__(dynamics, time_length=time_length, initial_time=t0,
-                     trace=trace, solver=_solver_for(ode_solve_fn),
                      event_ndims=event_ndims, validate_args=validate_args,
-                     name=name, **options)
+                     name=name, **ffjord_arguments(dict(
+                         options, trace=trace,
+                         solver=_solver_for(ode_solve_fn))))
 
   @property
   def parameters(self) -> dict[str, Any]:

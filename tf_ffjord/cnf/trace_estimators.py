@@ -313,7 +313,7 @@ class Hutchinson(TraceEstimator):
 
 def make_estimator(trace: str | TraceEstimator,
                    noise: str = "rademacher") -> TraceEstimator:
-  """The estimator for `FFJORD(trace=..., noise=...)`.
+  """The estimator of a trace name and a noise (`ffjord_arguments` uses it).
 
   Args:
     trace: a `TraceEstimator`, returned as is (`noise` is then unused), or

@@ -10,6 +10,7 @@ import tensorflow_probability as tfp
 from tf_ffjord.cnf import composite as flows
 from tf_ffjord._types import TensorLike
 from tf_ffjord.cnf.ffjord import FFJORD
+from tf_ffjord.cnf.options import ffjord_arguments
 from tf_ffjord.cnf.contract import DynamicsError
 from tf_ffjord.nets.conv import ConvODENet
 from tf_ffjord.nets.dense import ODENet
@@ -102,10 +103,11 @@ class FFJORDModel(FlowModel):
             "Write the net as a keras.layers.Layer, or train a tf.Module or "
             "a function with tf_ffjord.FFJORD in a TFP-style loop (see the "
             "Extending guide, 'Your own dynamics').")
-    blocks = [FFJORD(net, time_length=float(time_length),
-                     train_time=bool(train_time),
-                     event_ndims=len(event_shape), name=f"ffjord_{i}",
-                     **ffjord_kwargs) for i, net in enumerate(nets)]
+    blocks = [FFJORD(net, event_ndims=len(event_shape), name=f"ffjord_{i}",
+                     **ffjord_arguments(dict(
+                         ffjord_kwargs, time_length=float(time_length),
+                         train_time=bool(train_time)), name=f"ffjord_{i}"))
+              for i, net in enumerate(nets)]
     pre = []
     if whitening is not None:
       mean, scale_tril = (np.asarray(a, np.float32) for a in whitening)
@@ -222,9 +224,10 @@ class ImageFlow(FlowModel):
     else:
       shapes = [event_shape] * num_blocks
     blocks = [FFJORD(_image_net(shape, f"{net}net_{i}", **net_config),
-                     time_length=float(time_length),
-                     train_time=bool(train_time), event_ndims=3,
-                     name=f"ffjord_{i}", **ffjord_kwargs)
+                     event_ndims=3, name=f"ffjord_{i}",
+                     **ffjord_arguments(dict(
+                         ffjord_kwargs, time_length=float(time_length),
+                         train_time=bool(train_time)), name=f"ffjord_{i}"))
               for i, shape in enumerate(shapes)]
     stack = (ODENVP(blocks, event_shape, num_blocks, num_scales)
              if multiscale else _chain(blocks))

@@ -9,6 +9,7 @@ import tensorflow as tf
 
 from tf_ffjord._types import SeedLike, TensorLike
 from tf_ffjord.cnf.ffjord import FFJORD
+from tf_ffjord.cnf.options import ffjord_arguments
 from tf_ffjord.cnf.trace_estimators import replica_seed
 from tf_ffjord.model.base_distribution import standard_normal
 from tf_ffjord.nets.dense import ODENet
@@ -168,9 +169,9 @@ class VAE(keras.Model):
     elif posterior == "ffjord":
       self.dynamics = ODENet(hidden=self.cnf_hidden, activation=cnf_activation,
                              dim=d, context_dim=k, name="dynamics")
-      self.flow = FFJORD(self.dynamics, **ffjord_kwargs)
-      self.eval_flow = FFJORD(self.dynamics,
-                              **{**ffjord_kwargs, "trace": eval_trace})
+      self.flow = FFJORD(self.dynamics, **ffjord_arguments(ffjord_kwargs))
+      self.eval_flow = FFJORD(self.dynamics, **ffjord_arguments(
+          {**ffjord_kwargs, "trace": eval_trace}))
     self.elbo_tracker = keras.metrics.Mean(name="neg_elbo")
     self.kl_tracker = keras.metrics.Mean(name="kl")
     self.nfe_tracker = LastValue(name="nfe")

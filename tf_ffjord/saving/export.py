@@ -46,7 +46,7 @@ class _Servable(tf.Module):
     super().__init__(name="ffjord_servable")
     options = {} if jit_compile == "model" else {"jit_compile": jit_compile}
     if not custom_gradients and all(
-        isinstance(b.solver, solvers.Solver)
+        not b.solver.own_adjoint
         for b in flows.ffjord_blocks(model.eval_bijector)):
       # Traced without the adjoint's custom gradient, which the SavedModel
       # would not keep (and loading would warn about): the same forward

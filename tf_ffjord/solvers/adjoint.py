@@ -8,6 +8,7 @@ import tensorflow as tf
 
 from tf_ffjord._types import OdeFn
 from tf_ffjord.solvers.fixed_grid import ConstantStepSize
+from tf_ffjord.solvers.protocols import Adjoint
 from tf_ffjord.solvers.result import check_status
 from tf_ffjord.solvers.step_size import AdaptiveStepSize
 
@@ -80,7 +81,7 @@ def _with_variable_grads(grads, params, variables):
 
 
 @dataclasses.dataclass(frozen=True)
-class Backprop:
+class Backprop(Adjoint):
   """Differentiates through the solver's own operations.
 
   Exact gradients of the discretized solve; memory grows with the number of
@@ -95,7 +96,7 @@ class Backprop:
 
 
 @dataclasses.dataclass(frozen=True)
-class BacksolveAdjoint:
+class BacksolveAdjoint(Adjoint):
   """The adjoint sensitivity method: gradients by a second, backward solve.
 
   Memory is constant in the number of steps. The backward solve integrates
@@ -192,7 +193,7 @@ class BacksolveAdjoint:
 
 
 @dataclasses.dataclass(frozen=True)
-class InterpolatedAdjoint:
+class InterpolatedAdjoint(Adjoint):
   """The adjoint method with the state read from the forward solve's dense output.
 
   The backward solve integrates only the adjoint a = dL/dy and the

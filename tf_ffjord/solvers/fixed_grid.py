@@ -7,13 +7,14 @@ import tensorflow as tf
 
 from tf_ffjord._types import OdeFn
 from tf_ffjord.solvers import tableaux
+from tf_ffjord.solvers.protocols import StepSizeController
 from tf_ffjord.solvers.result import STATUS
 
 __all__ = ["ConstantStepSize", "integrate_fixed"]
 
 
 @dataclasses.dataclass(frozen=True)
-class ConstantStepSize:
+class ConstantStepSize(StepSizeController):
   """Step-size controller of a fixed grid: `num_steps` equal steps.
 
   The loop is unrolled in Python, so the graph is fixed (XLA-friendly) and
@@ -29,6 +30,14 @@ class ConstantStepSize:
     if int(self.num_steps) < 1:
       raise ValueError(f"num_steps must be >= 1, got {self.num_steps}.")
     object.__setattr__(self, "num_steps", int(self.num_steps))
+
+  def integrate(self, fn: OdeFn, t0: tf.Tensor, t1: tf.Tensor,
+                y0: Sequence[tf.Tensor], method: tableaux.Tableau,
+                first_step: tf.Tensor | None = None,
+                record: bool = False) -> tuple:
+    """The fixed-grid loop (`integrate_fixed`); no first step, no record."""
+    del first_step, record
+    return integrate_fixed(fn, t0, t1, y0, method, self)
 
 
 def integrate_fixed(

@@ -4,18 +4,55 @@ from collections.abc import Callable, Mapping
 from typing import Any
 
 import tensorflow as tf
-import tensorflow_probability as tfp
 
 from tf_ffjord.solvers import tableaux
-from tf_ffjord.solvers.tableaux import Tableau
 from tf_ffjord.solvers.adjoint import Backprop, BacksolveAdjoint
-from tf_ffjord.solvers.adjoint import InterpolatedAdjoint
-from tf_ffjord.solvers.fixed_grid import ConstantStepSize, integrate_fixed
+from tf_ffjord.solvers.fixed_grid import ConstantStepSize
+from tf_ffjord.solvers.protocols import Adjoint, StepSizeController
 from tf_ffjord.solvers.result import Result, check_status
-from tf_ffjord.solvers.step_size import AdaptiveStepSize, integrate_adaptive
+from tf_ffjord.solvers.step_size import AdaptiveStepSize
+from tf_ffjord.solvers.tableaux import Tableau
 
-__all__ = ["solve", "solve_tfp"]
+__all__ = ["solve", "method_and_controller"]
 
+
+def method_and_controller(
+    method: Tableau | str, controller: StepSizeController | None = None,
+) -> tuple[Tableau, StepSizeController]:
+  """A method (a `Tableau` or its name) and its controller, checked.
+
+  The one place that reads method names and picks the default controller:
+  `AdaptiveStepSize()` for a method with an error estimate,
+  `ConstantStepSize()` (4 steps) for the others.
+
+  Raises:
+    TypeError: a method that is no `Tableau`, or a controller that is no
+      `StepSizeController`.
+    ValueError: an unknown method name, or the library's adaptive steps
+      with a method that has no error estimate (`b_error`).
+  """
+  if isinstance(method, str):
+    if method not in tableaux.METHODS:
+      raise ValueError(f"Unknown method {method!r}; expected one of "
+                       f"{sorted(tableaux.METHODS)} or a Tableau.")
+    method = tableaux.METHODS[method]
+  if not isinstance(method, tableaux.Tableau):
+    raise TypeError(f"Solver method must be a Tableau or a method name, "
+                    f"got {type(method).__name__}.")
+  if controller is None:
+    controller = (AdaptiveStepSize() if method.embedded
+                  else ConstantStepSize())
+  if not isinstance(controller, StepSizeController):
+    raise TypeError(
+        f"Solver controller must be a solvers.StepSizeController "
+        f"(AdaptiveStepSize, ConstantStepSize or your subclass), got "
+        f"{type(controller).__name__}.")
+  if isinstance(controller, AdaptiveStepSize) and not method.embedded:
+    raise ValueError(
+        f"Adaptive steps need a method with an error estimate (b_error); "
+        f"{method.name!r} has none. Use ConstantStepSize(num_steps), or a "
+        "method such as dopri5, tsit5 or bosh3.")
+  return method, controller
 
 def _integrator(method, jit_compile, jit_compile_backward=None):
   """`run(fn, t0, t1, ys, cs, controller, first_step=None)`: the loop.
@@ -40,10 +77,8 @@ def _integrator(method, jit_compile, jit_compile_backward=None):
 
     def loop(t0, t1, ys, cs, first_step):
       step_fn = lambda t, y: unit(t, y, cs)
-      if isinstance(controller, ConstantStepSize):
-        return integrate_fixed(step_fn, t0, t1, ys, method, controller)
-      return integrate_adaptive(step_fn, t0, t1, ys, method, controller,
-                                first_step=first_step, record=record)
+      return controller.integrate(step_fn, t0, t1, ys, method,
+                                  first_step=first_step, record=record)
 
     if jit_compile and not record:  # the record's buffers grow: no XLA
       loop = tf.function(loop, jit_compile=True, autograph=False)
@@ -65,9 +100,8 @@ def solve(fn: Callable[..., Any], y0: Any, t0: float | tf.Tensor,
           t1: float | tf.Tensor,
           constants: Mapping[str, tf.Tensor] | None = None,
           method: Tableau | str = tableaux.DOPRI5,
-          controller: AdaptiveStepSize | ConstantStepSize | None = None,
-          adjoint: Backprop | BacksolveAdjoint | InterpolatedAdjoint
-          | None = None, jit_compile: bool = False,
+          controller: StepSizeController | None = None,
+          adjoint: Adjoint | None = None, jit_compile: bool = False,
           jit_compile_backward: bool | None = None,
           name: str = "ode_solve") -> Result:
   """Solves dy/dt = fn(t, y, **constants) from t0 to t1.
@@ -81,10 +115,11 @@ def solve(fn: Callable[..., Any], y0: Any, t0: float | tf.Tensor,
       they receive gradients (like the variables `fn` reads).
     method: a `tableaux.Tableau` or its name (`"dopri5"`, `"rk4"`,
       `"midpoint"`, `"euler"`).
-    controller: `AdaptiveStepSize` (default for methods with an error
-      estimate) or `ConstantStepSize` (default for the others: 4 steps).
-    adjoint: `BacksolveAdjoint()` (default), `InterpolatedAdjoint()` or
-      `Backprop()`.
+    controller: a `StepSizeController`: `AdaptiveStepSize` (default for
+      methods with an error estimate), `ConstantStepSize` (default for the
+      others: 4 steps) or your own.
+    adjoint: an `Adjoint`: `BacksolveAdjoint()` (default),
+      `InterpolatedAdjoint()`, `Backprop()` or your own.
     jit_compile: run the forward integration loop as an XLA-compiled
       function (except `Backprop` through adaptive steps: TF cannot
       differentiate a while loop across an XLA function's boundary, so that
@@ -119,14 +154,7 @@ def solve(fn: Callable[..., Any], y0: Any, t0: float | tf.Tensor,
   >>> round(float(r.state[0]), 4), int(r.nfe)
   (0.1353, 40)
   """
-  if isinstance(method, str):
-    if method not in tableaux.METHODS:
-      raise ValueError(f"Unknown method {method!r}; expected one of "
-                       f"{sorted(tableaux.METHODS)}.")
-    method = tableaux.METHODS[method]
-  if controller is None:
-    controller = (AdaptiveStepSize() if method.b_error is not None
-                  else ConstantStepSize())
+  method, controller = method_and_controller(method, controller)
   if adjoint is None:
     adjoint = BacksolveAdjoint()
   constants = {} if constants is None else dict(constants)
@@ -162,43 +190,3 @@ def solve(fn: Callable[..., Any], y0: Any, t0: float | tf.Tensor,
     y1 = check_status(status, y1, "forward",
                       getattr(controller, "max_num_steps", None))
     return Result(tf.nest.pack_sequence_as(state, y1), nfe, status, h)
-
-
-def solve_tfp(solver: tfp.math.ode.Solver, fn: Callable[..., Any], y0: Any,
-              t0: float | tf.Tensor, t1: float | tf.Tensor,
-              constants: Mapping[str, tf.Tensor] | None = None) -> Result:
-  """Solves with a `tfp.math.ode.Solver` through its public `solve`.
-
-  Gradients come from TFP's own adjoint (its backward solve uses the same
-  solver and controls the error of every adjoint, parameters included).
-
-  Args:
-    solver: a `tfp.math.ode.Solver` instance, e.g. `tfp.math.ode.BDF()`.
-    fn: the dynamics, as in `solve`.
-    y0: initial state, as in `solve`.
-    t0: initial time.
-    t1: final time.
-    constants: optional dict of tensors passed to `fn` as keyword
-      arguments, as in `solve`.
-
-  Returns:
-    A `Result`; `nfe` is TFP's `num_ode_fn_evaluations`, `status` TFP's
-    status (0 on success) and `last_step` NaN (TFP does not report it).
-
-  Raises:
-    TypeError: `solver` is not a `tfp.math.ode.Solver`.
-  """
-  if not isinstance(solver, tfp.math.ode.Solver):
-    raise TypeError(f"Expected a tfp.math.ode.Solver, got "
-                    f"{type(solver).__name__}.")
-  state = tf.nest.map_structure(tf.convert_to_tensor, y0)
-  dtype = tf.nest.flatten(state)[0].dtype
-  t1 = tf.cast(t1, dtype)
-  results = solver.solve(fn, tf.cast(t0, dtype), state,
-                         solution_times=tf.reshape(t1, [1]),
-                         constants=constants)
-  final = tf.nest.map_structure(lambda s: s[-1], results.states)
-  diag = results.diagnostics
-  return Result(final, tf.cast(diag.num_ode_fn_evaluations, tf.int32),
-                tf.cast(diag.status, tf.int32),
-                tf.constant(float("nan"), dtype))

@@ -8,6 +8,7 @@ import tensorflow as tf
 
 from tf_ffjord._types import OdeFn
 from tf_ffjord.solvers import tableaux
+from tf_ffjord.solvers.protocols import AdaptiveController
 from tf_ffjord.solvers.dense_output import DenseOutput, step_polynomial
 from tf_ffjord.solvers.result import STATUS
 
@@ -15,7 +16,7 @@ __all__ = ["AdaptiveStepSize", "integrate_adaptive", "error_norm"]
 
 
 @dataclasses.dataclass(frozen=True)
-class AdaptiveStepSize:
+class AdaptiveStepSize(AdaptiveController):
   """Step-size controller from an embedded error estimate.
 
   A step is accepted when the weighted RMS of error / (atol + rtol
