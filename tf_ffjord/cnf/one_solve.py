@@ -144,14 +144,13 @@ class OneSolveBijector(tfp.bijectors.Bijector):
   def _inverse(self, y, **kwargs):
     return self._solve_inverse(y, **kwargs)[0]
 
+  # TFP asks for a log-det only when its cache has none for this input:
+  # solve through the cache, so that the state is kept as well.
+
   def _forward_log_det_jacobian(self, x, **kwargs):
-    cached = self._cache.forward_attributes(x, **kwargs)
-    if "fldj" not in cached:
-      cached.update(self._solve_forward(x, **kwargs)[1])
-    return cached["fldj"]
+    self._cache.forward(x, **kwargs)
+    return self._cache.forward_attributes(x, **kwargs)["fldj"]
 
   def _inverse_log_det_jacobian(self, y, **kwargs):
-    cached = self._cache.inverse_attributes(y, **kwargs)
-    if "ildj" not in cached:
-      cached.update(self._solve_inverse(y, **kwargs)[1])
-    return cached["ildj"]
+    self._cache.inverse(y, **kwargs)
+    return self._cache.inverse_attributes(y, **kwargs)["ildj"]
