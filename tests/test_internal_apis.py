@@ -1,9 +1,12 @@
-"""The private TF/TFP APIs of tf_ffjord._internal_apis still exist and behave as used.
+"""The private TF/TFP/Keras APIs of tf_ffjord._internal_apis still exist and behave as used.
 
-A failure here means a TensorFlow or TFP upgrade changed one: the message
-names it and the pin (setup.cfg) to revisit.
+A failure here means a TensorFlow, TFP or Keras upgrade changed one: the
+message names it and the pin (setup.cfg) to revisit.
 """
 
+import types
+
+import pytest
 import tensorflow as tf
 import tensorflow_probability as tfp
 
@@ -78,3 +81,30 @@ def test_tf_xla_context_query_answers_both_ways():
       f"in_xla_context answered {seen} for (XLA, plain): TF changed "
       "GraphOrParentsInXlaContext.")
   assert _internal_apis.in_xla_context() is False
+
+
+def test_keras_callbacks_read_directions_from_the_metrics_container():
+  import keras  # pylint: disable=g-import-not-at-top
+  try:
+    nll = keras.metrics.Mean(name="nll")
+    nll._direction = "down"  # pylint: disable=protected-access
+    entry = _internal_apis.metric_directions([nll])
+  except (ImportError, AttributeError) as e:
+    raise AssertionError(
+        "keras.src.trainers.compile_utils.MetricsList is gone or renamed in "
+        f"Keras {keras.__version__}: FlowModel's callbacks lose the "
+        "direction of its losses; revisit _internal_apis.metric_directions."
+    ) from e
+  assert entry.variables == [] and entry.result() == {}
+  for metrics, want in (([entry], keras.ops.less), ([nll], None)):
+    model = types.SimpleNamespace(metrics=metrics)  # what the callback reads
+    cb = keras.callbacks.EarlyStopping(monitor="val_nll")
+    cb.set_model(model)
+    if want is None:  # the bare metric: Keras cannot tell its direction
+      with pytest.raises(ValueError, match="maximized or minimized"):
+        cb._set_monitor_op()  # pylint: disable=protected-access
+      continue
+    cb._set_monitor_op()  # pylint: disable=protected-access
+    assert cb.monitor_op is want, (
+        "Keras' MonitorCallback no longer reads _direction from a "
+        "MetricsList: revisit _internal_apis.metric_directions.")

@@ -1,6 +1,7 @@
-"""The private TensorFlow / TFP APIs tf_ffjord relies on, each isolated here with what it is used for.
+"""The private TensorFlow / TFP / Keras APIs tf_ffjord relies on, each isolated here with what it is used for.
 
-No public route exists for either (checked against TF 2.21 and TFP 0.25):
+No public route exists for any of them (checked against TF 2.21, TFP 0.25
+and Keras 3):
 
 - `greedy_bijector_cache`: TFP's `cache_util.BijectorCacheWithGreedyAttrs`.
   `tfp.bijectors.Bijector` caches its results in the private `_cache`
@@ -10,14 +11,23 @@ No public route exists for either (checked against TF 2.21 and TFP 0.25):
 - `in_xla_context`: TF's `control_flow_util.GraphOrParentsInXlaContext`,
   whether the graph being built will be compiled by XLA. TensorFlow has no
   public way to ask.
+- `metric_directions`: Keras' `compile_utils.MetricsList`. Keras 3 has no
+  public way to mark a custom metric as one to minimize: its callbacks
+  (`EarlyStopping`, `ModelCheckpoint`, `ReduceLROnPlateau`) in `mode="auto"`
+  read the private `_direction` of the metrics held in this private
+  container, and of no others.
 
-`tests/test_internal_apis.py` checks that both exist and behave as used,
+`tests/test_internal_apis.py` checks that all exist and behave as used,
 and fails with a message that names the dependency when they change.
 """
 
+from collections.abc import Sequence
+import functools
+from typing import Any
+
 import tensorflow as tf
 
-__all__ = ["greedy_bijector_cache", "in_xla_context"]
+__all__ = ["greedy_bijector_cache", "in_xla_context", "metric_directions"]
 
 
 def greedy_bijector_cache(forward_name: str, inverse_name: str) -> object:
@@ -53,3 +63,41 @@ def in_xla_context() -> bool:
         tf.compat.v1.get_default_graph()))
   except (ImportError, AttributeError):
     return True
+
+
+@functools.cache
+def _directions_class():
+  from keras.src.trainers import compile_utils  # pylint: disable=g-import-not-at-top
+
+  class Directions(compile_utils.MetricsList):
+    """The directions of metrics, for Keras' callbacks; no state, no logs."""
+
+    def __init__(self, metrics):
+      super().__init__([], name="directions")
+      # Untracked: the metrics' variables stay theirs alone.
+      object.__setattr__(self, "metrics", list(metrics))
+
+    def update_state(self, *args, **kwargs):
+      del args, kwargs
+
+    def reset_state(self):
+      pass
+
+    def result(self):
+      return {}
+
+  return Directions
+
+
+def metric_directions(metrics: Sequence[Any]) -> Any:
+  """An entry for `model.metrics` through which Keras' callbacks read directions.
+
+  Args:
+    metrics: Keras metrics whose private `_direction` (`"down"` or `"up"`)
+      the callbacks of a model should honour.
+
+  Returns:
+    A Keras `compile_utils.MetricsList` that holds `metrics` without
+    tracking their variables; it has no state and reports nothing.
+  """
+  return _directions_class()(metrics)

@@ -1,4 +1,13 @@
-"""Walking a flow bijector (an FFJORD block, a `tfb.Chain`, the multiscale stack): solve it, list its blocks, copy it with other solve options."""
+"""Walking a flow bijector (an FFJORD block, a `tfb.Composition` such as `tfb.Chain`, the multiscale stack): solve it, list its blocks, copy it with other solve options.
+
+A flow is a tree. Its leaves and stacks are `OneSolveBijector`s (`FFJORD`,
+`ODENVP`: they solve themselves and list their `parts`); its other inner
+nodes are TFP's public `tfb.Composition`s, whose `bijectors` are walked in
+`tfb.Chain` order (data side first); any other bijector is a leaf solved
+through TFP's `inverse` and log-det. A composition that holds no
+`OneSolveBijector` is such a leaf too, so a `tfb.Blockwise` or `tfb.JointMap`
+of plain bijectors is solved by TFP itself.
+"""
 
 from collections.abc import Callable, Iterable
 from typing import Any
@@ -9,6 +18,7 @@ import tensorflow_probability as tfp
 
 from tf_ffjord._types import SeedLike, TensorLike
 from tf_ffjord.cnf.ffjord import FFJORD, Solution
+from tf_ffjord.cnf.one_solve import OneSolveBijector, check_direction
 from tf_ffjord.cnf.options import ffjord_arguments
 
 __all__ = ["solve", "ffjord_blocks", "keras_layers", "with_options",
@@ -16,18 +26,21 @@ __all__ = ["solve", "ffjord_blocks", "keras_layers", "with_options",
 
 tfb = tfp.bijectors
 
-# `tfb.Chain(parts)` returns an instance of its non-CompositeTensor base class
-# when its parts are not CompositeTensors, as FFJORD blocks are not.
-_CHAINS = (tfb.Chain, tfb.Chain.__bases__[0])
-
 
 def _children(bijector):
-  """The parts of a composite flow in data-to-base order, or None."""
-  if isinstance(bijector, _CHAINS):
+  """The parts of a composite flow in data-to-base order, or None for a leaf."""
+  if isinstance(bijector, OneSolveBijector):
+    return list(bijector.parts) or None
+  if isinstance(bijector, tfb.Composition):
     # Chain([b1, b2]).inverse applies b1's inverse first: b1 is the data side.
-    return list(bijector.bijectors)
-  flows = getattr(bijector, "all_flows", None)  # the multiscale ODENVP
-  return None if flows is None else list(flows)
+    return tf.nest.flatten(bijector.bijectors)
+  return None
+
+
+def _holds_solvers(bijector):
+  """Whether a `OneSolveBijector` is in the flow (at any depth)."""
+  return isinstance(bijector, OneSolveBijector) or any(
+      _holds_solvers(b) for b in _children(bijector) or ())
 
 
 def _block_seed(seed, k):
@@ -39,11 +52,12 @@ def solve(bijector: tfp.bijectors.Bijector, x: TensorLike,
           seed: SeedLike = None, regularizers: Iterable[str] = ()) -> Solution:
   """Runs `x` through a flow once and returns a `Solution`.
 
-  Handles a `FFJORD` block (one ODE solve), a `tfb.Chain` of bijectors, a
-  bijector with its own `solve` of this signature (the multiscale `ODENVP`),
-  and any other TFP bijector (log-det over all non-batch dimensions). Unlike
-  `tfd.TransformedDistribution.log_prob`, it also returns the NFE and the
-  regularizer integrals, summed over the blocks.
+  Handles a `OneSolveBijector` (an `FFJORD` block, the multiscale
+  `ODENVP`: its own `solve`), a `tfb.Composition` (e.g. `tfb.Chain`) that
+  holds one, block by block, and any other TFP bijector (log-det over all
+  non-batch dimensions). Unlike `tfd.TransformedDistribution.log_prob`, it
+  also returns the NFE and the regularizer integrals, summed over the
+  blocks.
 
   Args:
     bijector: the flow; `forward` maps base samples to data.
@@ -61,15 +75,11 @@ def solve(bijector: tfp.bijectors.Bijector, x: TensorLike,
   Raises:
     ValueError: an unknown direction.
   """
-  if direction not in ("inverse", "forward"):
-    raise ValueError(f"direction must be 'inverse' or 'forward', got "
-                     f"{direction!r}.")
-  if isinstance(bijector, FFJORD) or (
-      hasattr(bijector, "solve") and _children(bijector) is not None):
+  check_direction(direction)
+  if isinstance(bijector, OneSolveBijector):
     return bijector.solve(x, direction, context=context, seed=seed,
                           regularizers=regularizers)
-  parts = _children(bijector)
-  if parts is None:
+  if not _holds_solvers(bijector):
     x = tf.convert_to_tensor(x)
     ndims = x.shape.rank - 1
     if direction == "inverse":
@@ -82,7 +92,7 @@ def solve(bijector: tfp.bijectors.Bijector, x: TensorLike,
     return Solution(state, log_det, {r: tf.zeros_like(log_det)
                                      for r in regularizers},
                     tf.constant(0, tf.int32))
-  order = list(enumerate(parts))
+  order = list(enumerate(_children(bijector)))
   if direction == "forward":
     order.reverse()
   log_det, nfe, regs = 0.0, 0, {r: 0.0 for r in regularizers}
@@ -148,9 +158,10 @@ def with_options(bijector: tfp.bijectors.Bijector,
   if parts is None:
     return bijector
   copies = [with_options(p, **options) for p in parts]
-  if isinstance(bijector, _CHAINS):
-    return bijector.copy(bijectors=copies)
-  return bijector.copy(flows=copies)
+  if isinstance(bijector, OneSolveBijector):
+    return bijector.with_parts(copies)
+  return bijector.copy(bijectors=tf.nest.pack_sequence_as(
+      bijector.bijectors, copies))
 
 
 def flow_matching_parts(
@@ -160,8 +171,9 @@ def flow_matching_parts(
 
   Flow matching regresses one vector field over the whole event, so it is
   defined for a flow whose only FFJORD block sits next to the base: the
-  block itself, or a `tfb.Chain` whose last bijector is the block and whose
-  others (a logit or affine pre-transform, say) hold no FFJORD block.
+  block itself, or a `tfb.Chain` (a `tfb.Composition`) whose last bijector
+  is the block and whose others (a logit or affine pre-transform, say) hold
+  no FFJORD block.
 
   Returns:
     `(pre, block)`: `pre(x)` maps data into the block's space (the identity
@@ -175,7 +187,7 @@ def flow_matching_parts(
   if isinstance(bijector, FFJORD):
     return (lambda x: x), bijector
   parts = _children(bijector)
-  if (len(blocks) == 1 and isinstance(bijector, _CHAINS)
+  if (len(blocks) == 1 and isinstance(bijector, tfb.Composition)
       and parts[-1] is blocks[0]):
     pre = tfb.Chain(parts[:-1]) if len(parts) > 1 else None
     return (pre.inverse if pre else (lambda x: x)), blocks[0]

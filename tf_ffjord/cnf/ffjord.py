@@ -7,7 +7,6 @@ import keras
 import tensorflow as tf
 import tensorflow_probability as tfp
 
-from tf_ffjord import _internal_apis
 from tf_ffjord._types import (Dynamics, SeedLike, ShapeLike, TensorLike,
                               TimeLength)
 from tf_ffjord import solvers
@@ -15,6 +14,7 @@ from tf_ffjord.cnf import augmented_ode as augmented
 from tf_ffjord.cnf import contract
 from tf_ffjord.cnf import end_time
 from tf_ffjord.cnf import inputs
+from tf_ffjord.cnf import one_solve
 from tf_ffjord.cnf import options as loose_options
 from tf_ffjord.cnf import regularizers as regs
 from tf_ffjord.cnf import trace_estimators as divergence
@@ -26,7 +26,7 @@ __all__ = ["FFJORD", "Solution"]
 tfb = tfp.bijectors
 
 
-class FFJORD(tfp.bijectors.Bijector):
+class FFJORD(one_solve.OneSolveBijector):
   """Free-form continuous dynamics (FFJORD) as a bijector.
 
   The flow integrates dz/dt = f(t, z) from data (t = t0) to the base sample
@@ -115,11 +115,6 @@ class FFJORD(tfp.bijectors.Bijector):
   [2]: Chris Finlay, Joern-Henrik Jacobsen, Levon Nurbekyan, Adam Oberman. How
        to train your neural ODE. ICML 2020. https://arxiv.org/abs/2002.02798
   """
-
-  # One solve gives both the state and its log-det; the greedy cache stores
-  # the log-det next to the state, so log_prob costs a single solve.
-  _cache = _internal_apis.greedy_bijector_cache(
-      forward_name="_augmented_forward", inverse_name="_augmented_inverse")
 
   def __init__(self, dynamics: Dynamics, time_length: TimeLength = 1.0,
                initial_time: float = 0.0,
@@ -363,35 +358,3 @@ class FFJORD(tfp.bijectors.Bijector):
     return solvers.use_xla(
         "auto", solvers.xla.num_weights(self._dynamics), y0.shape[0],
         self._event_ndims, solvers.xla.device_type(y0))
-
-  # -- the Bijector interface -------------------------------------------
-
-  def _augmented(self, x, direction, context=None, seed=None):
-    sol = self.solve(x, direction, context=context, seed=seed)
-    if direction == "inverse":
-      return sol.state, {"ildj": sol.log_det, "fldj": -sol.log_det}
-    return sol.state, {"fldj": sol.log_det, "ildj": -sol.log_det}
-
-  def _augmented_forward(self, x, **kwargs):
-    return self._augmented(x, "forward", **kwargs)
-
-  def _augmented_inverse(self, y, **kwargs):
-    return self._augmented(y, "inverse", **kwargs)
-
-  def _forward(self, x, **kwargs):
-    return self._augmented_forward(x, **kwargs)[0]
-
-  def _inverse(self, y, **kwargs):
-    return self._augmented_inverse(y, **kwargs)[0]
-
-  def _forward_log_det_jacobian(self, x, **kwargs):
-    cached = self._cache.forward_attributes(x, **kwargs)
-    if "fldj" not in cached:
-      cached.update(self._augmented_forward(x, **kwargs)[1])
-    return cached["fldj"]
-
-  def _inverse_log_det_jacobian(self, y, **kwargs):
-    cached = self._cache.inverse_attributes(y, **kwargs)
-    if "ildj" not in cached:
-      cached.update(self._augmented_inverse(y, **kwargs)[1])
-    return cached["ildj"]

@@ -5,10 +5,10 @@ from collections.abc import Iterable, Sequence
 import tensorflow as tf
 import tensorflow_probability as tfp
 
-from tf_ffjord import _internal_apis
-from tf_ffjord.cnf import composite as flows_lib
 from tf_ffjord._types import SeedLike, TensorLike
-from tf_ffjord.cnf.ffjord import Solution
+from tf_ffjord.cnf import composite
+from tf_ffjord.cnf import one_solve
+from tf_ffjord.cnf.augmented_ode import Solution
 from tf_ffjord.cnf.image_transforms import squeeze, unsqueeze
 
 __all__ = ["ODENVP", "default_num_scales"]
@@ -30,7 +30,7 @@ def default_num_scales(height: int, width: int) -> int:
   return max(n, 1)
 
 
-class ODENVP(tfp.bijectors.Bijector):
+class ODENVP(one_solve.OneSolveBijector):
   """The multiscale stack of CNF blocks of FFJORD's image models.
 
   Going from data to the base (`inverse`), each scale applies `num_blocks`
@@ -76,9 +76,6 @@ class ODENVP(tfp.bijectors.Bijector):
        https://arxiv.org/abs/1810.01367
   [2]: Laurent Dinh et al. Density estimation using Real NVP. ICLR 2017.
   """
-
-  _cache = _internal_apis.greedy_bijector_cache(
-      forward_name="_augmented_forward", inverse_name="_augmented_inverse")
 
   def __init__(self, flows: Iterable[tfp.bijectors.Bijector],
                event_shape: Sequence[int], num_blocks: int = 2,
@@ -129,17 +126,19 @@ class ODENVP(tfp.bijectors.Bijector):
         c -= c // 2
     return shapes
 
-  @classmethod
-  def _parameter_properties(cls, dtype):
-    return dict()
-
   @property
   def all_flows(self) -> list[tfp.bijectors.Bijector]:
     """Every flow in data-to-base order."""
     return list(self._flows)
 
-  def _is_increasing(self):
-    return False
+  @property
+  def parts(self) -> tuple[tfp.bijectors.Bijector, ...]:
+    """The flows, data side first (the `OneSolveBijector` protocol)."""
+    return tuple(self._flows)
+
+  def with_parts(self, parts: Sequence[tfp.bijectors.Bijector]) -> "ODENVP":
+    """This stack around other flows of the same shapes."""
+    return self.copy(flows=list(parts))
 
   def solve(self, x: TensorLike, direction: str = "inverse",
             context: TensorLike | None = None, seed: SeedLike = None,
@@ -163,16 +162,14 @@ class ODENVP(tfp.bijectors.Bijector):
       raise ValueError(f"ODENVP expects images [batch, "
                        f"{', '.join(map(str, self.event_shape_))}], got shape "
                        f"{x.shape}.")
-    if direction not in ("inverse", "forward"):
-      raise ValueError(f"direction must be 'inverse' or 'forward', got "
-                       f"{direction!r}.")
+    one_solve.check_direction(direction)
     totals = {"log_det": tf.zeros(tf.shape(x)[:1], x.dtype),
               "nfe": tf.constant(0, tf.int32),
               **{r: 0.0 for r in regularizers}}
 
     def run(k, h):
       s = None if seed is None else tf.convert_to_tensor(seed) + [0, k]
-      sol = flows_lib.solve(self._flows[k], h, direction, context, s,
+      sol = composite.solve(self._flows[k], h, direction, context, s,
                             regularizers)
       totals["log_det"] += sol.log_det
       totals["nfe"] += tf.cast(sol.nfe, tf.int32)
@@ -214,33 +211,3 @@ class ODENVP(tfp.bijectors.Bijector):
           h = run(k, h)
     return Solution(h, totals["log_det"],
                     {r: totals[r] for r in regularizers}, totals["nfe"])
-
-  def _augmented(self, x, direction):
-    sol = self.solve(x, direction)
-    if direction == "inverse":
-      return sol.state, {"ildj": sol.log_det, "fldj": -sol.log_det}
-    return sol.state, {"fldj": sol.log_det, "ildj": -sol.log_det}
-
-  def _augmented_forward(self, x):
-    return self._augmented(x, "forward")
-
-  def _augmented_inverse(self, y):
-    return self._augmented(y, "inverse")
-
-  def _forward(self, x):
-    return self._augmented_forward(x)[0]
-
-  def _inverse(self, y):
-    return self._augmented_inverse(y)[0]
-
-  def _forward_log_det_jacobian(self, x):
-    cached = self._cache.forward_attributes(x)
-    if "fldj" not in cached:
-      cached.update(self._augmented_forward(x)[1])
-    return cached["fldj"]
-
-  def _inverse_log_det_jacobian(self, y):
-    cached = self._cache.inverse_attributes(y)
-    if "ildj" not in cached:
-      cached.update(self._augmented_inverse(y)[1])
-    return cached["ildj"]

@@ -1,8 +1,6 @@
 """`TFPFFJORD`: `tf_ffjord.FFJORD` behind the constructor and conventions of `tfp.bijectors.FFJORD`."""
 
 from collections.abc import Callable, Iterable
-import inspect
-import types
 from typing import Any
 
 import keras
@@ -118,37 +116,23 @@ def _solver_for(ode_solve_fn):
   return ode_solve_fn  # a Solver, a name or a tf_ffjord Solver: checked later
 
 
-def _owners_in(obj, depth=0, seen=None):
-  """Keras layers, `tf.Module`s and variables reachable from obj.
+def _keras_owners(fn, variables_owner):
+  """The Keras layers behind the dynamics, for models that hold the flow.
 
-  Looks through lists, dicts, a bound method's object, a callable object's
-  attributes, a `tf.Module`'s attributes (which may hold Keras 3 layers,
-  invisible to its own tracking), and the variables and nets a bare
-  function closes over or names as globals.
+  The layer itself, a bound method's layer, and those named by
+  `variables_owner` (the flow's variables are found by `contract.probe`).
   """
-  seen = set() if seen is None else seen
-  if id(obj) in seen or depth > 3 or isinstance(obj, (type, types.ModuleType)):
-    return []
-  seen.add(id(obj))
-  if isinstance(obj, keras.Variable):
-    return [obj.value]  # the tf.Variable behind it, for tf.Module tracking
-  if isinstance(obj, (keras.layers.Layer, tf.Variable)):
-    return [obj]
-  found = [obj] if isinstance(obj, tf.Module) else []
-  if isinstance(obj, (list, tuple)):
-    items = obj
-  elif isinstance(obj, dict):
-    items = obj.values()
-  elif isinstance(obj, types.MethodType):
-    items = [obj.__self__]
-  elif isinstance(obj, types.FunctionType):
-    refs = inspect.getclosurevars(obj)
-    items = list(refs.nonlocals.values()) + list(refs.globals.values())
-  elif isinstance(obj, tf.Module) or (callable(obj) and hasattr(obj, "__dict__")):
-    items = list(vars(obj).values())
-  else:
-    items = []
-  return found + [o for v in items for o in _owners_in(v, depth + 1, seen)]
+  named = (list(variables_owner) if isinstance(variables_owner, (list, tuple))
+           else [] if variables_owner is None else [variables_owner])
+  for owner in named:
+    if not isinstance(owner, (keras.layers.Layer, tf.Module, tf.Variable,
+                              keras.Variable)):
+      raise TypeError(
+          "variables_owner must be a Keras layer or model, a tf.Module, a "
+          f"variable, or a list of them; got {owner!r}.")
+  candidates = [fn, getattr(fn, "__self__", None), *named]
+  return named, list({id(c): c for c in candidates
+                      if isinstance(c, keras.layers.Layer)}.values())
 
 
 class _TimeReversed:
@@ -159,27 +143,15 @@ class _TimeReversed:
   t1. Running TFP's time backwards maps one onto the other.
   """
 
-  def __init__(self, fn, initial_time, final_time, layers):
-    self.fn, self.t0, self.t1, self.layers = fn, initial_time, final_time, layers
+  def __init__(self, fn, initial_time, read_final_time, variables):
+    self.fn, self.t0, self.t1 = fn, initial_time, read_final_time
+    self.variables = variables  # () -> what the flow found f reads
     self.layout = None  # condition kwargs: ((name, trailing shape), ...)
 
   @property
-  def built(self):
-    # Unbuilt Keras nets make FFJORD build them (one call on zeros) before
-    # the first solve, not inside its loop.
-    return all(getattr(l, "built", True) for l in self.layers)
-
-  @property
   def trainable_variables(self):
-    found = []
-    for owner in self.layers:
-      if isinstance(owner, keras.layers.Layer):
-        found += owner.trainable_weights
-      elif isinstance(owner, tf.Module):
-        found += owner.trainable_variables
-      elif getattr(owner, "trainable", False):
-        found.append(owner)
-    return found
+    # Weights count for jit_compile="auto", and are not exposed twice.
+    return self.variables()
 
   def condition(self, context):
     """The condition kwargs packed in `context`, as the user passed them."""
@@ -195,7 +167,7 @@ class _TimeReversed:
             for (name, shape), part in zip(self.layout, parts)}
 
   def __call__(self, t, z, context=None):
-    t1 = tf.cast(self.t1() if callable(self.t1) else self.t1, t.dtype)
+    t1 = tf.cast(self.t1(), t.dtype)
     return -self.fn(self.t0 + t1 - t, z, **self.condition(context))
 
 
@@ -248,13 +220,14 @@ class TFPFFJORD(FFJORD):
       keeps the input's.
     name: name scope.
     variables_owner: optional Keras layer or model, `tf.Module`, variable,
-      or a list of them, holding the trainable weights that
-      `state_time_derivative_fn` reads, when it cannot be found from it.
-      Without it they are looked for in the dynamics (a Keras layer, a
-      `tf.Module` and the Keras layers it holds, a bound method's object,
-      the variables and nets a bare function closes over or names), so that
+      or a list of them, holding trainable weights that
+      `state_time_derivative_fn` reads. The weights the dynamics read are
+      found anyway, by the first solve's call on zeros
+      (`tf_ffjord.cnf.contract.probe`), so that
       `TransformedDistribution(base, TFPFFJORD(fn)).trainable_variables`
-      lists them, as TFP's training loop needs.
+      lists them, as TFP's training loop needs; named owners (and dynamics
+      that are a Keras layer or its bound method) are listed from the
+      start, and their Keras layers are the flow's `keras_layers`.
     event_ndims: number of event dimensions the log-det sums over.
     **options: further `tf_ffjord.FFJORD` options: `rtol`, `atol`,
       `max_num_steps`, `step_size`, `gradient`, `jit_compile`,
@@ -307,6 +280,7 @@ class TFPFFJORD(FFJORD):
       raise TypeError("state_time_derivative_fn must be callable as "
                       "g(time, state, **condition_kwargs).")
     t0 = float(initial_time)
+    read_t1 = final_time if callable(final_time) else lambda: final_time
     if isinstance(final_time, (int, float)):
       if not final_time > t0:
         raise ValueError(
@@ -314,29 +288,21 @@ class TFPFFJORD(FFJORD):
             f"({t0}): swap them, and forward and inverse with them.")
       time_length: TimeLength = float(final_time) - t0
     else:
-      time_length = lambda: tf.convert_to_tensor(  # read at every solve
-          final_time() if callable(final_time) else final_time) - t0
+      time_length = lambda: tf.convert_to_tensor(read_t1()) - t0  # per solve
     trace = _trace_for(trace_augmentation_fn)
     if isinstance(trace, AugmentationTrace):
       # TFP's estimators vectorize with pfor, which XLA would recompile.
       options.setdefault("jit_compile", False)
-    owners = _owners_in(state_time_derivative_fn)
-    if variables_owner is not None:
-      extra = (variables_owner if isinstance(variables_owner, (list, tuple))
-               else [variables_owner])
-      owners += [o for v in extra for o in _owners_in(v)]
-      if not owners:
-        raise TypeError(
-            "variables_owner must be a Keras layer or model, a tf.Module, a "
-            f"variable, or a list of them; got {variables_owner!r}.")
-    owners = list({id(o): o for o in owners}.values())
-    dynamics = _TimeReversed(state_time_derivative_fn, t0, final_time, owners)
+    named, layers = _keras_owners(state_time_derivative_fn, variables_owner)
+    dynamics = _TimeReversed(state_time_derivative_fn, t0, read_t1,
+                             lambda: self.trainable_variables)
     # Outside tf.Module's checkpoint tracking (the owners keep their own);
     # plain attributes, so variable tracking still walks them.
     object.__setattr__(self, "_tfp_parameters", parameters)
     object.__setattr__(self, "_tfp_dtype",
                        None if dtype is None else tf.as_dtype(dtype))
-    object.__setattr__(self, "_owners", tuple(owners))
+    object.__setattr__(self, "_owners", tuple(named))
+    object.__setattr__(self, "_owner_layers", tuple(layers))
     super().__init__(dynamics, time_length=time_length, initial_time=t0,
                      event_ndims=event_ndims, validate_args=validate_args,
                      name=name, **ffjord_arguments(dict(
@@ -359,8 +325,7 @@ class TFPFFJORD(FFJORD):
 
   @property
   def keras_layers(self) -> tuple[keras.layers.Layer, ...]:
-    return super().keras_layers + tuple(
-        o for o in self._owners if isinstance(o, keras.layers.Layer))
+    return super().keras_layers + self._owner_layers
 
   def solve(self, x: TensorLike, direction: str = "inverse",
             context: TensorLike | None = None, seed: SeedLike = None,
@@ -378,13 +343,16 @@ class TFPFFJORD(FFJORD):
       x = tf.cast(x, self._tfp_dtype)
     return x
 
-  def _augmented(self, x, direction, context=None, seed=None, **condition):
+  def _state_and_log_det(self, x, direction, context=None, seed=None,
+                         **condition):
+    """TFP's condition kwargs, packed into one context, then the one solve."""
     if condition:
       if context is not None:
         condition["context"] = context
       x = self._convert(x)
       context = self._pack(x, condition)
-    return super()._augmented(x, direction, context=context, seed=seed)
+    return super()._state_and_log_det(x, direction, context=context,
+                                      seed=seed)
 
   def _pack(self, x, condition):
     """The condition kwargs as one `[*batch, width]` context tensor."""

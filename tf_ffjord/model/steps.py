@@ -4,11 +4,9 @@ from collections.abc import Callable, Sequence
 from typing import Any
 
 import keras
-# Private: the one container Keras' callbacks read directions from (see
-# `monitorable`).
-from keras.src.trainers import compile_utils
 import tensorflow as tf
 
+from tf_ffjord import _internal_apis
 from tf_ffjord._distribute import in_multi_worker_mode
 from tf_ffjord._types import TensorLike
 
@@ -121,7 +119,7 @@ def monitorable(metrics: Sequence[Any]) -> list[Any]:
   `EarlyStopping`, `ModelCheckpoint` and `ReduceLROnPlateau` in their
   default `mode="auto"` know `loss` by name, and otherwise read the private
   `_direction` of the metrics that `model.metrics` holds inside Keras'
-  private metric containers (`keras.src.trainers.compile_utils`), and fail
+  private metric containers (`_internal_apis.metric_directions`), and fail
   for any other name. So a model's `metrics` ends with one such container
   of its metrics marked by `make_metric(..., lower_is_better=True)`: it has
   no state and reports nothing (`reset_state`, `result` are no-ops), so
@@ -137,23 +135,4 @@ def monitorable(metrics: Sequence[Any]) -> list[Any]:
   down = [m for m in metrics if getattr(m, "_direction", None) == "down"]
   if not down:
     return list(metrics)
-  return [*metrics, _Directions(down)]
-
-
-class _Directions(compile_utils.MetricsList):
-  """The directions of metrics, for Keras' callbacks; no state, no logs."""
-
-  def __init__(self, metrics):
-    super().__init__([], name="directions")
-    # Untracked: the metrics' variables stay theirs alone.
-    object.__setattr__(self, "metrics", list(metrics))
-
-  def update_state(self, *args, **kwargs):
-    del args, kwargs
-
-  def reset_state(self):
-    pass
-
-  def result(self):
-    return {}
-
+  return [*metrics, _internal_apis.metric_directions(down)]
