@@ -5,6 +5,7 @@ from typing import Any, NamedTuple
 
 import tensorflow as tf
 
+from tf_ffjord.cnf.regularizers import RegularizerLike
 from tf_ffjord.cnf import contract
 from tf_ffjord.cnf import regularizers as regs
 from tf_ffjord._types import Dynamics, TensorLike
@@ -79,7 +80,7 @@ class AugmentedODE:
 
   def __init__(self, dynamics: Dynamics, estimator: TraceEstimator,
                noise: Any, direction: str, initial_time: tf.Tensor,
-               event_ndims: int = 1, regularizers: Iterable[str] = (),
+               event_ndims: int = 1, regularizers: Iterable[RegularizerLike] = (),
                on_evaluation: Callable[[], Any] | None = None) -> None:
     self.dynamics, self.estimator, self.noise = dynamics, estimator, noise
     self.sign = 1.0 if direction == "inverse" else -1.0

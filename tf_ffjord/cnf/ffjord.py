@@ -11,6 +11,7 @@ import tensorflow_probability as tfp
 from tf_ffjord import _internal_apis
 from tf_ffjord._types import (Dynamics, SeedLike, ShapeLike, TensorLike,
                               TimeLength)
+from tf_ffjord.cnf.regularizers import RegularizerLike
 from tf_ffjord.cnf import augmented_ode as augmented
 from tf_ffjord.cnf import inputs as bijector_input
 from tf_ffjord.cnf import contract
@@ -271,7 +272,7 @@ class FFJORD(tfp.bijectors.Bijector):
 
   def solve(self, x: TensorLike, direction: str = "inverse",
             context: TensorLike | None = None, seed: SeedLike = None,
-            regularizers: Iterable[str] = ()) -> Solution:
+            regularizers: Iterable[RegularizerLike] = ()) -> Solution:
     """Integrates the flow once and returns a `Solution`.
 
     The steps: check the input, flatten it to `[batch, *event]`, build the
@@ -303,13 +304,13 @@ class FFJORD(tfp.bijectors.Bijector):
     if direction not in ("inverse", "forward"):
       raise ValueError(f"direction must be 'inverse' or 'forward', got "
                        f"{direction!r}.")
-    regularizers = regs.check(regularizers, self._trace)
+    checked = regs.check(regularizers, self._trace)
     if tf.executing_eagerly():  # one cached tf.function, not a retrace per call
       return bijector_input.eager_solve(self, x, direction, context, seed,
-                                        regularizers)
+                                        checked)
     if bijector_input.pads_empty_batches(self, x):  # TFP solvers: see there
       return bijector_input.solve_padded(self, x, direction, context, seed,
-                                         regularizers)
+                                         checked)
     x = self._check_input(x, context)
     y0, batch_shape = augmented.flatten_batch(x, self._event_ndims)
     context = augmented.flatten_context(context, y0, x.shape.rank,
@@ -322,7 +323,7 @@ class FFJORD(tfp.bijectors.Bijector):
         self._dynamics, self._trace,
         self._trace.sample(tf.shape(y0), dtype, seed), direction,
         tf.constant(self._initial_time, dtype), self._event_ndims,
-        regularizers,
+        checked,
         on_evaluation=None if ours else
         lambda: self._nfe_backward.assign_add(1))
     constants = {"time_length": tf.cast(self.time_length, dtype)}
@@ -336,8 +337,8 @@ class FFJORD(tfp.bijectors.Bijector):
     return Solution(
         state=tf.reshape(y1, tf.shape(x)),
         log_det=tf.reshape(final[1], batch_shape),
-        regularization={r: tf.reshape(v, batch_shape)
-                        for r, v in zip(regularizers, final[2:])},
+        regularization={r.name: tf.reshape(v, batch_shape)
+                        for r, v in zip(checked, final[2:])},
         nfe=result.nfe)
 
   def _build_declared(self):

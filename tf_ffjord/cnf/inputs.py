@@ -34,6 +34,7 @@ import tensorflow_probability as tfp
 
 from tf_ffjord import validation
 from tf_ffjord._types import SeedLike, ShapeLike, TensorLike
+from tf_ffjord.cnf.regularizers import RegularizerLike
 from tf_ffjord.cnf.augmented_ode import Solution
 from tf_ffjord.solvers import xla
 
@@ -126,7 +127,7 @@ def _spec(t, batch_ndims):
 def eager_solve(bijector: tfp.bijectors.Bijector, x: TensorLike,
                 direction: str, context: TensorLike | None = None,
                 seed: SeedLike = None,
-                regularizers: Iterable[str] = ()) -> Solution:
+                regularizers: Iterable[RegularizerLike] = ()) -> Solution:
   """`bijector.solve` called eagerly, through its cached `tf.function`."""
   x = check_input(bijector, x, context)
   batch_ndims = x.shape.rank - bijector._event_ndims  # pylint: disable=protected-access
@@ -180,7 +181,7 @@ def pads_empty_batches(bijector: tfp.bijectors.Bijector,
 def solve_padded(bijector: tfp.bijectors.Bijector, x: TensorLike,
                  direction: str, context: TensorLike | None = None,
                  seed: SeedLike = None,
-                 regularizers: Iterable[str] = ()) -> Solution:
+                 regularizers: Iterable[RegularizerLike] = ()) -> Solution:
   """`bijector.solve` with one row of zeros added to an empty batch, then dropped."""
   x = check_input(bijector, x, context)
   ndims = bijector._event_ndims  # pylint: disable=protected-access

@@ -6,6 +6,7 @@ import tensorflow as tf
 import tensorflow_probability as tfp
 
 from tf_ffjord import _internal_apis
+from tf_ffjord.cnf.regularizers import RegularizerLike, names
 from tf_ffjord.cnf import composite as flows_lib
 from tf_ffjord._types import SeedLike, TensorLike
 from tf_ffjord.cnf.ffjord import Solution
@@ -143,7 +144,7 @@ class ODENVP(tfp.bijectors.Bijector):
 
   def solve(self, x: TensorLike, direction: str = "inverse",
             context: TensorLike | None = None, seed: SeedLike = None,
-            regularizers: Iterable[str] = ()) -> Solution:
+            regularizers: Iterable[RegularizerLike] = ()) -> Solution:
     """Runs the stack once and returns a `Solution` summed over its flows.
 
     Args:
@@ -168,7 +169,7 @@ class ODENVP(tfp.bijectors.Bijector):
                        f"{direction!r}.")
     totals = {"log_det": tf.zeros(tf.shape(x)[:1], x.dtype),
               "nfe": tf.constant(0, tf.int32),
-              **{r: 0.0 for r in regularizers}}
+              **{r: 0.0 for r in names(regularizers)}}
 
     def run(k, h):
       s = None if seed is None else tf.convert_to_tensor(seed) + [0, k]
@@ -176,7 +177,7 @@ class ODENVP(tfp.bijectors.Bijector):
                             regularizers)
       totals["log_det"] += sol.log_det
       totals["nfe"] += tf.cast(sol.nfe, tf.int32)
-      for r in regularizers:
+      for r in sol.regularization:
         totals[r] += sol.regularization[r]
       return sol.state
 
@@ -213,7 +214,8 @@ class ODENVP(tfp.bijectors.Bijector):
         for k in reversed(range(2 * i * nb, 2 * i * nb + nb)):
           h = run(k, h)
     return Solution(h, totals["log_det"],
-                    {r: totals[r] for r in regularizers}, totals["nfe"])
+                    {r: totals[r] for r in names(regularizers)},
+                    totals["nfe"])
 
   def _augmented(self, x, direction):
     sol = self.solve(x, direction)

@@ -14,7 +14,8 @@ from tf_ffjord.model.base_distribution import standard_normal
 from tf_ffjord.nets.dense import ODENet
 from tf_ffjord.nets.made import MADE, iaf_forward, iaf_steps
 from tf_ffjord import validation
-from tf_ffjord.model.steps import LastValue, minimize, step_logs
+from tf_ffjord.model.metrics import LastValue
+from tf_ffjord.model.steps import minimize, step_logs
 
 __all__ = ["VAE", "MADE", "POSTERIORS", "binarize"]
 
