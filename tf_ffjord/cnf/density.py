@@ -61,7 +61,8 @@ class FlowView:
   #### Examples
 
   >>> flow = FFJORD(ODENet(hidden=(8,), dim=2), solver="rk4")
-  >>> view = FlowView(flow, standard_normal((2,)), (2,))
+  >>> base = tfp.distributions.MultivariateNormalDiag(tf.zeros([2]))
+  >>> view = FlowView(flow, base, (2,))
   >>> log_prob(view, tf.zeros([3, 2]))[0].shape
   TensorShape([3])
   """

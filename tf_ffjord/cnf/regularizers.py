@@ -26,6 +26,7 @@ from typing import Any, TypeVar
 import keras
 import tensorflow as tf
 
+from tf_ffjord._shorthand import resolve
 from tf_ffjord.cnf.trace_estimators import TraceEstimator
 
 __all__ = ["Regularizer", "KineticEnergy", "JacobianFrobenius", "L1", "L2",
@@ -167,12 +168,7 @@ def get(regularizer: RegularizerLike) -> Regularizer:
   Raises:
     ValueError: an unknown name or something that is not a regularizer.
   """
-  if isinstance(regularizer, Regularizer):
-    return regularizer
-  if isinstance(regularizer, str) and regularizer in REGULARIZERS:
-    return REGULARIZERS[regularizer]()
-  raise ValueError(f"Unknown regularizer {regularizer!r}; expected one of "
-                   f"{tuple(REGULARIZERS)} or a Regularizer instance.")
+  return resolve(regularizer, Regularizer, REGULARIZERS, "regularizer")
 
 
 def check(regularizers: Iterable[RegularizerLike],

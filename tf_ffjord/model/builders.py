@@ -208,7 +208,8 @@ class ImageFlow(FlowModel):
   >>> x = np.random.randint(0, 256, (16, 8, 8, 1)).astype("uint8")
   >>> sorted(model.fit(x, batch_size=8, verbose=0).history)
   ['bpd', 'loss', 'nfe', 'nfe_backward', 'nll']
-  >>> small = lambda shape: ConvODENet(dims=(4,), channels=shape[-1])
+  >>> small = lambda shape: tf_ffjord.ConvODENet(dims=(4,),
+  ...                                            channels=shape[-1])
   >>> ImageFlow((8, 8, 1), net=small, num_blocks=1).blocks[0].dynamics.dims
   (4,)
   """

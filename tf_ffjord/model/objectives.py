@@ -7,6 +7,7 @@ import keras
 import tensorflow as tf
 
 from tf_ffjord import solvers
+from tf_ffjord._shorthand import resolve
 from tf_ffjord.cnf import density
 from tf_ffjord.cnf import trace_estimators as divergence
 from tf_ffjord.cnf import composite as flows
@@ -331,12 +332,7 @@ def get(objective: Objective | str) -> Objective:
   Raises:
     ValueError: an unknown name or type.
   """
-  if isinstance(objective, Objective):
-    return objective
-  if isinstance(objective, str) and objective in _NAMES:
-    return _NAMES[objective]()
-  raise ValueError(f"Unknown objective {objective!r}; expected one of "
-                   f"{sorted(_NAMES)} or an Objective instance.")
+  return resolve(objective, Objective, _NAMES, "objective")
 
 
 def deserialize(config: Mapping[str, Any] | str) -> Objective:
