@@ -114,7 +114,7 @@ class FlowView:
     return self.minimize(loss_fn)
 
   def nfe_backward(self) -> tf.Tensor:
-    """The NFE of the last adjoint solves, summed over the training flow's blocks.
+    """The NFE of the last adjoint solves, summed over the training blocks.
 
     Known after the gradient of a step (the adjoint counts them in a
     variable of each `FFJORD` block).
@@ -160,7 +160,7 @@ def eval_options(options: Mapping[str, Any] | None,
 
 def log_density(view: FlowView, z: tf.Tensor,
                 log_det: tf.Tensor) -> tf.Tensor:
-  """log p(x) = log p_base(z) + log|det dz/dx|, of a solve's end state and log-det."""
+  """log p(x) = log p_base(z) + log|det dz/dx|, of a solve's z and log-det."""
   return view.base.log_prob(z) + log_det
 
 

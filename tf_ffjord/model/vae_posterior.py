@@ -15,7 +15,7 @@ POSTERIORS = ("none", "maf", "ffjord")
 
 
 class VAEPosterior:
-  """q(z|x) of a `VAE`: its flow's layers, `flow_forward` and `posterior_sample`.
+  """q(z|x) of a `VAE`: its flow's layers, `flow_forward`, `posterior_sample`.
 
   A mixin: the VAE provides `posterior`, `latent_dim`, `context_dim`, the
   posterior's settings (`maf_steps`, `maf_hidden`, `cnf_hidden`,

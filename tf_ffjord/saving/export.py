@@ -145,7 +145,7 @@ def export_model(model: "density.FlowView | density.HasFlowView",
                  path: _PathT, batch_size: int | None = None,
                  custom_gradients: bool = False,
                  jit_compile: bool | str = False) -> _PathT:
-  """Writes a `FlowModel` (or a `FlowView`) as a SavedModel with serving signatures.
+  """Writes a `FlowModel` or `FlowView` as a SavedModel with serving signatures.
 
   The SavedModel loads with `tf.saved_model.load(path)` in a process that has
   only TensorFlow. Every signature is also a callable attribute of the loaded
