@@ -80,8 +80,8 @@ def train(spec):
 
   @tf.function
   def probe():
-    return density.log_prob(hutch, x0, None, bijector=hutch.bijector,
-                            seed=replica_seed())[0]
+    return density.log_prob(hutch.flow_view, x0, None,
+                            bijector=hutch.bijector, seed=replica_seed())[0]
 
   local = strategy.experimental_local_results(strategy.run(probe))
   out["hutchinson"] = np.stack([v.numpy() for v in local])

@@ -161,3 +161,72 @@ def test_model_logs_and_minimizes_regularizers():
         bij, x, regularizers=("kinetic",)).regularization["kinetic"]))
 
   assert kinetic(reg_model) < 0.5 * kinetic(plain_model)
+
+
+@keras.saving.register_keras_serializable("tf_ffjord_tests")
+class ScaledSpeed(regs.Regularizer):
+  """scale * ||f||_1 per example: a user's penalty with a config."""
+  name = "scaled_speed"
+
+  def __init__(self, scale=1.0):
+    self.scale = float(scale)
+
+  def rate(self, f, probe=None):
+    return self.scale * tf.reduce_sum(tf.abs(f), -1)
+
+  def get_config(self):
+    return {"scale": self.scale}
+
+
+def test_a_user_regularizer_integrates_its_rate():
+  # Its integral is 2 x dim x the built-in l1 (the mean |f|) on one solve.
+  bij = FFJORD(_linear, time_length=1.5, solver="dopri5", rtol=1e-8,
+               atol=1e-8)
+  sol = _solve(bij, X0, regularizers=(ScaledSpeed(2.0), "l1"))
+  assert sorted(sol.regularization) == ["l1", "scaled_speed"]
+  np.testing.assert_allclose(sol.regularization["scaled_speed"].numpy(),
+                             2 * 2 * sol.regularization["l1"].numpy(),
+                             rtol=1e-6)
+  for i, x in enumerate(X0):
+    want = 4 * _closed_forms(x, 1.5, 1.0)["l1"]
+    np.testing.assert_allclose(sol.regularization["scaled_speed"][i], want,
+                               rtol=1e-4)
+
+
+def test_regularizers_are_objects_with_shorthands():
+  assert regs.get("kinetic") == regs.KineticEnergy() == "kinetic"
+  assert regs.check(["l2", ScaledSpeed(3.0)]) == (regs.L2(), ScaledSpeed(3.0))
+  assert ScaledSpeed(3.0) != ScaledSpeed(2.0)
+  with pytest.raises(ValueError, match="unique"):
+    regs.check(["l2", regs.L2()])
+  with pytest.raises(ValueError, match="Unknown regularizer"):
+    MaximumLikelihood({"kinetik": 1.0})
+  with pytest.raises(ValueError, match=">= 0"):
+    MaximumLikelihood({ScaledSpeed(): -1.0})
+  # The probe check at compile, once per FFJORD block.
+  model = FFJORDModel((2,), dynamics=ODENet(hidden=(4,)), trace="exact",
+                      solver="rk4", step_size=0.5)
+  with pytest.raises(ValueError, match="hutchinson"):
+    model.compile("adam", objective=MaximumLikelihood({"jacobian": 0.1}))
+
+
+def test_a_user_regularizer_trains_logs_and_saves(tmp_path):
+  model, hist = _fit({ScaledSpeed(2.0): 0.1, "kinetic": 0.01}, steps=3)
+  assert {"nll", "scaled_speed", "kinetic", "loss"} <= set(hist)
+  # The loss is the NLL plus weight x penalty, step by step, so in the
+  # epoch means too.
+  np.testing.assert_allclose(
+      hist["loss"][0], hist["nll"][0] + 0.1 * hist["scaled_speed"][0]
+      + 0.01 * hist["kinetic"][0], rtol=1e-5)
+  assert hist["scaled_speed"][0] > 0
+  path = tmp_path / "reg.keras"
+  model.save(path)
+  loaded = keras.saving.load_model(path)
+  assert loaded.objective.regularizers == (ScaledSpeed(2.0),
+                                           regs.KineticEnergy())
+  assert loaded.objective.weights == (0.1, 0.01)
+  x = datasets.toy.sample("8gaussians", 4, seed=3)
+  np.testing.assert_allclose(loaded.log_prob(x), model.log_prob(x),
+                             atol=1e-5)
+  history = loaded.fit(x, batch_size=4, verbose=0).history
+  assert np.isfinite(history["scaled_speed"][0])

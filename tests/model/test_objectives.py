@@ -9,9 +9,12 @@ import keras
 import numpy as np
 import pytest
 import tensorflow as tf
+import tensorflow_probability as tfp
 
-from tf_ffjord import FFJORDModel, MaximumLikelihood, ODENet
+from tf_ffjord import FFJORD, FFJORDModel, MaximumLikelihood, ODENet
+from tf_ffjord.cnf.density import FlowView
 from tf_ffjord.model import objectives
+from tf_ffjord.model.base_distribution import standard_normal
 from tf_ffjord.datasets import toy
 
 TESTS = pathlib.Path(__file__).resolve().parent
@@ -112,7 +115,7 @@ def test_old_keras_files_of_builtin_objectives_still_load():
 
 
 def test_builtin_objectives_declare_their_logs():
-  model = small_model()
+  model = small_model().flow_view
   assert MaximumLikelihood({"l2": 1.0}).metrics(model) == {
       "nll": "mean", "nfe": "last", "nfe_backward": "last", "l2": "mean"}
   assert objectives.FlowMatching().metrics(model) == {"fm_loss": "mean"}
@@ -158,11 +161,11 @@ class TemperedLikelihood(Objective):
   def __init__(self, temperature=1.0):
     self.temperature = float(temperature)
 
-  def metrics(self, model):  # each log: "mean" over the epoch, or "last"
+  def metrics(self, flow):  # each log: "mean" over the epoch, or "last"
     return {"tempered_nll": "mean"}
 
-  def loss(self, model, x, context=None):
-    nll = -tf.reduce_mean(model(x, training=True)) / self.temperature
+  def loss(self, flow, x, context=None):
+    nll = -tf.reduce_mean(flow(x, training=True)) / self.temperature
     return nll, {"tempered_nll": nll}
 
   def get_config(self):
@@ -192,3 +195,39 @@ def test_extending_page_snippet_runs_in_a_fresh_process(subprocess_env):
   assert out.returncode == 0, out.stderr[-3000:]
   assert out.stdout.split() == ["['loss',", "'tempered_nll']",
                                 "TemperedLikelihood(temperature=2.0)"]
+
+
+def test_objectives_see_only_a_view_of_a_bare_flow():
+  """No FlowModel: a view of a bijector and a base is all an objective needs."""
+  keras.utils.set_random_seed(0)
+  net = ODENet(hidden=(8,), dim=2)
+  flow = FFJORD(net, solver="rk4", step_size=0.25, trace="exact")
+  base = standard_normal((2,))
+  x = tf.constant(toy.sample("moons", 16, seed=0))
+  optimizer = keras.optimizers.SGD(0.1)
+
+  def minimize(loss_fn):  # a plain TF training step
+    with tf.GradientTape() as tape:
+      loss, aux = loss_fn()
+    grads = tape.gradient(loss, net.trainable_variables)
+    optimizer.apply_gradients(zip(grads, net.trainable_variables))
+    return loss, aux
+
+  view = FlowView(flow, base, (2,), minimize=minimize)
+  objective = MaximumLikelihood({"kinetic": 0.5})
+  objective.check(view)
+  loss, logs = objective.loss(view, x)
+  # Ground truth: TFP's density of the same flow on the same base.
+  want = -tf.reduce_mean(
+      tfp.distributions.TransformedDistribution(base, flow).log_prob(x))
+  np.testing.assert_allclose(logs["nll"], want, rtol=1e-5)
+  np.testing.assert_allclose(loss, logs["nll"] + 0.5 * logs["kinetic"],
+                             rtol=1e-6)
+  before = [w.numpy().copy() for w in net.trainable_variables]
+  logs = objective.step(view, x)
+  assert set(logs) == {"loss", "nll", "nfe", "kinetic", "nfe_backward"}
+  assert any(not np.allclose(b, w) for b, w in
+             zip(before, net.trainable_variables))
+  assert float(objective.validation_loss(view, x, None, logs)) > 0
+  with pytest.raises(ValueError, match="no optimizer step"):
+    MaximumLikelihood().step(FlowView(flow, base, (2,)), x)

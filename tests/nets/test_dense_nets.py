@@ -73,3 +73,19 @@ def test_scalar_time_equals_per_example_time(layer):
   x = tf.random.stateless_normal([5, 3], [1, 2])
   np.testing.assert_allclose(f(0.3, x), f(tf.fill([5], 0.3), x),
                              rtol=1e-6, atol=1e-6)
+
+
+def test_odenet_takes_a_callable_activation_and_saves_it():
+  x = tf.constant([[0.3, -1.2], [2.0, 0.1]])
+  by_fn = ODENet(hidden=(4,), dim=2, activation=keras.activations.softplus)
+  by_name = ODENet(hidden=(4,), dim=2, activation="softplus")
+  by_fn(0.5, x), by_name(0.5, x)  # pylint: disable=expression-not-assigned
+  by_name.set_weights(by_fn.get_weights())
+  np.testing.assert_allclose(by_fn(0.5, x), by_name(0.5, x), rtol=1e-6)
+  net = ODENet(hidden=(4,), dim=2, activation=keras.activations.gelu)
+  clone = ODENet.from_config(net.get_config())
+  assert clone.activation is keras.activations.gelu
+  with pytest.raises(ValueError, match="callable"):
+    ODENet(activation="gelu_typo")
+  with pytest.raises(ValueError, match="callable"):
+    ODENet(activation=3)

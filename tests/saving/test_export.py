@@ -332,8 +332,9 @@ def test_served_equals_model_under_every_policy(policy, kind, tmp_path):
     hutchinson = flows.with_options(model.eval_bijector, trace="hutchinson")
     np.testing.assert_allclose(
         loaded.log_prob_hutchinson(x, 6, *c)["log_prob"],
-        density.log_prob(model, tf.constant(x), *c, bijector=hutchinson,
-                         seed=tf.constant([6, 0]))[0], atol=1e-5, rtol=0)
+        density.log_prob(model.flow_view, tf.constant(x), *c,
+                         bijector=hutchinson, seed=tf.constant([6, 0]))[0],
+        atol=1e-5, rtol=0)
   finally:
     keras.mixed_precision.set_global_policy(previous)
 

@@ -5,6 +5,7 @@ from typing import Any, NamedTuple
 
 import tensorflow as tf
 
+from tf_ffjord.cnf.regularizers import RegularizerLike
 from tf_ffjord.cnf import contract
 from tf_ffjord.cnf import regularizers as regs
 from tf_ffjord._types import Dynamics, TensorLike
@@ -77,7 +78,7 @@ class AugmentedODE:
   def __init__(self, dynamics: Dynamics, estimator: TraceEstimator,
                noise: Any, direction: str, initial_time: tf.Tensor,
                event_ndims: int = 1,
-               regularizers: Iterable[str] = ()) -> None:
+               regularizers: Iterable[RegularizerLike] = ()) -> None:
     self.dynamics, self.estimator, self.noise = dynamics, estimator, noise
     self.sign = 1.0 if direction == "inverse" else -1.0
     self.t0, self.event_ndims = initial_time, event_ndims

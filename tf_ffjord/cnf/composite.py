@@ -17,6 +17,7 @@ import tensorflow as tf
 import tensorflow_probability as tfp
 
 from tf_ffjord._types import SeedLike, TensorLike
+from tf_ffjord.cnf.regularizers import RegularizerLike, names
 from tf_ffjord.cnf.ffjord import FFJORD, Solution
 from tf_ffjord.cnf.one_solve import OneSolveBijector, check_direction
 from tf_ffjord.cnf.options import ffjord_arguments
@@ -49,7 +50,7 @@ def _block_seed(seed, k):
 
 def solve(bijector: tfp.bijectors.Bijector, x: TensorLike,
           direction: str = "inverse", context: TensorLike | None = None,
-          seed: SeedLike = None, regularizers: Iterable[str] = ()) -> Solution:
+          seed: SeedLike = None, regularizers: Iterable[RegularizerLike] = ()) -> Solution:
   """Runs `x` through a flow once and returns a `Solution`.
 
   Handles a `OneSolveBijector` (an `FFJORD` block, the multiscale
@@ -90,19 +91,20 @@ def solve(bijector: tfp.bijectors.Bijector, x: TensorLike,
       log_det = bijector.forward_log_det_jacobian(x, event_ndims=ndims)
     log_det = tf.broadcast_to(log_det, tf.shape(x)[:1])
     return Solution(state, log_det, {r: tf.zeros_like(log_det)
-                                     for r in regularizers},
+                                     for r in names(regularizers)},
                     tf.constant(0, tf.int32))
   order = list(enumerate(_children(bijector)))
   if direction == "forward":
     order.reverse()
-  log_det, nfe, regs = 0.0, 0, {r: 0.0 for r in regularizers}
+  keys = names(regularizers)
+  log_det, nfe, regs = 0.0, 0, {r: 0.0 for r in keys}
   for k, part in order:
     sol = solve(part, x, direction, context, _block_seed(seed, k),
                 regularizers)
     x = sol.state
     log_det += sol.log_det
     nfe += sol.nfe
-    regs = {r: regs[r] + sol.regularization[r] for r in regularizers}
+    regs = {r: regs[r] + sol.regularization[r] for r in keys}
   return Solution(x, log_det, regs, nfe)
 
 

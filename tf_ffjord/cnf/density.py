@@ -1,41 +1,134 @@
-"""The density and the samples of a `FlowModel`, in one place: the dtype rule, base log-density plus log-det, sampling, dequantization and bits/dim."""
+"""Density and sampling of a flow on a base, in one place: the narrow `FlowView` of a model, base log-density plus log-det, sampling, dequantization and bits/dim."""
 
 from collections.abc import Callable, Mapping, Sequence
-from typing import TYPE_CHECKING, Any, TypeVar
+import dataclasses
+from typing import Any, Protocol, TypeVar
 
+import numpy as np
 import tensorflow as tf
 import tensorflow_probability as tfp
 
 from tf_ffjord.cnf import composite as flows
 from tf_ffjord.cnf import image_transforms as images
+from tf_ffjord.cnf import regularizers as regs
 from tf_ffjord._types import SeedLike, TensorLike
 from tf_ffjord.cnf.augmented_ode import Solution
 
-if TYPE_CHECKING:
-  from tf_ffjord.model.flow_model import FlowModel
-
-__all__ = ["EVAL_TOLERANCE", "dtype", "eval_options", "log_prob", "density",
-           "base_sample", "sample", "dequantize", "bits_per_dim",
-           "unless_empty"]
+__all__ = ["EVAL_TOLERANCE", "FlowView", "HasFlowView", "eval_options",
+           "log_density", "log_prob", "nll_logs", "base_sample", "sample",
+           "dequantize", "unless_empty"]
 
 # rtol and atol of the evaluation flow unless `eval_options` says otherwise:
 # the FFJORD paper's evaluation tolerance, whatever the training one.
 EVAL_TOLERANCE = 1e-5
 
 _T = TypeVar("_T")
+# An optimizer step: `minimize(loss_fn)` runs `loss_fn() -> (loss, aux)`
+# under a gradient tape, applies the gradients and returns `(loss, aux)`.
+Minimize = Callable[[Callable[[], tuple[tf.Tensor, Any]]],
+                    tuple[tf.Tensor, Any]]
 
 
-def dtype(model: "FlowModel") -> tf.dtypes.DType:
-  """The dtype of a model's inputs, states, log-dets, densities and samples.
+@dataclasses.dataclass(frozen=True, eq=False)
+class FlowView:
+  """The narrow view of a flow model that density, objectives and export see.
 
-  The variable dtype: `float32` under `mixed_bfloat16` or `mixed_float16`,
-  whose low precision stays inside each evaluation of the dynamics (they
-  cast their input down and their output back); `float64` under
-  `float64`. The model, its objectives and its SavedModel all take and
-  return this dtype, so that they agree to rounding under every policy.
+  A `FlowModel` builds one (`FlowModel.flow_view`); the functions of this
+  module, the `Objective`s and `tf_ffjord.saving.export` read nothing else
+  of the model. A view of a bare flow works as well (see the example).
+
+  Attributes:
+    bijector: the training flow; `forward` maps base samples to data.
+    base: the base distribution; its `log_prob` sums over the event.
+    event_shape: shape of one example.
+    eval_bijector: the evaluation flow (`log_prob`, `sample`, export);
+      default the training flow.
+    dtype: the dtype of inputs, states, log-dets, densities and samples:
+      a model's variable dtype (`float32` under `mixed_bfloat16` or
+      `mixed_float16`, whose low precision stays inside each evaluation of
+      the dynamics), so that the model, its objectives and its SavedModel
+      agree to rounding under every policy.
+    dequantize: the data are 8-bit images (samples are clipped into
+      [0, 1], `nll_logs` adds `bpd`).
+    context_dim: width of the conditioning vector (0: none).
+    minimize: the optimizer step of objectives (`Minimize`), or `None` for
+      a view that only evaluates.
+    losses: the model's own losses (e.g. weight penalties), added to an
+      objective's loss.
+    variables: every variable an export captures.
+    name: the owner's name, for error messages.
+
+  #### Examples
+
+  >>> flow = FFJORD(ODENet(hidden=(8,), dim=2), solver="rk4")
+  >>> base = tfp.distributions.MultivariateNormalDiag(tf.zeros([2]))
+  >>> view = FlowView(flow, base, (2,))
+  >>> log_prob(view, tf.zeros([3, 2]))[0].shape
+  TensorShape([3])
   """
-  return tf.as_dtype(model.variable_dtype)
+  bijector: tfp.bijectors.Bijector
+  base: tfp.distributions.Distribution
+  event_shape: tuple[int, ...]
+  eval_bijector: tfp.bijectors.Bijector | None = None
+  dtype: tf.dtypes.DType = tf.float32
+  dequantize: bool = False
+  context_dim: int = 0
+  minimize: Minimize | None = None
+  losses: Callable[[], Sequence[tf.Tensor]] = tuple
+  variables: Sequence[tf.Variable] = ()
+  name: str = "flow"
 
+  def __post_init__(self):
+    object.__setattr__(self, "event_shape",
+                       tuple(int(d) for d in self.event_shape))
+    object.__setattr__(self, "dtype", tf.as_dtype(self.dtype))
+    if self.eval_bijector is None:
+      object.__setattr__(self, "eval_bijector", self.bijector)
+
+  def __call__(self, x: TensorLike, context: TensorLike | None = None,
+               training: bool = False) -> tf.Tensor:
+    """log p(x) by the training flow (`training`) or the evaluation flow.
+
+    As a `FlowModel` called on checked input: an objective's `loss` may
+    call its view as it would the model.
+    """
+    return log_prob(self, x, context,
+                    self.bijector if training else self.eval_bijector)[0]
+
+  @property
+  def event_size(self) -> int:
+    """Values per example."""
+    return int(np.prod(self.event_shape))
+
+  def step(self, loss_fn: Callable[[], tuple[tf.Tensor, Any]]
+           ) -> tuple[tf.Tensor, Any]:
+    """`minimize(loss_fn)`: one optimizer step; returns `(loss, aux)`.
+
+    Raises:
+      ValueError: a view without an optimizer step.
+    """
+    if self.minimize is None:
+      raise ValueError(f"The view of {self.name} has no optimizer step: "
+                       "build it with minimize=... (FlowModel.flow_view "
+                       "does after compile).")
+    return self.minimize(loss_fn)
+
+  def nfe_backward(self) -> tf.Tensor:
+    """The NFE of the last adjoint solves, summed over the training blocks.
+
+    Known after the gradient of a step (the adjoint counts them in a
+    variable of each `FFJORD` block).
+    """
+    counts = [b.nfe_backward.read_value()
+              for b in flows.ffjord_blocks(self.bijector)]
+    return tf.add_n(counts) if counts else tf.constant(0, tf.int32)
+
+
+class HasFlowView(Protocol):
+  """A model that exposes its `FlowView` (e.g. `FlowModel`)."""
+
+  @property
+  def flow_view(self) -> FlowView: ...
 
 def eval_options(options: Mapping[str, Any] | None,
                  event_size: int) -> dict[str, Any]:
@@ -65,88 +158,101 @@ def eval_options(options: Mapping[str, Any] | None,
   return {**defaults, **dict(options or {})}
 
 
-def density(model: "FlowModel", z: tf.Tensor,
-            log_det: tf.Tensor) -> tf.Tensor:
-  """log p(x) = log N(z) + log|det dz/dx|, of a solve's end state and log-det."""
-  return model.base.log_prob(z) + log_det
+def log_density(view: FlowView, z: tf.Tensor,
+                log_det: tf.Tensor) -> tf.Tensor:
+  """log p(x) = log p_base(z) + log|det dz/dx|, of a solve's z and log-det."""
+  return view.base.log_prob(z) + log_det
 
 
-def log_prob(model: "FlowModel", x: TensorLike,
+def log_prob(view: FlowView, x: TensorLike,
              context: TensorLike | None = None,
              bijector: tfp.bijectors.Bijector | None = None,
              seed: SeedLike = None,
-             regularizers: Sequence[str] = ()) -> tuple[tf.Tensor, Solution]:
+             regularizers: Sequence[regs.RegularizerLike] = ()
+             ) -> tuple[tf.Tensor, Solution]:
   """log p(x) by one inverse solve, and the solve.
 
   Args:
-    model: a `FlowModel`.
-    x: `[batch, *event_shape]` in `dtype(model)`.
+    view: the flow.
+    x: `[batch, *event_shape]` in `view.dtype`.
     context: optional `[batch, context_dim]`.
     bijector: the flow to solve; default the evaluation flow.
     seed: optional `[2]` stateless seed of Hutchinson probes.
-    regularizers: RNODE regularizers to integrate along the solve.
+    regularizers: RNODE regularizers (names or `Regularizer`s) to
+      integrate along the solve.
 
   Returns:
-    `(log p(x), solution)`.
+    `(log p(x), solution)`; `solution.regularization` maps each
+    regularizer's name to its `[batch]` integral.
   """
-  sol = flows.solve(model.eval_bijector if bijector is None else bijector,
-                    x, "inverse", context, seed=seed,
-                    regularizers=regularizers)
-  return density(model, sol.state, sol.log_det), sol
+  checked = regs.check(regularizers)
+  sol = flows.solve(view.eval_bijector if bijector is None else bijector,
+                    x, "inverse", context, seed=seed, regularizers=checked)
+  sol = sol._replace(regularization={
+      r.name: sol.regularization[r.name] for r in checked})
+  return log_density(view, sol.state, sol.log_det), sol
 
 
-def base_sample(model: "FlowModel", n: TensorLike,
+def nll_logs(view: FlowView, log_p: tf.Tensor) -> dict[str, tf.Tensor]:
+  """`{"nll": mean -log p}` of a batch, and its `bpd` for image flows.
+
+  The one place bits/dim joins the logs (the model's evaluation and the
+  objectives' training logs).
+  """
+  nll = -tf.reduce_mean(log_p)
+  logs = {"nll": nll}
+  if view.dequantize:
+    logs["bpd"] = images.bits_per_dim(-nll, view.event_size)
+  return logs
+
+
+def base_sample(view: FlowView, n: TensorLike,
                 seed: TensorLike) -> tf.Tensor:
   """`n` standard-normal base samples from the int32 scalar `seed`."""
-  shape = tf.concat([[n], model.event_shape], 0)
+  shape = tf.concat([[n], view.event_shape], 0)
   return tf.random.stateless_normal(shape, tf.stack([seed, 0]),
-                                    dtype=dtype(model))
+                                    dtype=view.dtype)
 
 
-def sample(model: "FlowModel", n: TensorLike, seed: TensorLike,
+def sample(view: FlowView, n: TensorLike, seed: TensorLike,
            context: TensorLike | None = None,
            bijector: tfp.bijectors.Bijector | None = None) -> tf.Tensor:
   """`n` samples: base samples from `seed` integrated forward.
 
   The same in the model (`FlowModel.sample`) and its SavedModel. Image
-  models' samples are clipped into [0, 1]. `n = 0` gives an empty batch
+  flows' samples are clipped into [0, 1]. `n = 0` gives an empty batch
   without a solve.
 
   Args:
-    model: a `FlowModel`.
+    view: the flow.
     n: int32 scalar (checked by the caller).
     seed: int32 scalar.
     context: optional `[n, context_dim]`.
     bijector: the flow; default the evaluation flow.
   """
-  flow = model.eval_bijector if bijector is None else bijector
-  shape = tf.concat([[n], model.event_shape], 0)
+  flow = view.eval_bijector if bijector is None else bijector
+  shape = tf.concat([[n], view.event_shape], 0)
 
   def solve():
-    z = base_sample(model, n, seed)
+    z = base_sample(view, n, seed)
     return flows.solve(flow, z, "forward", context).state
 
   x = unless_empty(tf.get_static_value(n), n, solve,
-                   lambda: tf.zeros(shape, dtype(model)))
-  return tf.clip_by_value(x, 0.0, 1.0) if model.dequantize else x
+                   lambda: tf.zeros(shape, view.dtype))
+  return tf.clip_by_value(x, 0.0, 1.0) if view.dequantize else x
 
 
-def dequantize(model: "FlowModel", images_or_x: tf.Tensor,
+def dequantize(view: FlowView, images_or_x: tf.Tensor,
                seed: SeedLike = None) -> tf.Tensor:
-  """A batch of an image model in `dtype(model)`: integer images dequantized.
+  """A batch of an image flow in `view.dtype`: integer images dequantized.
 
   Float inputs are taken as dequantized already (e.g. by a seeded
   pipeline) and only cast.
   """
   x = images_or_x
-  if model.dequantize and x.dtype.is_integer:
+  if view.dequantize and x.dtype.is_integer:
     x = images.dequantize(x, seed=seed)
-  return tf.cast(x, dtype(model))
-
-
-def bits_per_dim(model: "FlowModel", log_p: TensorLike) -> tf.Tensor:
-  """bits/dim of log-densities (nats) of a model's dequantized images."""
-  return images.bits_per_dim(log_p, model.event_size)
+  return tf.cast(x, view.dtype)
 
 
 def unless_empty(static_rows: int | None, rows: TensorLike,

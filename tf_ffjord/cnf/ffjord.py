@@ -9,6 +9,7 @@ import tensorflow_probability as tfp
 
 from tf_ffjord._types import (Dynamics, SeedLike, ShapeLike, TensorLike,
                               TimeLength)
+from tf_ffjord.cnf.regularizers import RegularizerLike
 from tf_ffjord import solvers
 from tf_ffjord.cnf import augmented_ode as augmented
 from tf_ffjord.cnf import contract
@@ -253,7 +254,7 @@ class FFJORD(one_solve.OneSolveBijector):
 
   def solve(self, x: TensorLike, direction: str = "inverse",
             context: TensorLike | None = None, seed: SeedLike = None,
-            regularizers: Iterable[str] = ()) -> Solution:
+            regularizers: Iterable[RegularizerLike] = ()) -> Solution:
     """Integrates the flow once and returns a `Solution`.
 
     Checks the input once (`inputs.check_input`), then runs `_solve`:
@@ -286,13 +287,13 @@ class FFJORD(one_solve.OneSolveBijector):
     if direction not in ("inverse", "forward"):
       raise ValueError(f"direction must be 'inverse' or 'forward', got "
                        f"{direction!r}.")
-    regularizers = regs.check(regularizers, self._trace)
+    checked = regs.check(regularizers, self._trace)
     x = self._check_input(x)
     if tf.executing_eagerly():  # one cached tf.function, not a retrace per call
       return inputs.eager_call(self._solve, self._eager_solves, x,
                                self._event_ndims, direction, context, seed,
-                               regularizers)
-    return self._solve(x, direction, context, seed, regularizers)
+                               checked)
+    return self._solve(x, direction, context, seed, checked)
 
   def _solve(self, x, direction, context, seed, regularizers):
     """The solve of a checked input, in a graph (see `solve`)."""
@@ -314,10 +315,12 @@ class FFJORD(one_solve.OneSolveBijector):
     self._expose_variables()  # dynamics of unknown event shape build in it
     y1 = tf.debugging.assert_all_finite(
         final[0], "FFJORD: the ODE solve produced NaN or inf")
-    return Solution(tf.reshape(y1, tf.shape(x)),
-                    tf.reshape(final[1], batch_shape),
-                    {r: tf.reshape(v, batch_shape)
-                     for r, v in zip(regularizers, final[2:])}, result.nfe)
+    return Solution(
+        state=tf.reshape(y1, tf.shape(x)),
+        log_det=tf.reshape(final[1], batch_shape),
+        regularization={r.name: tf.reshape(v, batch_shape)
+                        for r, v in zip(regularizers, final[2:])},
+        nfe=result.nfe)
 
   def _build_declared(self):
     """Builds Keras dynamics now if the event shape is known (`inputs.declared_build`)."""

@@ -36,6 +36,7 @@ import tensorflow as tf
 from tf_ffjord import validation
 from tf_ffjord._types import Dynamics, SeedLike, ShapeLike, TensorLike
 from tf_ffjord.cnf import contract
+from tf_ffjord.cnf.regularizers import Regularizer
 from tf_ffjord.cnf.augmented_ode import Solution
 from tf_ffjord.solvers import xla
 
@@ -128,7 +129,7 @@ def eager_call(
     solve: Callable[..., Solution], cache: dict[Any, Callable[..., Solution]],
     x: tf.Tensor, event_ndims: int, direction: str,
     context: TensorLike | None = None, seed: SeedLike = None,
-    regularizers: tuple[str, ...] = ()) -> Solution:
+    regularizers: tuple[Regularizer, ...] = ()) -> Solution:
   """`solve(x, direction, context, seed, regularizers)` through a cached `tf.function`.
 
   One function per call signature (direction, regularizers, context and
@@ -143,7 +144,7 @@ def eager_call(
     direction: `"inverse"` or `"forward"`.
     context: optional conditioning tensor.
     seed: optional stateless seed.
-    regularizers: checked regularizer names.
+    regularizers: checked regularizers (`regularizers.check`).
 
   Returns:
     What `solve` returns.

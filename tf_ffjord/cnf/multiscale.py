@@ -5,6 +5,7 @@ from collections.abc import Iterable, Sequence
 import tensorflow as tf
 import tensorflow_probability as tfp
 
+from tf_ffjord.cnf.regularizers import RegularizerLike, names
 from tf_ffjord._types import SeedLike, TensorLike
 from tf_ffjord.cnf import composite
 from tf_ffjord.cnf import one_solve
@@ -142,7 +143,7 @@ class ODENVP(one_solve.OneSolveBijector):
 
   def solve(self, x: TensorLike, direction: str = "inverse",
             context: TensorLike | None = None, seed: SeedLike = None,
-            regularizers: Iterable[str] = ()) -> Solution:
+            regularizers: Iterable[RegularizerLike] = ()) -> Solution:
     """Runs the stack once and returns a `Solution` summed over its flows.
 
     Args:
@@ -165,7 +166,7 @@ class ODENVP(one_solve.OneSolveBijector):
     one_solve.check_direction(direction)
     totals = {"log_det": tf.zeros(tf.shape(x)[:1], x.dtype),
               "nfe": tf.constant(0, tf.int32),
-              **{r: 0.0 for r in regularizers}}
+              **{r: 0.0 for r in names(regularizers)}}
 
     def run(k, h):
       s = None if seed is None else tf.convert_to_tensor(seed) + [0, k]
@@ -173,7 +174,7 @@ class ODENVP(one_solve.OneSolveBijector):
                             regularizers)
       totals["log_det"] += sol.log_det
       totals["nfe"] += tf.cast(sol.nfe, tf.int32)
-      for r in regularizers:
+      for r in sol.regularization:
         totals[r] += sol.regularization[r]
       return sol.state
 
@@ -210,4 +211,5 @@ class ODENVP(one_solve.OneSolveBijector):
         for k in reversed(range(2 * i * nb, 2 * i * nb + nb)):
           h = run(k, h)
     return Solution(h, totals["log_det"],
-                    {r: totals[r] for r in regularizers}, totals["nfe"])
+                    {r: totals[r] for r in names(regularizers)},
+                    totals["nfe"])

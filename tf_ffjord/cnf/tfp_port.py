@@ -7,6 +7,7 @@ import keras
 import tensorflow as tf
 import tensorflow_probability as tfp
 
+from tf_ffjord.cnf.regularizers import RegularizerLike
 from tf_ffjord.cnf import trace_estimators as divergence
 from tf_ffjord import solvers
 from tf_ffjord._types import DTypeLike, SeedLike, TensorLike, TimeLength
@@ -329,7 +330,7 @@ class TFPFFJORD(FFJORD):
 
   def solve(self, x: TensorLike, direction: str = "inverse",
             context: TensorLike | None = None, seed: SeedLike = None,
-            regularizers: Iterable[str] = ()) -> Solution:
+            regularizers: Iterable[RegularizerLike] = ()) -> Solution:
     """`FFJORD.solve` after TFP's conversion of floating input to `dtype`.
 
     `direction` is ours: `"inverse"` maps data to the base sample.

@@ -1,13 +1,12 @@
 """Constructors of `FlowModel`: FFJORD blocks on vectors (toys, tabular) and on images (multiscale or single-scale)."""
 
-from collections.abc import Mapping, Sequence
-from typing import Any
+from collections.abc import Callable, Mapping, Sequence
+from typing import Any, TypeAlias
 
 import keras
 import numpy as np
 import tensorflow_probability as tfp
 
-from tf_ffjord.cnf import composite as flows
 from tf_ffjord._types import TensorLike
 from tf_ffjord.cnf.ffjord import FFJORD
 from tf_ffjord.cnf.options import ffjord_arguments
@@ -19,14 +18,36 @@ from tf_ffjord.model.flow_model import FlowModel
 from tf_ffjord.cnf.multiscale import ODENVP
 from tf_ffjord.nets.unet import UNetODENet
 
-__all__ = ["FFJORDModel", "ImageFlow", "NETS"]
+__all__ = ["FFJORDModel", "ImageFlow", "NETS", "NetLike"]
 
 tfb = tfp.bijectors
+
+# The image nets by shorthand name.
+NETS = ("conv", "unet")
+# What `ImageFlow(net=)` takes: a name of `NETS`, a factory
+# `net(event_shape) -> keras layer` called once per block, a layer (one
+# block), or a sequence of layers (one per block).
+NetLike: TypeAlias = (str | keras.layers.Layer
+           | Callable[[tuple[int, ...]], keras.layers.Layer]
+           | Sequence[keras.layers.Layer])
 
 
 def _chain(blocks):
   """One block as itself, several as a Chain (block 0 on the data side)."""
   return blocks[0] if len(blocks) == 1 else tfb.Chain(blocks)
+
+
+def _check_layers(nets, owner):
+  """Raises `DynamicsError` unless every dynamics net is a Keras layer."""
+  for net in nets:
+    if not isinstance(net, keras.layers.Layer):
+      # Keras trains, saves and checkpoints Keras weights only.
+      raise DynamicsError(
+          f"{owner}'s dynamics must be Keras layers or models (their "
+          f"call(self, t, z) is the ODE's f); got {type(net).__name__}. "
+          "Write the net as a keras.layers.Layer, or train a tf.Module or "
+          "a function with tf_ffjord.FFJORD in a TFP-style loop (see the "
+          "Extending guide, 'Your own dynamics').")
 
 
 @keras.saving.register_keras_serializable("tf_ffjord")
@@ -94,15 +115,7 @@ class FFJORDModel(FlowModel):
                      name=f"odenet_{i}") for i in range(int(num_blocks))]
     if not nets:
       raise ValueError("FFJORDModel needs at least one block.")
-    for net in nets:
-      if not isinstance(net, keras.layers.Layer):
-        # Keras trains, saves and checkpoints Keras weights only.
-        raise DynamicsError(
-            f"FFJORDModel's dynamics must be Keras layers or models (their "
-            f"call(self, t, z) is the ODE's f); got {type(net).__name__}. "
-            "Write the net as a keras.layers.Layer, or train a tf.Module or "
-            "a function with tf_ffjord.FFJORD in a TFP-style loop (see the "
-            "Extending guide, 'Your own dynamics').")
+    _check_layers(nets, "FFJORDModel")
     blocks = [FFJORD(net, event_ndims=len(event_shape), name=f"ffjord_{i}",
                      **ffjord_arguments(dict(
                          ffjord_kwargs, time_length=float(time_length),
@@ -120,11 +133,6 @@ class FFJORDModel(FlowModel):
     self.train_time = bool(train_time)
     self.time_length = float(time_length)
     self.ffjord_kwargs = dict(ffjord_kwargs)
-
-  @property
-  def blocks(self) -> list[FFJORD]:
-    """The FFJORD blocks in data-to-base order."""
-    return flows.ffjord_blocks(self.bijector)
 
   @property
   def end_times(self) -> list[float]:
@@ -148,8 +156,6 @@ class FFJORDModel(FlowModel):
     return cls(**config)
 
 
-NETS = ("conv", "unet")
-
 
 @keras.saving.register_keras_serializable("tf_ffjord")
 class ImageFlow(FlowModel):
@@ -164,8 +170,14 @@ class ImageFlow(FlowModel):
 
   Args:
     event_shape: `(H, W, C)`.
-    net: the blocks' dynamics: `"conv"` (the paper's `ConvODENet`) or
-      `"unet"` (`UNetODENet`, for a single CNF over the image).
+    net: the blocks' dynamics (`NetLike`): a shorthand, `"conv"` (the
+      paper's `ConvODENet`) or `"unet"` (`UNetODENet`, for a single CNF
+      over the image), built from the arguments below; a factory
+      `net(event_shape) -> keras layer`, called once per block with the
+      `(H, W, C)` the block sees (multiscale blocks see squeezed and
+      factored-out shapes); a Keras layer (a single block); or a list of
+      layers, one per block. A `.keras` file keeps a factory's nets as
+      their Keras configs.
     dims: hidden channels of a `ConvODENet`, or the channels per level of a
       `UNetODENet`.
     strides: strides of a `ConvODENet`'s layers; default all 1.
@@ -186,7 +198,9 @@ class ImageFlow(FlowModel):
     **ffjord_kwargs: passed to every `FFJORD`.
 
   Raises:
-    ValueError: a bad event shape or an unknown `net`.
+    ValueError: a bad event shape, an unknown `net` name, or not one net
+      per block.
+    DynamicsError: a net that is not a Keras layer.
 
   #### Examples
 
@@ -196,10 +210,14 @@ class ImageFlow(FlowModel):
   >>> x = np.random.randint(0, 256, (16, 8, 8, 1)).astype("uint8")
   >>> sorted(model.fit(x, batch_size=8, verbose=0).history)
   ['bpd', 'loss', 'nfe', 'nfe_backward', 'nll']
+  >>> small = lambda shape: tf_ffjord.ConvODENet(dims=(4,),
+  ...                                            channels=shape[-1])
+  >>> ImageFlow((8, 8, 1), net=small, num_blocks=1).blocks[0].dynamics.dims
+  (4,)
   """
 
   def __init__(self, event_shape: Sequence[int] = (28, 28, 1),
-               net: str = "conv",
+               net: NetLike = "conv",
                dims: Sequence[int] = (64, 64, 64),
                strides: Sequence[int] | None = None, layer: str = "concat",
                groups: int = 8, activation: str = "softplus",
@@ -211,9 +229,7 @@ class ImageFlow(FlowModel):
     event_shape = tuple(int(d) for d in event_shape)
     if len(event_shape) != 3 or min(event_shape) < 1:
       raise ValueError(f"event_shape must be (H, W, C), got {event_shape}.")
-    if net not in NETS:
-      raise ValueError(f"Unknown net {net!r}; expected one of {NETS}.")
-    net_config = dict(net=net, dims=tuple(int(d) for d in dims),
+    net_config = dict(dims=tuple(int(d) for d in dims),
                       strides=None if strides is None
                       else tuple(int(s) for s in strides),
                       layer=layer, groups=int(groups), activation=activation)
@@ -223,17 +239,18 @@ class ImageFlow(FlowModel):
       shapes = ODENVP.flow_shapes(event_shape, num_blocks, num_scales)
     else:
       shapes = [event_shape] * num_blocks
-    blocks = [FFJORD(_image_net(shape, f"{net}net_{i}", **net_config),
-                     event_ndims=3, name=f"ffjord_{i}",
+    blocks = [FFJORD(dynamics, event_ndims=3, name=f"ffjord_{i}",
                      **ffjord_arguments(dict(
                          ffjord_kwargs, time_length=float(time_length),
                          train_time=bool(train_time)), name=f"ffjord_{i}"))
-              for i, shape in enumerate(shapes)]
+              for i, dynamics in enumerate(
+                  _image_nets(net, shapes, net_config))]
     stack = (ODENVP(blocks, event_shape, num_blocks, num_scales)
              if multiscale else _chain(blocks))
     super().__init__(tfb.Chain([LogitTransform(alpha), stack]),
                      event_shape, eval_options=eval_options or {},
                      dequantize=True, name=name)
+    self.net = net if isinstance(net, str) else None  # else: the blocks'
     self.net_config = net_config
     self.num_blocks = num_blocks
     self.multiscale = bool(multiscale)
@@ -244,7 +261,9 @@ class ImageFlow(FlowModel):
     self.ffjord_kwargs = dict(ffjord_kwargs)
 
   def get_config(self) -> dict[str, Any]:
-    return {"name": self.name, "event_shape": self.event_shape,
+    net = self.net or [keras.saving.serialize_keras_object(b.dynamics)
+                       for b in self.blocks]
+    return {"name": self.name, "event_shape": self.event_shape, "net": net,
             **self.net_config, "num_blocks": self.num_blocks,
             "multiscale": self.multiscale,
             "num_scales": self.num_scales if self.multiscale else None,
@@ -253,8 +272,43 @@ class ImageFlow(FlowModel):
             "eval_options": self.eval_options, **self.ffjord_kwargs}
 
 
+  @classmethod
+  def from_config(cls, config: dict[str, Any]) -> "ImageFlow":
+    config = dict(config)
+    if not isinstance(config.get("net", "conv"), str):
+      config["net"] = [keras.saving.deserialize_keras_object(n)
+                       for n in config["net"]]
+    return cls(**config)
+
+
+def _image_nets(net, shapes, net_config):
+  """The dynamics of the image blocks on events of `shapes`, from `net`."""
+  if isinstance(net, str):
+    if net not in NETS:
+      raise ValueError(f"Unknown net {net!r}; expected one of {NETS}, a "
+                       "factory net(event_shape) -> keras layer, or layers.")
+    return [_image_net(shape, f"{net}net_{i}", net, **net_config)
+            for i, shape in enumerate(shapes)]
+  if isinstance(net, keras.layers.Layer):
+    nets = [net]
+  elif isinstance(net, (list, tuple)):
+    nets = list(net)
+  elif callable(net):
+    nets = [net(tuple(shape)) for shape in shapes]
+  else:
+    raise ValueError(f"ImageFlow's net must be one of {NETS}, a factory "
+                     "net(event_shape) -> keras layer, a layer or a list of "
+                     f"layers; got {type(net).__name__}.")
+  if len(nets) != len(shapes):
+    raise ValueError(f"ImageFlow has {len(shapes)} blocks but got "
+                     f"{len(nets)} nets: pass one per block, or a factory "
+                     "net(event_shape) -> keras layer.")
+  _check_layers(nets, "ImageFlow")
+  return nets
+
+
 def _image_net(shape, name, net, dims, strides, layer, groups, activation):
-  """The dynamics of one image block on events of `shape`."""
+  """The dynamics of one named image net on events of `shape`."""
   if net == "unet":
     return UNetODENet(channels=dims, groups=groups, activation=activation,
                       out_channels=shape[-1], name=name)

@@ -1,8 +1,8 @@
 """`FlowModel`: a Keras model of a flow bijector on a standard-normal base, trained with `fit`."""
 
 from collections.abc import Mapping, Sequence
-import os
-from typing import Any, Literal, TypeVar, overload
+import functools
+from typing import Any
 
 import keras
 import numpy as np
@@ -10,27 +10,24 @@ import tensorflow as tf
 import tensorflow_probability as tfp
 
 from tf_ffjord import validation
-from tf_ffjord.cnf import density
+from tf_ffjord._types import TensorLike
 from tf_ffjord.cnf import composite as flows
+from tf_ffjord.cnf import density
+from tf_ffjord.cnf.ffjord import FFJORD
 from tf_ffjord.model import objectives
-from tf_ffjord.cnf import regularizers
-from tf_ffjord._types import SeedLike, TensorLike
 from tf_ffjord.model.base_distribution import standard_normal
-from tf_ffjord.cnf.image_transforms import dequantize
-from tf_ffjord.solvers import xla
-from tf_ffjord.model.steps import (LAST, MEAN, make_metric, monitorable,
-                                   step_logs)
+from tf_ffjord.model.flow_inference import FlowInference
+from tf_ffjord.model.metrics import LAST, MEAN, make_metric
+from tf_ffjord.model.steps import minimize, monitorable, step_logs
 
 __all__ = ["FlowModel"]
 
-# The output directory of `export`, returned as given.
-_PathT = TypeVar("_PathT", bound=str | os.PathLike[str])
 
-
-class FlowModel(keras.Model):
+class FlowModel(FlowInference, keras.Model):
   """A density model: a flow bijector on a standard-normal base.
 
-  The one training and evaluation loop of the library. `compile(optimizer,
+  The training and evaluation loop of the library's flows (the `VAE`, a
+  model of another kind, has its own). `compile(optimizer,
   objective)` takes an `Objective` (`MaximumLikelihood`, with optional RNODE
   regularizers, `FlowMatching`, or a user's), which owns the train step, its
   logs and their kinds, and its XLA rule; `fit` runs it; `evaluate` reports
@@ -47,7 +44,9 @@ class FlowModel(keras.Model):
   the evaluation flow at its own tolerance, `eval_options`' `rtol` and
   `atol`, 1e-5 by default (the paper's) whatever the training tolerance.
   Inputs, states, log-densities and samples are in the variable dtype
-  (float32 under a mixed policy; see `tf_ffjord.cnf.density`).
+  (float32 under a mixed policy; see `tf_ffjord.cnf.density.FlowView`).
+  Objectives, the density functions and the export see the model only
+  through its narrow `flow_view`.
 
   Args:
     bijector: the flow; `forward` maps base samples to data (an `FFJORD`,
@@ -99,13 +98,28 @@ class FlowModel(keras.Model):
     self.eval_bijector = flows.with_options(bijector, **self.eval_options)
     # Keras does not look inside tf.Modules: track the flows' layers here.
     self.flow_layers = flows.keras_layers(bijector, self.eval_bijector)
-    self.base = standard_normal(self.event_shape, density.dtype(self))
+    self.base = standard_normal(self.event_shape, self._dtype())
     self.objective: objectives.Objective = objectives.MaximumLikelihood()
     object.__setattr__(self, "trackers", {})
     object.__setattr__(self, "_monitored", [])
     # Compiled graphs of log_prob and sample, out of Keras' tracking.
     object.__setattr__(self, "_compiled_fns", {})
     self.build()
+
+  def _dtype(self) -> tf.dtypes.DType:
+    # The dtype rule of a flow (see `FlowView.dtype`): the variable dtype.
+    return tf.as_dtype(self.variable_dtype)
+
+  @property
+  def flow_view(self) -> density.FlowView:
+    """The narrow `FlowView` that objectives, density and export see."""
+    return density.FlowView(
+        bijector=self.bijector, base=self.base, event_shape=self.event_shape,
+        eval_bijector=self.eval_bijector, dtype=self._dtype(),
+        dequantize=self.dequantize, context_dim=self.context_dim,
+        minimize=functools.partial(minimize, self, return_loss=True),
+        losses=lambda: self.losses, variables=self.variables,
+        name=type(self).__name__)
 
   def build(self, input_shape: Any = None) -> None:
     """Creates every weight now: one Euler step of the flow on zeros.
@@ -116,10 +130,10 @@ class FlowModel(keras.Model):
     del input_shape
     probe = flows.with_options(self.bijector, solver="euler", step_size=1.0,
                                trace="hutchinson")
-    x = tf.zeros([1, *self.event_shape], density.dtype(self))
+    x = tf.zeros([1, *self.event_shape], self._dtype())
     context = None
     if self.context_dim:
-      context = tf.zeros([1, self.context_dim], density.dtype(self))
+      context = tf.zeros([1, self.context_dim], self._dtype())
     flows.solve(probe, x, "inverse", context)
     self.built = True
 
@@ -143,24 +157,32 @@ class FlowModel(keras.Model):
         matching with OT under `jit_compile=True`).
     """
     objective = objectives.get(objective)
-    objective.check(self)
+    view = self.flow_view
+    objective.check(view)
     kwargs["jit_compile"] = objective.jit_compile(
-        self, kwargs.get("jit_compile", "auto"))
+        view, kwargs.get("jit_compile", "auto"))
     self.objective = objective
     # `loss`, the objective's metrics, then evaluate's: nll, nfe (and bpd).
     # Made at compile, after the model is built (and so locked to Keras
     # tracking): `metrics` lists them.
-    kinds = {"loss": MEAN, **objective.metrics(self)}
+    kinds = {"loss": MEAN, **objective.metrics(view)}
     for name, kind in self.evaluation_metrics.items():
       kinds.setdefault(name, kind)
+    # Losses, and the penalties of a likelihood's regularizers.
+    lower = _LOWER_IS_BETTER.union(getattr(objective, "regularization", ()))
     object.__setattr__(self, "trackers", {
-        name: make_metric(name, kind, lower_is_better=name in _LOWER_IS_BETTER)
+        name: make_metric(name, kind, lower_is_better=name in lower)
         for name, kind in kinds.items()})
     # Then the directions of the losses, so that EarlyStopping & co.
     # monitor nll, val_nll, bpd... in their default mode="auto".
     object.__setattr__(self, "_monitored",
                        monitorable(list(self.trackers.values())))
     super().compile(optimizer=optimizer, **kwargs)
+
+  @property
+  def blocks(self) -> list[FFJORD]:
+    """The flow's FFJORD blocks in data-to-base order."""
+    return flows.ffjord_blocks(self.bijector)
 
   @property
   def metrics(self) -> list[Any]:
@@ -189,7 +211,7 @@ class FlowModel(keras.Model):
       if x.dtype.is_floating:
         x = validation.check_finite(x, owner)
     else:
-      x = validation.check_events(x, self.event_shape, density.dtype(self),
+      x = validation.check_events(x, self.event_shape, self._dtype(),
                                   owner, what, batch_ndims=1)
     # A shape Keras relaxed to an unknown rank is checked in the graph
     # (above, first): give the solve its static event shape.
@@ -203,7 +225,7 @@ class FlowModel(keras.Model):
         raise validation.InputError(
             f"{owner} has no context (context_dim=0); got a context.")
       context = validation.check_events(
-          context, [self.context_dim], density.dtype(self), owner,
+          context, [self.context_dim], self._dtype(), owner,
           f"context vectors (context_dim={self.context_dim})", batch_ndims=1)
     return x, context
 
@@ -239,120 +261,7 @@ class FlowModel(keras.Model):
            training: bool = False) -> tf.Tensor:
     """log p(x) with the training flow (training) or the evaluation flow."""
     x, context = self._check(x, context)
-    return density.log_prob(
-        self, x, context, self.bijector if training else self.eval_bijector)[0]
-
-  def _compiled(self, key, fn, input_signature=None):
-    """`fn` as a cached `tf.function` for in-process calls of any batch size.
-
-    Traced under `solvers.xla.any_batch_size()`: with `jit_compile="auto"`
-    its solves run plain, so a new batch size reuses the trace instead of
-    waiting for an XLA compile of its own.
-    """
-    if key not in self._compiled_fns:
-      def traced(*args):
-        with xla.any_batch_size():
-          return fn(*args)
-      self._compiled_fns[key] = tf.function(
-          traced, input_signature=input_signature,
-          reduce_retracing=input_signature is None)
-    return self._compiled_fns[key]
-
-  # The return type follows `return_nfe`: a tensor, or (tensor, NFE).
-  @overload
-  def log_prob(self, x: TensorLike, context: TensorLike | None = None,
-               seed: SeedLike = None,
-               return_nfe: Literal[False] = False) -> tf.Tensor: ...
-
-  @overload
-  def log_prob(self, x: TensorLike, context: TensorLike | None = None,
-               seed: SeedLike = None, *,
-               return_nfe: Literal[True]) -> tuple[tf.Tensor, tf.Tensor]: ...
-
-  @overload
-  def log_prob(self, x: TensorLike, context: TensorLike | None = None,
-               seed: SeedLike = None, return_nfe: bool = False
-               ) -> tf.Tensor | tuple[tf.Tensor, tf.Tensor]: ...
-
-  def log_prob(self, x: TensorLike, context: TensorLike | None = None,
-               seed: SeedLike = None, return_nfe: bool = False
-               ) -> tf.Tensor | tuple[tf.Tensor, tf.Tensor]:
-    """log p(x) in nats per example, by the evaluation flow, compiled.
-
-    The evaluation flow solves at its own tolerance (`eval_options`,
-    default rtol = atol = 1e-5), not the training one.
-
-    Args:
-      x: `[batch, *event_shape]` float data (dequantized, in [0, 1], for
-        image models).
-      context: `[batch, context_dim]` for conditional models.
-      seed: optional `[2]` stateless seed of Hutchinson probes (if the
-        evaluation flow uses that trace).
-      return_nfe: also return the NFE of the solve.
-
-    Returns:
-      log p(x), or `(log p(x), nfe)`.
-    """
-    x, context = self._check(x, context)
-
-    has_context, has_seed = context is not None, seed is not None
-    args = [x] + ([context] if has_context else []) + (
-        [tf.convert_to_tensor(seed, tf.int32)] if has_seed else [])
-    # Every batch size from the first call on: one trace, no retrace. The
-    # checked input fixes the rest of the signature, so the key is the
-    # arguments present.
-    specs = [tf.TensorSpec([None, *a.shape[1:]], a.dtype)
-             for a in args[:1 + has_context]]
-    specs += [tf.TensorSpec([2], tf.int32)] if has_seed else []
-
-    def fn(x, *rest):
-      c = rest[0] if has_context else None
-      s = rest[-1] if has_seed else None
-
-      def solve():
-        logp, sol = density.log_prob(self, x, c, seed=s)
-        return logp, tf.cast(sol.nfe, tf.int32)
-      return density.unless_empty(x.shape[0], tf.shape(x)[0], solve, lambda: (
-          tf.zeros([0], x.dtype), tf.constant(0, tf.int32)))
-
-    compiled = self._compiled(("log_prob", has_context, has_seed), fn, specs)
-    logp, nfe = compiled(*args)
-    return (logp, nfe) if return_nfe else logp
-
-  def bits_per_dim(self, images: TensorLike, seed: SeedLike = None
-                   ) -> tf.Tensor:
-    """bits/dim of each 8-bit image under one (seeded) dequantization."""
-    images, _ = self._check(images, raw_images=True)
-    x = density.dequantize(self, dequantize(images, seed=seed))
-    return density.bits_per_dim(self, self.log_prob(x, seed=seed))
-
-  def sample(self, n: int, context: TensorLike | None = None,
-             seed: int | None = None) -> tf.Tensor:
-    """Draws `n` samples by integrating base samples forward.
-
-    By the evaluation flow, at its tolerance (see `log_prob`).
-
-    Args:
-      n: number of samples.
-      context: `[n, context_dim]` for conditional models.
-      seed: int seed for reproducible samples (the export's `sample(n,
-        seed)` gives the same ones).
-    """
-    n = validation.check_count(n, type(self).__name__)
-    if seed is None:
-      seed = int(np.random.randint(0, 2**31 - 1))
-    if context is not None:
-      context = validation.check_events(
-          context, [self.context_dim], density.dtype(self),
-          type(self).__name__, "context vectors", batch_ndims=1)
-    fn = self._compiled(("sample", context is not None), self.sample_fn)
-    return fn(n, tf.convert_to_tensor(seed, tf.int32), context)
-
-  def sample_fn(self, n: TensorLike, seed: TensorLike,
-                context: TensorLike | None = None) -> tf.Tensor:
-    """The graph of `sample` (also traced by the SavedModel export)."""
-    n = validation.check_count(n, type(self).__name__)
-    return density.sample(self, n, seed, context)
+    return self.flow_view(x, context, training=training)
 
   # -- training ----------------------------------------------------------
 
@@ -361,7 +270,7 @@ class FlowModel(keras.Model):
     if isinstance(x, (tuple, list)) and len(x) == 2 and context is None:
       x, context = x  # fit((x, context)) with arrays: Keras keeps the pair
     x, context = self._check(x, context, raw_images=self.dequantize)
-    return density.dequantize(self, x), context
+    return density.dequantize(self.flow_view, x), context
 
   def fit(self, x: Any = None, y: Any = None, *args: Any,  # pylint: disable=keyword-arg-before-vararg
           **kwargs: Any) -> keras.callbacks.History:
@@ -387,7 +296,7 @@ class FlowModel(keras.Model):
     undeclared = sorted(set(logs) - set(self.trackers))
     if undeclared:
       raise ValueError(f"{self.objective!r} logged {undeclared}, which its "
-                       f"metrics(model) does not declare (as \"mean\" or "
+                       f"metrics(flow) does not declare (as \"mean\" or "
                        f"\"last\").")
     for name, value in logs.items():
       self.trackers[name].update_state(value)
@@ -395,43 +304,19 @@ class FlowModel(keras.Model):
 
   def train_step(self, data: Any) -> dict[str, tf.Tensor]:
     x, context = self._unpack(data)
-    return self._report(self.objective.step(self, x, context))
+    return self._report(self.objective.step(self.flow_view, x, context))
 
   def test_step(self, data: Any) -> dict[str, tf.Tensor]:
     x, context = self._unpack(data)
-    logp, sol = density.log_prob(self, x, context)
-    nll = -tf.reduce_mean(logp)
-    logs = {"nll": nll, "nfe": sol.nfe}
-    if self.dequantize:
-      logs["bpd"] = density.bits_per_dim(self, -nll)
-    loss = self.objective.validation_loss(self, x, context, logs)
+    view = self.flow_view
+    logp, sol = density.log_prob(view, x, context)
+    logs = {**density.nll_logs(view, logp), "nfe": sol.nfe}
+    loss = self.objective.validation_loss(view, x, context, logs)
     if loss is not None:
       logs["loss"] = loss
     return self._report(logs)
 
   # -- saving ------------------------------------------------------------
-
-  def export(self, path: _PathT, batch_size: int | None = None,
-             custom_gradients: bool = False) -> _PathT:
-    """Writes a SavedModel that serves without tf_ffjord installed.
-
-    Signatures `log_prob` (the evaluation flow; also `serving_default`),
-    `log_prob_hutchinson(x, seed)`, `sample(n, seed)`, `forward(z)` and
-    `inverse(x)`; see `tf_ffjord.saving.export.export_model`.
-
-    Args:
-      path: output directory.
-      batch_size: fix the batch dimension of the signatures (`None`: any).
-      custom_gradients: save the adjoint gradient (slow to save; not
-        needed for serving); by default the loaded functions differentiate
-        by plain backpropagation through the solve.
-
-    Returns:
-      `path`.
-    """
-    from tf_ffjord.saving import export  # pylint: disable=g-import-not-at-top
-    return export.export_model(self, path, batch_size=batch_size,
-                               custom_gradients=custom_gradients)
 
   def get_compile_config(self) -> dict[str, Any] | None:
     # Keras skips compile() on load for a custom compile unless these exist.
@@ -453,5 +338,4 @@ class FlowModel(keras.Model):
 
 
 # Logs for which lower is better, whatever objective logs them.
-_LOWER_IS_BETTER = frozenset(("loss", "nll", "bpd", "fm_loss",
-                              *regularizers.REGULARIZERS))
+_LOWER_IS_BETTER = frozenset(("loss", "nll", "bpd", "fm_loss"))

@@ -1,21 +1,20 @@
 """Training objectives of a `FlowModel`: maximum likelihood (plus RNODE regularizers) and flow matching."""
 
-from collections.abc import Mapping
-from typing import TYPE_CHECKING, Any, TypeVar
+from collections.abc import Mapping, Sequence
+from typing import Any, TypeVar
 
 import keras
 import tensorflow as tf
 
 from tf_ffjord import solvers
+from tf_ffjord._shorthand import resolve
 from tf_ffjord.cnf import density
 from tf_ffjord.cnf import trace_estimators as divergence
 from tf_ffjord.cnf import composite as flows
 from tf_ffjord.cnf import regularizers as regs
+from tf_ffjord.cnf.density import FlowView
 from tf_ffjord.model.flow_matching import flow_matching_loss
-from tf_ffjord.model.steps import LAST, MEAN, minimize
-
-if TYPE_CHECKING:
-  from tf_ffjord.model.flow_model import FlowModel
+from tf_ffjord.model.metrics import LAST, MEAN
 
 __all__ = ["Objective", "MaximumLikelihood", "FlowMatching", "get",
            "deserialize"]
@@ -27,18 +26,23 @@ _O = TypeVar("_O", bound="Objective")
 class Objective:
   """What a `FlowModel`'s `train_step` minimizes, and what it logs.
 
-  A subclass defines `loss(model, x, context)`, which runs under the gradient
-  tape and returns the scalar loss and a dict of scalar step logs, and
-  `metrics(model)`, the kind of each log: `"mean"` (the mean over the epoch)
-  or `"last"` (the last step's value). The model makes one Keras metric per
-  log and knows nothing else of the objective. Optional hooks: `check(model)`
-  runs at `compile` and raises on a model the objective cannot train;
-  `jit_compile(model, requested)` decides whether Keras may XLA-compile the
-  train step; `step(model, x, context)` is the whole train step (by default
-  one optimizer step on `loss`, logging it as `loss` beside the objective's
-  logs), for logs read after the gradient; `validation_loss(model, x,
-  context, logs)` is the `loss` that `evaluate` logs (by default `loss` on
-  the batch), so that `val_loss` is the objective's.
+  An objective sees the model through its narrow `FlowView` (`flow`: the
+  training and evaluation flows, the base, the event shape, the optimizer
+  step), never the model itself. A subclass defines `loss(flow, x,
+  context)`, which runs under the gradient tape and returns the scalar loss
+  and a dict of scalar step logs (`flow(x, training=True)` is the
+  log-density by the training flow), and `metrics(flow)`, the kind of each
+  log: `"mean"` (the mean over the epoch) or `"last"` (the last step's
+  value). The model makes one Keras metric per log and knows nothing else
+  of the objective. Optional hooks: `check(flow)` runs at `compile` and
+  raises on a flow the objective cannot train; `jit_compile(flow,
+  requested)` decides whether Keras may XLA-compile the train step;
+  `step(flow, x, context)` is the whole train step (by default one
+  optimizer step on `loss`, `flow.step`, logging it as `loss` beside the
+  objective's logs), for logs read after the gradient;
+  `validation_loss(flow, x, context, logs)` is the `loss` that `evaluate`
+  logs (by default `loss` on the batch), so that `val_loss` is the
+  objective's.
 
   Objectives are Keras-serializable: with `get_config` (the constructor's
   arguments) and the `keras.saving.register_keras_serializable` decorator,
@@ -48,9 +52,9 @@ class Objective:
 
   >>> @keras.saving.register_keras_serializable("doctest")
   ... class Energy(Objective):
-  ...   def metrics(self, model):
+  ...   def metrics(self, flow):
   ...     return {"energy": "mean"}
-  ...   def loss(self, model, x, context=None):
+  ...   def loss(self, flow, x, context=None):
   ...     e = tf.reduce_mean(tf.square(x))
   ...     return e, {"energy": e}
   >>> keras.saving.deserialize_keras_object(
@@ -58,21 +62,21 @@ class Objective:
   Energy()
   """
 
-  def metrics(self, model: "FlowModel") -> dict[str, str]:
+  def metrics(self, flow: FlowView) -> dict[str, str]:
     """`{log name: "mean" or "last"}` of the logs `loss` (or `step`) returns."""
-    del model
+    del flow
     return {}
 
-  def check(self, model: "FlowModel") -> None:
-    """Raises `ValueError` if the objective cannot train `model`."""
-    del model
+  def check(self, flow: FlowView) -> None:
+    """Raises `ValueError` if the objective cannot train `flow`."""
+    del flow
 
-  def jit_compile(self, model: "FlowModel", requested: bool | str
+  def jit_compile(self, flow: FlowView, requested: bool | str
                   ) -> bool | str:
     """The `jit_compile` of the train step, given the one `compile` got.
 
     Args:
-      model: the model being compiled.
+      flow: the view of the model being compiled.
       requested: `True`, `False` or `"auto"` (Keras' default).
 
     Returns:
@@ -81,49 +85,49 @@ class Objective:
     Raises:
       ValueError: a requested XLA compile the objective cannot run under.
     """
-    del model
+    del flow
     return requested
 
-  def loss(self, model: "FlowModel", x: tf.Tensor,
+  def loss(self, flow: FlowView, x: tf.Tensor,
            context: tf.Tensor | None = None
            ) -> tuple[tf.Tensor, dict[str, tf.Tensor]]:
     """`(scalar loss, {name: scalar log})` of one batch."""
     raise NotImplementedError
 
-  def step(self, model: "FlowModel", x: tf.Tensor,
+  def step(self, flow: FlowView, x: tf.Tensor,
            context: tf.Tensor | None = None) -> dict[str, tf.Tensor]:
-    """One training step; returns its logs (`metrics(model)` names them).
+    """One training step; returns its logs (`metrics(flow)` names them).
 
     The default logs the loss minimized (with the model's own losses) as
     `loss`, which Keras' callbacks monitor by default (as `val_loss`).
     """
-    loss, logs = minimize(model, lambda: self.loss(model, x, context),
-                          return_loss=True)
+    loss, logs = flow.step(lambda: self.loss(flow, x, context))
     return {"loss": loss, **logs}
 
-  def validation_loss(self, model: "FlowModel", x: tf.Tensor,
+  def validation_loss(self, flow: FlowView, x: tf.Tensor,
                       context: tf.Tensor | None,
                       logs: Mapping[str, tf.Tensor]) -> tf.Tensor | None:
     """The objective's loss on a validation batch (`val_loss`), or None.
 
     Args:
-      model: the model.
+      flow: the view of the model.
       x: the batch (dequantized).
       context: its context, or None.
       logs: the evaluation logs of the batch: `nll`, `nfe` (and `bpd`), by
         the evaluation flow.
 
     Returns:
-      A scalar, by default `loss(model, x, context)` plus the model's own
+      A scalar, by default `loss(flow, x, context)` plus the model's own
       losses, as in training; None for no `loss` log (an objective that
       only defines `step`).
     """
     del logs
     try:
-      loss = self.loss(model, x, context)[0]
+      loss = self.loss(flow, x, context)[0]
     except NotImplementedError:
       return None
-    return loss + tf.add_n(model.losses) if model.losses else loss
+    own = flow.losses()
+    return loss + tf.add_n(own) if own else loss
 
   def get_config(self) -> dict[str, Any]:
     return {}
@@ -137,6 +141,12 @@ class Objective:
     return f"{type(self).__name__}({args})"
 
 
+# A regularization: `{name: weight}`, or `(regularizer, weight)` pairs whose
+# regularizer is a name or a `Regularizer`.
+Regularization = (Mapping["str | regs.Regularizer", float]
+                  | Sequence[tuple["str | regs.Regularizer", float]])
+
+
 @keras.saving.register_keras_serializable("tf_ffjord")
 class MaximumLikelihood(Objective):
   """Mean negative log-likelihood (nats) through ODE solves, plus penalties.
@@ -144,89 +154,100 @@ class MaximumLikelihood(Objective):
   Each solve draws fresh Hutchinson probes (distinct per replica). The
   regularizers (Finlay et al. 2020) are integrated along the same solves as
   extra ODE states, so they cost no extra dynamics evaluations; each adds
-  weight x its mean integral to the loss and is logged as a metric. Logs:
-  `loss`, `nll`, the forward `nfe` and adjoint `nfe_backward` of the last
-  step, `bpd` for image models, and each regularizer. Without
-  regularizers the loss is the NLL, and `val_loss` is the validation
-  `nll` by the evaluation flow (no second solve); with them, the loss of
-  the training flow on the validation batch.
+  weight x its mean integral to the loss and is logged as a metric under
+  its name. Logs: `loss`, `nll`, the forward `nfe` and adjoint
+  `nfe_backward` of the last step, `bpd` for image models, and each
+  regularizer. Without regularizers the loss is the NLL, and `val_loss` is
+  the validation `nll` by the evaluation flow (no second solve); with
+  them, the loss of the training flow on the validation batch.
 
   Args:
-    regularization: dict name -> weight over `tf_ffjord.cnf.regularizers`
-      (`"kinetic"`, `"jacobian"`, `"l1"`, `"l2"`).
+    regularization: the penalties and their weights: a dict `{name:
+      weight}` over the shorthands of `tf_ffjord.cnf.regularizers`
+      (`"kinetic"`, `"jacobian"`, `"l1"`, `"l2"`), whose keys may also be
+      `Regularizer` objects (a user's own), or a sequence of `(regularizer,
+      weight)` pairs.
 
   Raises:
-    ValueError: an unknown regularizer or a negative weight.
+    ValueError: an unknown regularizer, two of one name, or a negative
+      weight.
 
   #### Examples
 
-  >>> MaximumLikelihood({"kinetic": 0.01}).metric_names
-  ('nll', 'nfe', 'nfe_backward', 'kinetic')
+  >>> MaximumLikelihood({"kinetic": 0.01, "l2": 0.1}).regularizers
+  (KineticEnergy(), L2())
   """
 
-  def __init__(self, regularization: Mapping[str, float] | None = None
-               ) -> None:
-    self.regularization = dict(regularization or {})
-    for name, weight in self.regularization.items():
-      if name not in regs.REGULARIZERS:
-        raise ValueError(f"Unknown regularizer {name!r}; expected one of "
-                         f"{regs.REGULARIZERS}.")
+  def __init__(self, regularization: Regularization | None = None) -> None:
+    pairs = list(regularization.items()
+                 if isinstance(regularization, Mapping)
+                 else regularization or ())
+    self.regularizers = regs.check(r for r, _ in pairs)
+    self.weights = tuple(float(w) for _, w in pairs)
+    for r, weight in zip(self.regularizers, self.weights):
       if not weight >= 0:
         raise ValueError(f"Regularization weights must be >= 0, got "
-                         f"{name}={weight}.")
+                         f"{r.name}={weight}.")
 
   @property
-  def metric_names(self) -> tuple[str, ...]:
-    """The logs on a vector model."""
-    return ("nll", "nfe", "nfe_backward", *self.regularization)
+  def regularization(self) -> dict[str, float]:
+    """`{name: weight}` of the regularizers."""
+    return {r.name: w for r, w in zip(self.regularizers, self.weights)}
 
-  def metrics(self, model: "FlowModel") -> dict[str, str]:
+  def metrics(self, flow: FlowView) -> dict[str, str]:
     kinds = {"nll": MEAN, "nfe": LAST, "nfe_backward": LAST}
-    if getattr(model, "dequantize", False):
+    if flow.dequantize:
       kinds["bpd"] = MEAN
     return {**kinds, **dict.fromkeys(self.regularization, MEAN)}
 
-  def check(self, model: "FlowModel") -> None:
-    if "jacobian" in self.regularization and any(
-        not b.trace.has_probe for b in flows.ffjord_blocks(model.bijector)):
-      raise ValueError("The 'jacobian' regularizer reuses the Hutchinson "
-                       "probe: train with a probing trace (trace='hutchinson').")
+  def check(self, flow: FlowView) -> None:
+    for block in flows.ffjord_blocks(flow.bijector):
+      regs.check(self.regularizers, block.trace)
 
-  def loss(self, model: "FlowModel", x: tf.Tensor,
+  def loss(self, flow: FlowView, x: tf.Tensor,
            context: tf.Tensor | None = None
            ) -> tuple[tf.Tensor, dict[str, tf.Tensor]]:
-    logp, sol = density.log_prob(model, x, context, bijector=model.bijector,
+    logp, sol = density.log_prob(flow, x, context, bijector=flow.bijector,
                                  seed=divergence.replica_seed(),
-                                 regularizers=tuple(self.regularization))
-    nll = -tf.reduce_mean(logp)
-    loss = nll
-    logs = {"nll": nll, "nfe": sol.nfe}
+                                 regularizers=self.regularizers)
+    logs = {**density.nll_logs(flow, logp), "nfe": sol.nfe}
+    loss = logs["nll"]
     for name, weight in self.regularization.items():
       value = tf.reduce_mean(sol.regularization[name])
       loss += weight * value
       logs[name] = value
     return loss, logs
 
-  def step(self, model: "FlowModel", x: tf.Tensor,
+  def step(self, flow: FlowView, x: tf.Tensor,
            context: tf.Tensor | None = None) -> dict[str, tf.Tensor]:
-    logs = super().step(model, x, context)
+    logs = super().step(flow, x, context)
     # The adjoint solves run in the gradient: their NFE is known only now.
-    logs["nfe_backward"] = tf.add_n(
-        [b.nfe_backward.read_value()
-         for b in flows.ffjord_blocks(model.bijector)])
-    if getattr(model, "dequantize", False):
-      logs["bpd"] = density.bits_per_dim(model, -logs["nll"])
+    logs["nfe_backward"] = flow.nfe_backward()
     return logs
 
-  def validation_loss(self, model: "FlowModel", x: tf.Tensor,
+  def validation_loss(self, flow: FlowView, x: tf.Tensor,
                       context: tf.Tensor | None,
                       logs: Mapping[str, tf.Tensor]) -> tf.Tensor | None:
-    if not self.regularization and not model.losses:
+    if not self.regularizers and not flow.losses():
       return logs["nll"]  # the loss itself, by the exact evaluation solve
-    return super().validation_loss(model, x, context, logs)
+    return super().validation_loss(flow, x, context, logs)
 
   def get_config(self) -> dict[str, Any]:
-    return {"regularization": self.regularization}
+    # Shorthands by name; other regularizers by their Keras config.
+    if all(type(r) is regs.REGULARIZERS.get(r.name)  # pylint: disable=unidiomatic-typecheck
+           for r in self.regularizers):
+      return {"regularization": self.regularization}
+    return {"regularization": [
+        [keras.saving.serialize_keras_object(r), w]
+        for r, w in zip(self.regularizers, self.weights)]}
+
+  @classmethod
+  def from_config(cls, config: Mapping[str, Any]) -> "MaximumLikelihood":
+    regularization = config.get("regularization")
+    if isinstance(regularization, list):
+      regularization = [(keras.saving.deserialize_keras_object(r), w)
+                        for r, w in regularization]
+    return cls(regularization)
 
 
 @keras.saving.register_keras_serializable("tf_ffjord")
@@ -250,27 +271,25 @@ class FlowMatching(Objective):
     ValueError: a negative sigma.
   """
 
-  metric_names: tuple[str, ...] = ("fm_loss",)
-
   def __init__(self, ot: bool = False, sigma: float = 0.0) -> None:
     if not sigma >= 0:
       raise ValueError(f"sigma must be >= 0, got {sigma}.")
     self.ot = bool(ot)
     self.sigma = float(sigma)
 
-  def metrics(self, model: "FlowModel") -> dict[str, str]:
-    del model
+  def metrics(self, flow: FlowView) -> dict[str, str]:
+    del flow
     return {"fm_loss": MEAN}
 
-  def check(self, model: "FlowModel") -> None:
-    _, block = flows.flow_matching_parts(model.bijector)
+  def check(self, flow: FlowView) -> None:
+    _, block = flows.flow_matching_parts(flow.bijector)
     if any(layer.trainable_weights for layer in block.keras_layers
            if layer is not block.dynamics):
       raise ValueError("Flow matching regresses a field over a fixed time "
                        "interval and cannot learn the end time: build the "
                        "model with train_time=False.")
 
-  def jit_compile(self, model: "FlowModel", requested: bool | str
+  def jit_compile(self, flow: FlowView, requested: bool | str
                   ) -> bool | str:
     if self.ot:
       if requested is True:
@@ -282,21 +301,21 @@ class FlowMatching(Objective):
     # Keras' "auto" leaves XLA off on CPU, and a flow-matching step has no
     # solve whose own jit_compile would apply: decide by the solvers' rule
     # (on for dense dynamics on CPU, off for convolutions; on for GPUs).
-    _, block = flows.flow_matching_parts(model.bijector)
+    _, block = flows.flow_matching_parts(flow.bijector)
     return solvers.use_xla(
         "auto", solvers.xla.num_weights(block.dynamics), None,
-        len(model.event_shape), solvers.xla.device_type(tf.zeros([])))
+        len(flow.event_shape), solvers.xla.device_type(tf.zeros([])))
 
-  def loss(self, model: "FlowModel", x: tf.Tensor,
+  def loss(self, flow: FlowView, x: tf.Tensor,
            context: tf.Tensor | None = None
            ) -> tuple[tf.Tensor, dict[str, tf.Tensor]]:
-    pre, block = flows.flow_matching_parts(model.bijector)
+    pre, block = flows.flow_matching_parts(flow.bijector)
     # Per dimension, so that learning rates and gradient clipping carry
     # over between data sets of different sizes.
     fm = tf.reduce_mean(flow_matching_loss(
         block.dynamics, pre(x), context, time_length=block.time_length,
         initial_time=block.initial_time, ot=self.ot,
-        sigma=self.sigma)) / model.event_size
+        sigma=self.sigma)) / flow.event_size
     return fm, {"fm_loss": fm}
 
   def get_config(self) -> dict[str, Any]:
@@ -313,12 +332,7 @@ def get(objective: Objective | str) -> Objective:
   Raises:
     ValueError: an unknown name or type.
   """
-  if isinstance(objective, Objective):
-    return objective
-  if isinstance(objective, str) and objective in _NAMES:
-    return _NAMES[objective]()
-  raise ValueError(f"Unknown objective {objective!r}; expected one of "
-                   f"{sorted(_NAMES)} or an Objective instance.")
+  return resolve(objective, Objective, _NAMES, "objective")
 
 
 def deserialize(config: Mapping[str, Any] | str) -> Objective:

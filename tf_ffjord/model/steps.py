@@ -1,4 +1,4 @@
-"""Pieces of the custom Keras train steps of `FlowModel` and `VAE`: one optimizer step, step logs Keras can reduce, the two kinds of step metric and their direction."""
+"""Pieces of the custom Keras train steps of `FlowModel` and `VAE`: one optimizer step, step logs Keras can reduce, and the metric directions Keras' callbacks read."""
 
 from collections.abc import Callable, Sequence
 from typing import Any
@@ -8,14 +8,8 @@ import tensorflow as tf
 
 from tf_ffjord import _internal_apis
 from tf_ffjord._distribute import in_multi_worker_mode
-from tf_ffjord._types import TensorLike
 
-__all__ = ["MEAN", "LAST", "METRIC_KINDS", "LastValue", "make_metric",
-           "monitorable", "minimize", "step_logs"]
-
-MEAN = "mean"  # the mean over the epoch (a loss)
-LAST = "last"  # the last step's value (a count such as the NFE)
-METRIC_KINDS = (MEAN, LAST)
+__all__ = ["monitorable", "minimize", "step_logs"]
 
 
 def minimize(model: keras.Model, loss_fn: Callable[[], tuple[tf.Tensor, Any]],
@@ -59,59 +53,6 @@ def step_logs(logs: dict[str, tf.Tensor]) -> dict[str, tf.Tensor]:
   return logs
 
 
-@keras.saving.register_keras_serializable("tf_ffjord")
-class LastValue(keras.metrics.Metric):
-  """A metric that reports the last value it was given (e.g. the last NFE)."""
-
-  def __init__(self, name: str = "last_value", **kwargs: Any) -> None:
-    super().__init__(name=name, **kwargs)
-    # Under tf.distribute each replica keeps its own value; report their
-    # mean, not their sum.
-    self.value = self.add_variable(shape=(), initializer="zeros", name="value",
-                                   aggregation="mean")
-
-  def update_state(self, value: TensorLike) -> None:
-    self.value.assign(tf.cast(value, self.value.dtype))
-
-  def result(self) -> tf.Tensor:
-    return tf.convert_to_tensor(self.value)  # a tensor, also under tf.distribute
-
-  def reset_state(self) -> None:
-    self.value.assign(0.0)
-
-
-def make_metric(name: str, kind: str,
-                lower_is_better: bool = False) -> keras.metrics.Metric:
-  """The Keras metric of a step log: `MEAN` over the epoch or `LAST` value.
-
-  Args:
-    name: the log's name.
-    kind: `MEAN` or `LAST`.
-    lower_is_better: mark the metric as one to minimize, for the callbacks
-      that monitor it (see `monitorable`).
-
-  Raises:
-    ValueError: an unknown kind.
-
-  #### Examples
-
-  >>> type(make_metric("nfe", LAST)).__name__
-  'LastValue'
-  """
-  if kind == MEAN:
-    metric = keras.metrics.Mean(name=name)
-  elif kind == LAST:
-    metric = LastValue(name=name)
-  else:
-    raise ValueError(f"Unknown kind {kind!r} of metric {name!r}; expected "
-                     f"one of {METRIC_KINDS}.")
-  if lower_is_better:
-    # Keras' own losses and error metrics set this private attribute, the
-    # one Keras reads (see `monitorable`).
-    metric._direction = "down"  # pylint: disable=protected-access
-  return metric
-
-
 def monitorable(metrics: Sequence[Any]) -> list[Any]:
   """`metrics`, then one entry through which Keras' callbacks see directions.
 
@@ -121,7 +62,8 @@ def monitorable(metrics: Sequence[Any]) -> list[Any]:
   `_direction` of the metrics that `model.metrics` holds inside Keras'
   private metric containers (`_internal_apis.metric_directions`), and fail
   for any other name. So a model's `metrics` ends with one such container
-  of its metrics marked by `make_metric(..., lower_is_better=True)`: it has
+  of its metrics marked by
+  `tf_ffjord.model.metrics.make_metric(..., lower_is_better=True)`: it has
   no state and reports nothing (`reset_state`, `result` are no-ops), so
   the model's logs, `evaluate`'s list order and saving are as before.
   `tests/model/test_keras_habits.py` fails if Keras changes this.

@@ -1,4 +1,4 @@
-"""`VAE`: a Bernoulli VAE with a Gaussian, IAF (MAF) or amortized FFJORD posterior."""
+"""`VAE`: a Bernoulli VAE with a Gaussian, IAF (MAF) or amortized FFJORD posterior: the encoder, decoder, bounds and train step."""
 
 from collections.abc import Sequence
 from typing import Any
@@ -8,18 +8,15 @@ import numpy as np
 import tensorflow as tf
 
 from tf_ffjord._types import SeedLike, TensorLike
-from tf_ffjord.cnf.ffjord import FFJORD
-from tf_ffjord.cnf.options import ffjord_arguments
 from tf_ffjord.cnf.trace_estimators import replica_seed
 from tf_ffjord.model.base_distribution import standard_normal
-from tf_ffjord.nets.dense import ODENet
-from tf_ffjord.nets.made import MADE, iaf_forward, iaf_steps
+from tf_ffjord.model.vae_posterior import POSTERIORS, VAEPosterior
+from tf_ffjord.nets.made import MADE
 from tf_ffjord import validation
-from tf_ffjord.model.steps import LastValue, minimize, step_logs
+from tf_ffjord.model.metrics import LastValue
+from tf_ffjord.model.steps import minimize, step_logs
 
 __all__ = ["VAE", "MADE", "POSTERIORS", "binarize"]
-
-POSTERIORS = ("none", "maf", "ffjord")
 
 
 def binarize(x: TensorLike, seed: SeedLike = None) -> tf.Tensor:
@@ -47,7 +44,7 @@ def _mlp(widths, activation, name):
 
 
 @keras.saving.register_keras_serializable("tf_ffjord")
-class VAE(keras.Model):
+class VAE(VAEPosterior, keras.Model):
   """A VAE for binary images: flow posterior q(z|x), Bernoulli decoder.
 
   q(z|x): z0 ~ N(mu(x), sigma(x)^2), then zK = flow(z0; x), with
@@ -161,17 +158,7 @@ class VAE(keras.Model):
     self.decoder = keras.Sequential(
         [_mlp(self.decoder_hidden, activation, "decoder"),
          keras.layers.Dense(self.num_pixels, name="logits")], name="decoder")
-    self.mades, self.dynamics = [], None
-    if posterior == "maf":
-      self.mades = [MADE(d, self.maf_hidden, k, activation, name=f"made_{i}")
-                    for i in range(self.maf_steps)]
-      self.iafs = iaf_steps(self.mades)
-    elif posterior == "ffjord":
-      self.dynamics = ODENet(hidden=self.cnf_hidden, activation=cnf_activation,
-                             dim=d, context_dim=k, name="dynamics")
-      self.flow = FFJORD(self.dynamics, **ffjord_arguments(ffjord_kwargs))
-      self.eval_flow = FFJORD(self.dynamics, **ffjord_arguments(
-          {**ffjord_kwargs, "trace": eval_trace}))
+    self._build_posterior(activation)
     self.elbo_tracker = keras.metrics.Mean(name="neg_elbo")
     self.kl_tracker = keras.metrics.Mean(name="kl")
     self.nfe_tracker = LastValue(name="nfe")
@@ -215,65 +202,6 @@ class VAE(keras.Model):
     """Bernoulli logits `[batch, *input_shape]` of p(x|z)."""
     logits = self.decoder(z)
     return tf.reshape(logits, [-1, *self.image_shape])
-
-  def flow_forward(self, z0: tf.Tensor, h: tf.Tensor, exact: bool = False,
-                   probe_seed: SeedLike = None,
-                   ) -> tuple[tf.Tensor, tf.Tensor, tf.Tensor]:
-    """Applies the posterior flow: returns `(zK, log|det dzK/dz0|, nfe)`.
-
-    Args:
-      z0: `[n, d]` base samples.
-      h: `[n, k]` context (ignored by `"none"`).
-      exact: use `eval_flow` (exact trace) for `"ffjord"`.
-      probe_seed: optional stateless seed of `"ffjord"`'s Hutchinson probes.
-    """
-    if self.posterior == "none":
-      return z0, tf.zeros(tf.shape(z0)[:1], z0.dtype), tf.constant(0, tf.int32)
-    if self.posterior == "maf":
-      return (*iaf_forward(self.iafs, z0, h), tf.constant(0, tf.int32))
-    flow = self.eval_flow if exact else self.flow
-    sol = flow.solve(z0, "forward", context=h, seed=probe_seed)
-    return sol.state, sol.log_det, sol.nfe
-
-  def posterior_sample(
-      self, x: TensorLike, n: int = 1, exact: bool = False,
-      seed: SeedLike = None, noise: TensorLike | None = None,
-      probe_seed: SeedLike = None,
-  ) -> tuple[tf.Tensor, tf.Tensor, tf.Tensor, tf.Tensor]:
-    """Draws n samples of q(z|x) per example, with their log-densities.
-
-    Args:
-      x: `[batch, *input_shape]` binary images.
-      n: samples per example.
-      exact: exact trace for the FFJORD log-det.
-      seed: optional stateless seed (`[2]` ints) of the base noise.
-      noise: optional base noise `[n, batch, d]` to use instead of a draw.
-      probe_seed: optional stateless seed of FFJORD's Hutchinson probes.
-
-    Returns:
-      `(z, log_q, z0, nfe)`: z `[n, batch, d]`, log q(z|x) `[n, batch]`, the
-      base samples z0 `[n, batch, d]` and the flow's NFE.
-    """
-    mu, sigma, h = self.encode(x)
-    batch = tf.shape(mu)[0]
-    shape = tf.stack([n, batch, self.latent_dim])
-    if noise is not None:
-      eps = tf.cast(noise, mu.dtype)
-    elif seed is None:
-      eps = tf.random.normal(shape, dtype=mu.dtype)
-    else:
-      eps = tf.random.stateless_normal(shape, seed, dtype=mu.dtype)
-    z0 = mu + sigma * eps
-    # N(z0; mu, sigma) = N(eps; 0, I) / prod(sigma).
-    log_q0 = self.prior.log_prob(eps) - tf.reduce_sum(tf.math.log(sigma), -1)
-    flat_z0 = tf.reshape(z0, [-1, self.latent_dim])
-    flat_h = tf.reshape(tf.broadcast_to(
-        h, tf.stack([n, batch, self.context_dim])), [-1, self.context_dim])
-    zk, ldj, nfe = self.flow_forward(flat_z0, flat_h, exact=exact,
-                                     probe_seed=probe_seed)
-    z = tf.reshape(zk, shape)
-    log_q = log_q0 - tf.reshape(ldj, [n, batch])
-    return z, log_q, z0, nfe
 
   def log_likelihood(self, x: TensorLike, z: tf.Tensor) -> tf.Tensor:
     """log p(x|z) for `z` `[n, batch, d]`: returns `[n, batch]`."""

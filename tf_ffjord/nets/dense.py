@@ -1,7 +1,7 @@
 """Time-conditioned Keras layers and the `ODENet` dynamics network f(t, x)."""
 
-from collections.abc import Mapping, Sequence
-from typing import Any
+from collections.abc import Callable, Mapping, Sequence
+from typing import Any, TypeAlias
 
 import keras
 import tensorflow as tf
@@ -11,9 +11,43 @@ from tf_ffjord._types import BuildShape, TensorLike
 __all__ = ["ConcatSquashDense", "ConcatDense", "IgnoreDense", "SquashDense",
            "BlendDense", "ODENet", "LAYER_TYPES", "ACTIVATIONS",
            "time_features", "batch_features", "apply_time_layers",
-           "DynamicsNet", "TimeConditionedNet"]
+           "DynamicsNet", "TimeConditionedNet", "Activation", "get_activation"]
 
 ACTIVATIONS = ("tanh", "softplus", "elu", "swish", "relu")
+# An activation: a name of `ACTIVATIONS`, a callable (e.g. a Keras
+# activation), or a callable's Keras config (as `get_config` stores it).
+Activation: TypeAlias = str | Callable[[tf.Tensor], tf.Tensor] | dict[str, Any]
+
+
+def get_activation(activation: Activation) -> tuple[
+    Callable[[tf.Tensor], tf.Tensor], str | dict[str, Any]]:
+  """The activation function and its config (a name or a Keras config).
+
+  Args:
+    activation: a name of `ACTIVATIONS`, a callable, or a callable's Keras
+      config. A callable of your own must be registered with
+      `keras.saving.register_keras_serializable` for a saved net to load.
+
+  Raises:
+    ValueError: an unknown name or something not callable.
+
+  #### Examples
+
+  >>> fn, config = get_activation(keras.activations.gelu)
+  >>> config["config"], float(fn(tf.constant(0.0)))
+  ('gelu', 0.0)
+  """
+  if isinstance(activation, dict):
+    activation = keras.saving.deserialize_keras_object(activation)
+  if isinstance(activation, str):
+    if activation not in ACTIVATIONS:
+      raise ValueError(f"Unknown activation {activation!r}; expected one of "
+                       f"{ACTIVATIONS} or a callable (a Keras activation).")
+    return keras.activations.get(activation), activation
+  if not callable(activation):
+    raise ValueError(f"activation must be one of {ACTIVATIONS} or a "
+                     f"callable, got {type(activation).__name__}.")
+  return activation, keras.saving.serialize_keras_object(activation)
 
 
 def time_features(t: tf.Tensor, x: tf.Tensor,
@@ -207,7 +241,7 @@ class TimeConditionedNet(DynamicsNet):
   Args:
     layer: layer type name, a key of `layer_types`.
     layer_types: the layer classes this net accepts, by name.
-    activation: one of `ACTIVATIONS`.
+    activation: one of `ACTIVATIONS` or a callable (`get_activation`).
     context_dim: width of the context vector, 0 for none.
     **kwargs: passed to `keras.Model`.
 
@@ -217,18 +251,16 @@ class TimeConditionedNet(DynamicsNet):
 
   def __init__(self, layer: str,
                layer_types: Mapping[str, type[keras.layers.Layer]],
-               activation: str, context_dim: int = 0, **kwargs: Any) -> None:
+               activation: Activation, context_dim: int = 0,
+               **kwargs: Any) -> None:
     super().__init__(**kwargs)
     if layer not in layer_types:
       raise ValueError(f"Unknown layer type {layer!r} for "
                        f"{type(self).__name__}; expected one of "
                        f"{sorted(layer_types)}.")
-    if activation not in ACTIVATIONS:
-      raise ValueError(f"Unknown activation {activation!r}; expected one of "
-                       f"{ACTIVATIONS}.")
     self.layer_type = layer
-    self.activation_name = activation
-    self.activation = keras.activations.get(activation)
+    # The name, or a callable's Keras config (what `get_config` stores).
+    self.activation, self.activation_name = get_activation(activation)
     self.context_dim = int(context_dim)
 
   def call(self, t: tf.Tensor, x: tf.Tensor,
@@ -248,7 +280,10 @@ class ODENet(TimeConditionedNet):
     hidden: widths of the hidden layers.
     layer: one of `"concatsquash"`, `"concat"`, `"ignore"`, `"squash"`,
       `"blend"`.
-    activation: one of `"tanh"`, `"softplus"`, `"elu"`, `"swish"`, `"relu"`.
+    activation: one of `"tanh"`, `"softplus"`, `"elu"`, `"swish"`,
+      `"relu"`, or a callable such as `keras.activations.gelu` (register
+      your own function with `keras.saving.register_keras_serializable`
+      to save the net).
     dim: output width; `None` takes it from the first input.
     context_dim: width of the context vector, 0 for none.
     **kwargs: passed to `keras.Model`.
@@ -261,7 +296,7 @@ class ODENet(TimeConditionedNet):
   """
 
   def __init__(self, hidden: Sequence[int] = (64, 64, 64),
-               layer: str = "concatsquash", activation: str = "tanh",
+               layer: str = "concatsquash", activation: Activation = "tanh",
                dim: int | None = None, context_dim: int = 0,
                **kwargs: Any) -> None:
     super().__init__(layer, LAYER_TYPES, activation, context_dim, **kwargs)

@@ -2,17 +2,13 @@
 
 import os
 import types
-from typing import TYPE_CHECKING, TypeVar
+from typing import TypeVar
 
 import tensorflow as tf
 
 from tf_ffjord.cnf import density
 from tf_ffjord.cnf import composite as flows
-from tf_ffjord import solvers
 from tf_ffjord import validation
-
-if TYPE_CHECKING:
-  from tf_ffjord.model.flow_model import FlowModel
 
 __all__ = ["SIGNATURES", "export_model"]
 
@@ -33,56 +29,55 @@ def _function(fn, input_signature):
 class _Servable(tf.Module):
   """The exported object: the variables and one tf.function per signature.
 
-  Serves a `FlowModel` through `tf_ffjord.cnf.density`, as the model itself
-  computes: `log_prob`, `forward`, `inverse` and `sample` run its
+  Serves a flow's `FlowView` through `tf_ffjord.cnf.density`, as the model
+  itself computes: `log_prob`, `forward`, `inverse` and `sample` run its
   evaluation flow, `log_prob_hutchinson` the same flow with the Hutchinson
   trace and a caller-given seed; inputs and outputs are in the model's
   variable dtype. Only variables and traced graphs are saved, so loading
   needs TensorFlow and nothing else (no tf_ffjord, TFP or Keras).
   """
 
-  def __init__(self, model, batch_size=None, jit_compile=False,
+  def __init__(self, view, batch_size=None, jit_compile=False,
                custom_gradients=False):
     super().__init__(name="ffjord_servable")
     options = {} if jit_compile == "model" else {"jit_compile": jit_compile}
     if not custom_gradients and all(
         not b.solver.own_adjoint
-        for b in flows.ffjord_blocks(model.eval_bijector)):
+        for b in flows.ffjord_blocks(view.eval_bijector)):
       # Traced without the adjoint's custom gradient, which the SavedModel
       # would not keep (and loading would warn about): the same forward
       # computation, differentiable by plain backprop through the solve.
       options["gradient"] = "backprop"
-    # A SimpleNamespace is not trackable: the model and its bijectors stay
+    # A SimpleNamespace is not trackable: the view and its bijectors stay
     # out of the saved object graph, which then only holds the variables
     # below and the traced functions.
     self._m = types.SimpleNamespace(
-        model=model,
-        flow=flows.with_options(model.eval_bijector, **options),
-        hutchinson=flows.with_options(model.eval_bijector,
+        view=view,
+        flow=flows.with_options(view.eval_bijector, **options),
+        hutchinson=flows.with_options(view.eval_bijector,
                                       trace="hutchinson", **options),
-        owner=type(model).__name__,
-        what="images" if model.dequantize else "examples")
+        what="images" if view.dequantize else "examples")
     # Every captured variable: the Keras weights, and the bijectors' own
     # (NFE counters), which Keras does not track.
     blocks = (flows.ffjord_blocks(self._m.flow)
               + flows.ffjord_blocks(self._m.hutchinson))
     seen, captured = set(), []
-    for v in [*model.variables, *(v for b in blocks for v in b.variables)]:
+    for v in [*view.variables, *(v for b in blocks for v in b.variables)]:
       if id(v) not in seen:
         seen.add(id(v))
         captured.append(v)
     self.model_variables = captured
-    dtype = density.dtype(model)
-    shape = [batch_size, *model.event_shape]
+    dtype = view.dtype
+    shape = [batch_size, *view.event_shape]
     x_spec = tf.TensorSpec(shape, dtype, name="x")
     z_spec = tf.TensorSpec(shape, dtype, name="z")
     seed_spec = tf.TensorSpec([], tf.int32, name="seed")
     n_spec = tf.TensorSpec([], tf.int32, name="n")
     ctx, ctx_n = [], []
-    if model.context_dim:
-      ctx = [tf.TensorSpec([batch_size, model.context_dim], dtype,
+    if view.context_dim:
+      ctx = [tf.TensorSpec([batch_size, view.context_dim], dtype,
                            name="context")]
-      ctx_n = [tf.TensorSpec([None, model.context_dim], dtype,
+      ctx_n = [tf.TensorSpec([None, view.context_dim], dtype,
                              name="context")]
     self.inverse = _function(self._inverse, [x_spec, *ctx])
     self.forward = _function(self._forward, [z_spec, *ctx])
@@ -92,24 +87,24 @@ class _Servable(tf.Module):
     self.sample = _function(self._sample, [n_spec, seed_spec, *ctx_n])
 
   def _context(self, context):
-    m = self._m
+    view = self._m.view
     return validation.check_events(
-        context, [m.model.context_dim], density.dtype(m.model), m.owner,
+        context, [view.context_dim], view.dtype, view.name,
         "contexts", batch_ndims=1, in_graph=True)
 
   def _check(self, x, context=None):
     # The library's policy, with the shape checked in the graph too: a
     # loaded signature (and TF Serving) passes tensors of any shape.
-    m = self._m
+    view = self._m.view
     x = validation.check_events(
-        x, m.model.event_shape, density.dtype(m.model), m.owner, m.what,
+        x, view.event_shape, view.dtype, view.name, self._m.what,
         batch_ndims=1, in_graph=True)
     if context is None:
       return x, None
     context = self._context(context)
     rows = tf.debugging.assert_equal(
         tf.shape(context)[0], tf.shape(x)[0],
-        message=f"{m.owner} expects one context row per example")
+        message=f"{view.name} expects one context row per example")
     with tf.control_dependencies([rows]):
       return x, tf.identity(context)
 
@@ -126,30 +121,30 @@ class _Servable(tf.Module):
   def _log_prob(self, x, context=None):
     # Calls the traced `inverse` graph, so the solve is traced once.
     out = self.inverse(x) if context is None else self.inverse(x, context)
-    return {"log_prob": density.density(self._m.model, out["z"],
-                                        out["log_det"])}
+    return {"log_prob": density.log_density(self._m.view, out["z"],
+                                            out["log_det"])}
 
   def _log_prob_hutchinson(self, x, seed, context=None):
     x, context = self._check(x, context)
-    logp, _ = density.log_prob(self._m.model, x, context,
+    logp, _ = density.log_prob(self._m.view, x, context,
                                bijector=self._m.hutchinson,
                                seed=tf.stack([seed, 0]))
     return {"log_prob": logp}
 
   def _sample(self, n, seed, context=None):
-    n = validation.check_count(n, self._m.owner)
+    n = validation.check_count(n, self._m.view.name)
     if context is not None:
       context = self._context(context)
     # The same samples as `model.sample(n, seed=seed)`.
-    return {"x": density.sample(self._m.model, n, seed, context,
+    return {"x": density.sample(self._m.view, n, seed, context,
                                 bijector=self._m.flow)}
 
 
-def export_model(model: "FlowModel", path: _PathT,
-                 batch_size: int | None = None,
+def export_model(model: "density.FlowView | density.HasFlowView",
+                 path: _PathT, batch_size: int | None = None,
                  custom_gradients: bool = False,
                  jit_compile: bool | str = False) -> _PathT:
-  """Writes a `FlowModel` as a SavedModel with serving signatures.
+  """Writes a `FlowModel` or `FlowView` as a SavedModel with serving signatures.
 
   The SavedModel loads with `tf.saved_model.load(path)` in a process that has
   only TensorFlow. Every signature is also a callable attribute of the loaded
@@ -206,7 +201,8 @@ def export_model(model: "FlowModel", path: _PathT,
   `jit_compile=True` (with a fixed `batch_size`) for that case.
 
   Args:
-    model: a `tf_ffjord.FlowModel` (e.g. `FFJORDModel`, `ImageFlow`).
+    model: a `tf_ffjord.FlowModel` (e.g. `FFJORDModel`, `ImageFlow`), or
+      the `FlowView` of a flow; the export reads only the view.
     path: output directory.
     batch_size: fix the batch dimension of the signatures (`None`: any).
     custom_gradients: serialize the model's gradient (the adjoint) with
@@ -227,7 +223,8 @@ def export_model(model: "FlowModel", path: _PathT,
   >>> loaded.log_prob(tf.zeros([3, 2]))["log_prob"].shape  # doctest: +SKIP
   TensorShape([3])
   """
-  return _save(_Servable(model, batch_size, jit_compile, custom_gradients),
+  view = model if isinstance(model, density.FlowView) else model.flow_view
+  return _save(_Servable(view, batch_size, jit_compile, custom_gradients),
                path, custom_gradients)
 
 
