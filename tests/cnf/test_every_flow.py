@@ -6,27 +6,38 @@ import pytest
 import tensorflow as tf
 import tensorflow_probability as tfp
 
-from tf_ffjord import FFJORD, ODENet
+import tf_ffjord
+import user_dynamics
+from tf_ffjord import FFJORD, ODENet, make_solver
 
 tfd = tfp.distributions
 
+# Each flow: (dynamics kind, FFJORD arguments). The arguments are built per
+# call: a learned end time is a fresh variable for every flow that takes it.
 FLOWS = {
-    "exact-dopri5-adjoint": dict(trace="exact", solver="dopri5",
-                                 rtol=1e-5, atol=1e-5),
-    "rademacher-rk4-backprop": dict(trace="hutchinson", solver="rk4",
-                                    step_size=0.25),
-    "gaussian-dopri5-train_time": dict(trace="hutchinson", noise="gaussian",
-                                       train_time=True, rtol=1e-5, atol=1e-5),
-    "exact-midpoint-t0": dict(trace="exact", solver="midpoint",
-                              step_size=0.125, initial_time=2.0,
-                              time_length=0.5),
+    "exact-dopri5-adjoint": ("odenet", lambda: dict(
+        trace="exact", solver=make_solver("dopri5", rtol=1e-5, atol=1e-5))),
+    "rademacher-rk4-backprop": ("odenet", lambda: dict(
+        trace="hutchinson", solver=make_solver("rk4", step_size=0.25),
+        adjoint="backprop")),
+    "gaussian-dopri5-train_time": ("odenet", lambda: dict(
+        trace=tf_ffjord.Hutchinson("gaussian"), time_length=tf_ffjord.EndTime(1.0),
+        solver=make_solver("dopri5", rtol=1e-5, atol=1e-5))),
+    "exact-midpoint-t0": ("odenet", lambda: dict(
+        trace="exact", solver=make_solver("midpoint", step_size=0.125),
+        initial_time=2.0, time_length=0.5)),
+    # A user's own Keras layer (tests/user_dynamics.py), on the defaults.
+    "user-keras-layer-defaults": ("keras", dict),
 }
 
 
-def make(config):
-  dynamics = ODENet(hidden=(16, 16), dim=3, activation="softplus")
-  dynamics(0.0, tf.zeros([1, 3]))
-  return FFJORD(dynamics, **config)
+def make(name):
+  kind, arguments = FLOWS[name]
+  if kind == "odenet":
+    dynamics = ODENet(hidden=(16, 16), dim=3, activation="softplus")
+  else:
+    dynamics = user_dynamics.make(kind, 3, hidden=(16, 16))
+  return FFJORD(dynamics, event_shape=[3], **arguments())
 
 
 def variables(bij):
@@ -34,9 +45,33 @@ def variables(bij):
   return list(bij.trainable_variables)
 
 
+def reload(bij, name, tmp_path):
+  """The flow saved and loaded.
+
+  Our `ODENet` (a `keras.Model`) goes through a `.keras` file; a user's
+  registered Keras layer through its config and `get_weights` (Keras 3's
+  tracking does not give `tf.train.Checkpoint` a plain layer's list of
+  sublayers). A checkpoint of the bijector carries its own end time.
+  """
+  kind, arguments = FLOWS[name]
+  if kind == "odenet":
+    path = str(tmp_path / "dynamics.keras")
+    bij.dynamics.save(path)
+    dynamics = keras.saving.load_model(path)
+  else:
+    dynamics = keras.saving.deserialize_keras_object(
+        keras.saving.serialize_keras_object(bij.dynamics))
+  ckpt_path = tf.train.Checkpoint(bijector=bij).save(str(tmp_path / "ckpt"))
+  other = FFJORD(dynamics, event_shape=[3], **arguments())
+  if kind != "odenet":
+    dynamics.set_weights(bij.dynamics.get_weights())
+  tf.train.Checkpoint(bijector=other).restore(ckpt_path)
+  return other
+
+
 @pytest.mark.parametrize("name", sorted(FLOWS))
 def test_flow(name, tmp_path):
-  bij = make(FLOWS[name])
+  bij = make(name)
   dist = tfd.TransformedDistribution(tfd.MultivariateNormalDiag(tf.zeros(3)),
                                      bij)
   x = tf.random.normal([7, 3])
@@ -63,7 +98,7 @@ def test_flow(name, tmp_path):
 
   # log-det against the autodiff Jacobian of the map x -> z (taken through
   # a backprop copy; the exact-trace copy integrates the log-det itself).
-  grid = dict(gradient="backprop", solver="rk4", step_size=0.25)
+  grid = dict(adjoint="backprop", solver=make_solver("rk4", step_size=0.25))
   state_map = bij.copy(trace="hutchinson", **grid)
   exact = bij.copy(trace="exact", **grid)
 
@@ -77,17 +112,14 @@ def test_flow(name, tmp_path):
   jac, ldj = jac_and_ldj(x)
   np.testing.assert_allclose(np.linalg.slogdet(jac.numpy())[1], ldj,
                              atol=1e-3)
-  if FLOWS[name]["trace"] == "exact":
+  if bij.trace == "exact":
     np.testing.assert_allclose(
         tf.function(lambda x: bij.solve(x).log_det)(x), ldj, atol=1e-3)
 
   # Keras save/load of the dynamics (and a checkpoint of the bijector's own
   # end-time variable) gives the same density.
-  path = str(tmp_path / "dynamics.keras")
-  bij.dynamics.save(path)
-  ckpt_path = tf.train.Checkpoint(bijector=bij).save(str(tmp_path / "ckpt"))
-  other = FFJORD(keras.saving.load_model(path), **FLOWS[name])
-  tf.train.Checkpoint(bijector=other).restore(ckpt_path)
+  other = reload(bij, name, tmp_path)
+  assert len(variables(other)) == len(variables(bij))
   for a, b in zip(variables(bij), variables(other)):
     np.testing.assert_array_equal(a.numpy(), b.numpy())
   other_exact = other.copy(trace="exact", **grid)

@@ -5,7 +5,7 @@ import pytest
 import tensorflow as tf
 import tensorflow_probability as tfp
 
-from tf_ffjord import FFJORD, ODENVP
+from tf_ffjord import FFJORD, ODENVP, make_solver
 from tf_ffjord.cnf import composite
 from tf_ffjord.cnf.one_solve import OneSolveBijector, check_direction
 
@@ -18,7 +18,7 @@ RATE = -0.5  # dz/dt = RATE z: log|det dz(T)/dx| = RATE * T * event size
 
 def block(event_ndims=1, time_length=1.0):
   return FFJORD(lambda t, z: RATE * z, time_length=time_length,
-                trace="exact", solver="rk4", step_size=0.25,
+                trace="exact", solver=make_solver("rk4", step_size=0.25),
                 event_ndims=event_ndims)
 
 

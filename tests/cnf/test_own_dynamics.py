@@ -35,8 +35,8 @@ def _dist(dynamics, **kwargs):
 def test_canonical_tfp_loop_trains_every_kind(kind):
   keras.utils.set_random_seed(0)
   # Adaptive steps and the adjoint: the default path's gradient.
-  dist = _dist(user_dynamics.make(kind, 2, hidden=(16,)), rtol=1e-3,
-               atol=1e-3)
+  dist = _dist(user_dynamics.make(kind, 2, hidden=(16,)),
+               solver=tf_ffjord.make_solver("dopri5", rtol=1e-3, atol=1e-3))
   x = toy.sample("8gaussians", 128, seed=0)
   test = toy.sample("8gaussians", 256, seed=1)
   nll = lambda: -float(tf.reduce_mean(tf.function(dist.log_prob)(test)))
@@ -180,13 +180,15 @@ import json, sys, time
 import keras, tensorflow as tf, tensorflow_probability as tfp
 sys.path.insert(0, "tests")
 import user_dynamics
+import tf_ffjord
 from tf_ffjord import FFJORD
 from tf_ffjord.datasets import toy
 tfd = tfp.distributions
 dist = tfd.TransformedDistribution(
     tfd.MultivariateNormalDiag(tf.zeros(2)),
     FFJORD(user_dynamics.make(sys.argv[1], 2, hidden=(16,)), time_length=0.5,
-           rtol=1e-4, atol=1e-4, jit_compile=True, event_shape=[2]))
+           solver=tf_ffjord.make_solver("dopri5", rtol=1e-4, atol=1e-4),
+           jit_compile=True, event_shape=[2]))
 from benchmarks.latency import tfp_train_step
 optimizer = keras.optimizers.Adam(1e-2)
 optimizer.build(dist.trainable_variables)

@@ -47,6 +47,7 @@ def test_each_public_call_runs_the_private_solve_once(solver):
 def test_no_instance_flag_steers_the_path():
   bij = FFJORD(_linear, trace="exact", solver=tfp.math.ode.DormandPrince(),
                event_shape=[2])
+  bij.solve(tf.ones([1, 2]))  # the first solve probes the function's variables
   before = dict(vars(bij))
   bij.solve(tf.zeros([0, 2]))
   tf.function(lambda x: bij.solve(x).state, input_signature=[
@@ -80,7 +81,7 @@ def test_tfp_adapter_matches_our_solver_and_counts_backward_nfe():
 
 
 def test_tfp_adapter_solves_an_empty_state_of_unknown_batch():
-  adapter = solvers.TFPSolver(tfp.math.ode.DormandPrince())
+  adapter = solvers.TFPSolver(tfp.math.ode.DormandPrince(rtol=1e-7, atol=1e-7))
 
   @tf.function(input_signature=[tf.TensorSpec([None, 2])])
   def run(y):

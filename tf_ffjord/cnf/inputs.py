@@ -227,8 +227,11 @@ def build_dynamics(dynamics: Dynamics, event_shape: ShapeLike,
       or tf.TensorShape(context_shape).is_fully_defined()):
     return None
   if isinstance(dynamics, keras.layers.Layer):
-    if not dynamics.built:
+    # A layer loaded from its config reports `built` with no weights yet
+    # (Keras' default `build`): it is probed once too.
+    if not dynamics.built or not (dynamics.weights or probed):
       contract.probe(dynamics, event_shape, dtype, context_shape)
+      return [] if dynamics.built else None
     return None
   if probed:
     return None
