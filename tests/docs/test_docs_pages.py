@@ -66,8 +66,8 @@ def test_page_examples_run(page, tmp_path, monkeypatch):
     exec(compile(code, f"{name}, block at line {line}", "exec"), namespace)  # pylint: disable=exec-used
 
 
-def test_extending_page_has_its_six_examples():
-  assert len(FRESH_BLOCKS) == 6, [line for _, line, _ in FRESH_BLOCKS]
+def test_extending_page_has_its_seven_examples():
+  assert len(FRESH_BLOCKS) == 7, [line for _, line, _ in FRESH_BLOCKS]
 
 
 @pytest.mark.parametrize("name, line, code", FRESH_BLOCKS,
