@@ -77,6 +77,8 @@ def unannotated(obj):
       elif isinstance(attr, classmethod):
         out += _missing(attr.__func__, what, bound=True)
       elif inspect.isfunction(attr):
+        if name == "__init__" and getattr(klass, "_is_protocol", False):
+          continue  # typing.Protocol's own placeholder constructor
         out += _missing(attr, what, bound=True)
   return out
 

@@ -180,8 +180,8 @@ class ScaledSpeed(regs.Regularizer):
 
 def test_a_user_regularizer_integrates_its_rate():
   # Its integral is 2 x dim x the built-in l1 (the mean |f|) on one solve.
-  bij = FFJORD(_linear, time_length=1.5, solver="dopri5", rtol=1e-8,
-               atol=1e-8)
+  bij = FFJORD(_linear, time_length=1.5,
+               solver=tf_ffjord.make_solver("dopri5", rtol=1e-8, atol=1e-8))
   sol = _solve(bij, X0, regularizers=(ScaledSpeed(2.0), "l1"))
   assert sorted(sol.regularization) == ["l1", "scaled_speed"]
   np.testing.assert_allclose(sol.regularization["scaled_speed"].numpy(),

@@ -11,7 +11,7 @@ import pytest
 import tensorflow as tf
 import tensorflow_probability as tfp
 
-from tf_ffjord import FFJORD, FFJORDModel, MaximumLikelihood, ODENet
+from tf_ffjord import FFJORD, FFJORDModel, MaximumLikelihood, ODENet, make_solver
 from tf_ffjord.cnf.density import FlowView
 from tf_ffjord.model import objectives
 from tf_ffjord.model.base_distribution import standard_normal
@@ -201,7 +201,7 @@ def test_objectives_see_only_a_view_of_a_bare_flow():
   """No FlowModel: a view of a bijector and a base is all an objective needs."""
   keras.utils.set_random_seed(0)
   net = ODENet(hidden=(8,), dim=2)
-  flow = FFJORD(net, solver="rk4", step_size=0.25, trace="exact")
+  flow = FFJORD(net, solver=make_solver("rk4", step_size=0.25), trace="exact")
   base = standard_normal((2,))
   x = tf.constant(toy.sample("moons", 16, seed=0))
   optimizer = keras.optimizers.SGD(0.1)

@@ -68,7 +68,7 @@ def solve(bijector: tfp.bijectors.Bijector, x: TensorLike,
     context: optional conditioning tensor, passed to every FFJORD block.
     seed: optional `[2]` int32 stateless seed; block k of a chain (in
       data-to-base order) draws its Hutchinson probe from `seed + [0, k]`.
-    regularizers: names of RNODE regularizers to integrate in every block.
+    regularizers: RNODE regularizers (objects or names) to integrate in every block.
 
   Returns:
     A `Solution` whose `log_det` is log|det d state / d x| per example.

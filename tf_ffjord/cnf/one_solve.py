@@ -28,6 +28,7 @@ import tensorflow_probability as tfp
 from tf_ffjord import _internal_apis
 from tf_ffjord._types import SeedLike, TensorLike
 from tf_ffjord.cnf.augmented_ode import Solution
+from tf_ffjord.cnf.regularizers import RegularizerLike
 
 __all__ = ["DIRECTIONS", "OneSolveBijector", "check_direction"]
 
@@ -81,7 +82,7 @@ class OneSolveBijector(tfp.bijectors.Bijector):
 
   def solve(self, x: TensorLike, direction: str = "inverse",
             context: TensorLike | None = None, seed: SeedLike = None,
-            regularizers: Iterable[str] = ()) -> Solution:
+            regularizers: Iterable[RegularizerLike] = ()) -> Solution:
     """Runs `x` through the flow once (the protocol subclasses implement).
 
     Args:

@@ -67,6 +67,15 @@ class _ParamAdjoints:
     return len(self.shapes)
 
 
+def _backward_start(dys, variables, y1):
+  """The start of a backward solve: the variables, the floating ones to train, the state cotangents (None -> 0) and their adjoints' layout."""
+  variables = list(variables or [])
+  train = [v for v in variables if v.dtype.is_floating]
+  dy = [tf.zeros_like(y) if d is None else d
+        for y, d in zip(y1, dys[:len(y1)])]
+  return variables, train, dy, _ParamAdjoints(train, y1[0].dtype)
+
+
 def _with_variable_grads(grads, params, variables):
   """The custom gradient's return: `grads`, and one per variable if any."""
   if not variables:
@@ -150,11 +159,7 @@ class BacksolveAdjoint(Adjoint):
       y1, nfe, status, h_last = run(fn, t0, t1, ys, cs, controller)
 
       def grad_fn(*dys, variables=None):
-        variables = list(variables or [])
-        train = [v for v in variables if v.dtype.is_floating]
-        dy = [tf.zeros_like(y) if d is None else d
-              for y, d in zip(y1, dys[:n_y])]
-        params = _ParamAdjoints(train, y1[0].dtype)
+        variables, train, dy, params = _backward_start(dys, variables, y1)
         n_p = n_c + len(params)
 
         def aug_fn(t, aug, cs):
@@ -236,11 +241,7 @@ class InterpolatedAdjoint(Adjoint):
       record = dense.tensors()
 
       def grad_fn(*dys, variables=None):
-        variables = list(variables or [])
-        train = [v for v in variables if v.dtype.is_floating]
-        dy = [tf.zeros_like(y) if d is None else d
-              for y, d in zip(y1, dys[:n_y])]
-        params = _ParamAdjoints(train, y1[0].dtype)
+        variables, train, dy, params = _backward_start(dys, variables, y1)
         n_p = n_c + len(params)
 
         def aug_fn(t, aug, consts):

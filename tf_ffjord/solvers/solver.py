@@ -146,7 +146,14 @@ def _num_steps(step_size):
   return max(1, int(round(1.0 / step_size)))
 
 
-def make_solver(solver: Any = "dopri5", **options: Any) -> ODESolver:
+# An option not given to `make_solver` (None is a value: no step limit).
+_UNSET: Any = object()
+
+
+def make_solver(solver: Any = "dopri5", *, rtol: float = _UNSET,
+                atol: float = _UNSET, max_num_steps: int | None = _UNSET,
+                step_size: float = _UNSET,
+                first_step_size: float | None = _UNSET) -> ODESolver:
   """A solver from a name, a tableau, or a solver object, with loose options.
 
   The one translation of loose solve options into a solver object: a name
@@ -162,11 +169,13 @@ def make_solver(solver: Any = "dopri5", **options: Any) -> ODESolver:
       slow for training: it builds dense Jacobians); a `Tableau` (adaptive
       if it has an error estimate, else fixed grid); a `Solver`; any
       `ODESolver` (e.g. a `TFPSolver`); or a `tfp.math.ode.Solver`.
-    **options: `rtol`, `atol` (tolerances of adaptive steps),
-      `max_num_steps` (their step limit; `None`: 100,000), `step_size`
-      (step of fixed grids on a unit time interval: `num_steps = round(1 /
-      step_size)`), `first_step_size` (first trial step of adaptive steps;
-      `None` chooses it from the dynamics).
+    rtol: relative tolerance of adaptive steps.
+    atol: absolute tolerance of adaptive steps.
+    max_num_steps: their step limit (`None`: 100,000).
+    step_size: step of fixed grids on a unit time interval (`num_steps =
+      round(1 / step_size)`).
+    first_step_size: first trial step of adaptive steps (`None` chooses it
+      from the dynamics).
 
   Returns:
     An `ODESolver`: a `Solver` (method and controller) or a `TFPSolver`.
@@ -184,7 +193,10 @@ def make_solver(solver: Any = "dopri5", **options: Any) -> ODESolver:
   >>> make_solver(make_solver("dopri5"), atol=1e-7).controller.atol
   1e-07
   """
-  _check_options(options)
+  given = dict(rtol=rtol, atol=atol, max_num_steps=max_num_steps,
+               step_size=step_size, first_step_size=first_step_size)
+  options: dict[str, Any] = {k: v for k, v in given.items()
+                            if v is not _UNSET}
   if isinstance(solver, ODESolver):
     return solver.replace(**options)
   tfp_wrapped = tfp_solver.adapt(solver)

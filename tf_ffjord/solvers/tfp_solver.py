@@ -165,7 +165,10 @@ def _padded(fn, state):
     if p is None:
       return v
     zeros = tf.zeros(tf.concat([[p], tf.shape(v)[1:]], 0), v.dtype)
-    return tf.concat([v, zeros], 0)
+    # The batch size stays unknown to the graph: a statically empty input
+    # would otherwise enter TFP's loop as 1 row and leave it as None rows.
+    return tf.compat.v1.placeholder_with_default(
+        tf.concat([v, zeros], 0), [None, *v.shape[1:]])
 
   def padded_fn(t, y, **constants):
     rows = [v if n is None else v[:n]
