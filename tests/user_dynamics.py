@@ -11,9 +11,10 @@ TensorShape([3, 2])
 """
 
 import keras
+import numpy as np
 import tensorflow as tf
 
-__all__ = ["KINDS", "TimeMLP", "ModuleMLP", "make"]
+__all__ = ["KINDS", "TimeMLP", "ModuleMLP", "make", "tfp_style_net"]
 
 # The kinds of dynamics a flow must take; "odenet" is the library's own.
 KINDS = ("odenet", "keras", "module", "function")
@@ -84,3 +85,15 @@ def make(kind, dim, hidden=(64, 64)):
     net = TimeMLP(dim, hidden)
     return lambda t, z: net(t, z)
   raise ValueError(f"Unknown kind {kind!r}; expected one of {KINDS}.")
+
+
+def tfp_style_net(dtype, seed=0):
+  """A small time-dependent tanh function g(t, z) over constants, as TFP's FFJORD tests write one."""
+  rng = np.random.default_rng(seed)
+  w1 = tf.constant(rng.normal(size=(3, 8)) * 0.7, dtype)
+  w2 = tf.constant(rng.normal(size=(8, 2)) * 0.7, dtype)
+
+  def g(t, z):
+    tz = tf.concat([z, tf.fill([tf.shape(z)[0], 1], t)], -1)
+    return tf.tanh(tz @ w1) @ w2
+  return g
