@@ -6,7 +6,7 @@ import time
 
 import tensorflow as tf
 
-from tf_ffjord.cnf import trace_estimators as divergence
+from tf_ffjord.cnf import trace_estimators
 
 __all__ = ["PeakRSS", "eval_chains", "sync"]
 
@@ -73,7 +73,7 @@ def eval_chains(net, x, event_ndims, xla, chain=20):
   backward solve evaluates: the dynamics, its probe VJP, and the VJP of both
   with respect to the state and the weights.
   """
-  eps = divergence.sample_noise(tf.shape(x), x.dtype)
+  eps = trace_estimators.sample_noise(tf.shape(x), x.dtype)
   # Keras weights hold their tf.Variable in `.value`; tf.Variables are theirs.
   variables = [v if isinstance(v, tf.Variable) else v.value
                for v in net.trainable_variables]
@@ -82,7 +82,7 @@ def eval_chains(net, x, event_ndims, xla, chain=20):
     # The time varies as in a solve (a constant would let XLA fold the time
     # layers away and make the evaluation look cheaper than it is).
     t = 0.5 + 1e-3 * tf.cast(i, x.dtype)
-    return divergence.hutchinson(lambda z: net(t, z), z, eps,
+    return trace_estimators.hutchinson(lambda z: net(t, z), z, eps,
                                  event_ndims)[:2]
 
   def forward_chain(x):

@@ -8,8 +8,8 @@ import numpy as np
 import tensorflow as tf
 import tensorflow_probability as tfp
 
-from tf_ffjord.cnf import composite as flows
-from tf_ffjord.cnf import image_transforms as images
+from tf_ffjord.cnf import composite
+from tf_ffjord.cnf import image_transforms
 from tf_ffjord.cnf import regularizers as regs
 from tf_ffjord._types import SeedLike, TensorLike
 from tf_ffjord.cnf.augmented_ode import Solution
@@ -120,7 +120,7 @@ class FlowView:
     variable of each `FFJORD` block).
     """
     counts = [b.nfe_backward.read_value()
-              for b in flows.ffjord_blocks(self.bijector)]
+              for b in composite.ffjord_blocks(self.bijector)]
     return tf.add_n(counts) if counts else tf.constant(0, tf.int32)
 
 
@@ -186,7 +186,7 @@ def log_prob(view: FlowView, x: TensorLike,
     regularizer's name to its `[batch]` integral.
   """
   checked = regs.check(regularizers)
-  sol = flows.solve(view.eval_bijector if bijector is None else bijector,
+  sol = composite.solve(view.eval_bijector if bijector is None else bijector,
                     x, "inverse", context, seed=seed, regularizers=checked)
   sol = sol._replace(regularization={
       r.name: sol.regularization[r.name] for r in checked})
@@ -202,7 +202,7 @@ def nll_logs(view: FlowView, log_p: tf.Tensor) -> dict[str, tf.Tensor]:
   nll = -tf.reduce_mean(log_p)
   logs = {"nll": nll}
   if view.dequantize:
-    logs["bpd"] = images.bits_per_dim(-nll, view.event_size)
+    logs["bpd"] = image_transforms.bits_per_dim(-nll, view.event_size)
   return logs
 
 
@@ -235,7 +235,7 @@ def sample(view: FlowView, n: TensorLike, seed: TensorLike,
 
   def solve():
     z = base_sample(view, n, seed)
-    return flows.solve(flow, z, "forward", context).state
+    return composite.solve(flow, z, "forward", context).state
 
   x = unless_empty(tf.get_static_value(n), n, solve,
                    lambda: tf.zeros(shape, view.dtype))
@@ -251,7 +251,7 @@ def dequantize(view: FlowView, images_or_x: tf.Tensor,
   """
   x = images_or_x
   if view.dequantize and x.dtype.is_integer:
-    x = images.dequantize(x, seed=seed)
+    x = image_transforms.dequantize(x, seed=seed)
   return tf.cast(x, view.dtype)
 
 

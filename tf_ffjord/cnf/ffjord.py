@@ -11,14 +11,14 @@ from tf_ffjord._types import (Dynamics, SeedLike, ShapeLike, TensorLike,
                               TimeLength)
 from tf_ffjord.cnf.regularizers import RegularizerLike
 from tf_ffjord import solvers
-from tf_ffjord.cnf import augmented_ode as augmented
+from tf_ffjord.cnf import augmented_ode
 from tf_ffjord.cnf import contract
 from tf_ffjord.cnf import end_time
 from tf_ffjord.cnf import inputs
 from tf_ffjord.cnf import one_solve
 from tf_ffjord.cnf import options as loose_options
 from tf_ffjord.cnf import regularizers as regs
-from tf_ffjord.cnf import trace_estimators as divergence
+from tf_ffjord.cnf import trace_estimators
 from tf_ffjord.cnf import tracking
 from tf_ffjord.cnf.augmented_ode import Solution
 
@@ -52,7 +52,7 @@ class FFJORD(one_solve.OneSolveBijector):
       value), or a zero-argument callable returning a scalar tensor (read
       at every solve, so it may wrap a variable owned elsewhere).
     initial_time: t0, the time of the data end.
-    trace: a `divergence.TraceEstimator` (`Exact()`, `Hutchinson(noise,
+    trace: a `trace_estimators.TraceEstimator` (`Exact()`, `Hutchinson(noise,
       probes)` or your own subclass), or a name: `"hutchinson"`
       (Rademacher probes) or `"exact"`.
     solver: a `solvers.ODESolver` (`make_solver(name, rtol=, atol=,
@@ -119,7 +119,7 @@ class FFJORD(one_solve.OneSolveBijector):
 
   def __init__(self, dynamics: Dynamics, time_length: TimeLength = 1.0,
                initial_time: float = 0.0,
-               trace: str | divergence.TraceEstimator = "hutchinson",
+               trace: str | trace_estimators.TraceEstimator = "hutchinson",
                solver: Any = "dopri5",
                adjoint: str | solvers.Adjoint = "auto",
                jit_compile: bool | str = "auto",
@@ -133,7 +133,7 @@ class FFJORD(one_solve.OneSolveBijector):
       raise contract.DynamicsError(
           f"{contract.CONTRACT}; got {type(dynamics).__name__}, which is not "
           "callable.")
-    estimator = divergence.make_estimator(trace)
+    estimator = trace_estimators.make_estimator(trace)
     solver = solvers.make_solver(solver)
     solvers.choose_adjoint(solver, adjoint)  # validates the pair
     solvers.use_xla(jit_compile, 0, 1)  # validates the option
@@ -207,8 +207,8 @@ class FFJORD(one_solve.OneSolveBijector):
     return self._initial_time
 
   @property
-  def trace(self) -> divergence.TraceEstimator:
-    """The trace estimator (a `divergence.TraceEstimator`; it equals its name)."""
+  def trace(self) -> trace_estimators.TraceEstimator:
+    """The trace estimator (a `trace_estimators.TraceEstimator`; it equals its name)."""
     return self._trace
 
   @property
@@ -261,7 +261,7 @@ class FFJORD(one_solve.OneSolveBijector):
     eagerly through one cached `tf.function` per call signature
     (`inputs.eager_call`), in a graph directly. `_solve` builds the
     dynamics (`_build_dynamics`), sets up the augmented ODE
-    (`augmented.AugmentedODE`) and integrates it with the solver.
+    (`augmented_ode.AugmentedODE`) and integrates it with the solver.
 
     Args:
       x: `[*batch, *event]` start state: data for `"inverse"`, base samples
@@ -297,13 +297,13 @@ class FFJORD(one_solve.OneSolveBijector):
 
   def _solve(self, x, direction, context, seed, regularizers):
     """The solve of a checked input, in a graph (see `solve`)."""
-    y0, batch_shape = augmented.flatten_batch(x, self._event_ndims)
-    context = augmented.flatten_context(context, y0, x.shape.rank,
+    y0, batch_shape = augmented_ode.flatten_batch(x, self._event_ndims)
+    context = augmented_ode.flatten_context(context, y0, x.shape.rank,
                                         self._event_ndims)
     self._build_dynamics(y0.shape[1:], y0.dtype,
                          None if context is None else context.shape[1:])
     dtype = y0.dtype
-    ode = augmented.AugmentedODE(
+    ode = augmented_ode.AugmentedODE(
         self._dynamics, self._trace,
         self._trace.sample(tf.shape(y0), dtype, seed), direction,
         tf.constant(self._initial_time, dtype), self._event_ndims, regularizers)

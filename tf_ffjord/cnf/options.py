@@ -20,7 +20,7 @@ from typing import Any
 
 from tf_ffjord import solvers
 from tf_ffjord.cnf import end_time
-from tf_ffjord.cnf import trace_estimators as divergence
+from tf_ffjord.cnf import trace_estimators
 
 __all__ = ["LOOSE_OPTIONS", "ffjord_arguments", "reject_loose"]
 
@@ -93,9 +93,9 @@ def ffjord_arguments(options: Mapping[str, Any], base: Any = None,
   if "noise" in out:
     noise = out.pop("noise")
     trace = out.get("trace", getattr(base, "trace", "hutchinson"))
-    if isinstance(trace, divergence.Hutchinson):  # the block's, new noise
-      trace = divergence.Hutchinson(noise, trace.probes)
-    out["trace"] = divergence.make_estimator(trace, noise)
+    if isinstance(trace, trace_estimators.Hutchinson):  # the block's, new noise
+      trace = trace_estimators.Hutchinson(noise, trace.probes)
+    out["trace"] = trace_estimators.make_estimator(trace, noise)
   if out.pop("train_time", False):
     out["time_length"] = end_time.resolve(
         out.get("time_length", 1.0), True, name=f"{name}_end_time")

@@ -8,7 +8,7 @@ import tensorflow as tf
 import tensorflow_probability as tfp
 
 from tf_ffjord.cnf.regularizers import RegularizerLike
-from tf_ffjord.cnf import trace_estimators as divergence
+from tf_ffjord.cnf import trace_estimators
 from tf_ffjord import solvers
 from tf_ffjord._types import DTypeLike, SeedLike, TensorLike, TimeLength
 from tf_ffjord.cnf.augmented_ode import Solution
@@ -22,7 +22,7 @@ _TFP_EXACT = tfb.ffjord.trace_jacobian_exact
 _TFP_HUTCHINSON = tfb.ffjord.trace_jacobian_hutchinson
 
 
-class AugmentationTrace(divergence.TraceEstimator):
+class AugmentationTrace(trace_estimators.TraceEstimator):
   """A `tfp.bijectors.FFJORD` `trace_augmentation_fn` as a trace estimator.
 
   TFP builds the augmented dynamics once per solve from the function
@@ -81,20 +81,20 @@ class AugmentationTrace(divergence.TraceEstimator):
 
 def _trace_for(trace_augmentation_fn):
   """Our estimator for TFP's `trace_augmentation_fn` (names and ours pass)."""
-  if isinstance(trace_augmentation_fn, (str, divergence.TraceEstimator)):
-    return divergence.make_estimator(trace_augmentation_fn)
+  if isinstance(trace_augmentation_fn, (str, trace_estimators.TraceEstimator)):
+    return trace_estimators.make_estimator(trace_augmentation_fn)
   if trace_augmentation_fn is _TFP_EXACT:
-    return divergence.Exact()
+    return trace_estimators.Exact()
   if trace_augmentation_fn is _TFP_HUTCHINSON:
     # TFP's default: one standard normal probe per solve.
-    return divergence.Hutchinson("gaussian")
+    return trace_estimators.Hutchinson("gaussian")
   if callable(trace_augmentation_fn):
     return AugmentationTrace(trace_augmentation_fn)
   raise TypeError(
       "trace_augmentation_fn must be tfp.bijectors.ffjord.trace_jacobian_exact"
       ", tfp.bijectors.ffjord.trace_jacobian_hutchinson, your own function "
       "fn(ode_fn, state_shape, dtype), a tf_ffjord TraceEstimator or a name "
-      f"{divergence.TRACES}; got {trace_augmentation_fn!r}.")
+      f"{trace_estimators.TRACES}; got {trace_augmentation_fn!r}.")
 
 
 def _solver_for(ode_solve_fn):
@@ -264,7 +264,7 @@ class TFPFFJORD(FFJORD):
       ode_solve_fn: Callable[..., Any] | tfp.math.ode.Solver | str
       | solvers.Solver | None = None,
       trace_augmentation_fn: Callable[..., Any] | str
-      | divergence.TraceEstimator = _TFP_HUTCHINSON,
+      | trace_estimators.TraceEstimator = _TFP_HUTCHINSON,
       initial_time: float = 0., final_time: TimeLength = 1.,
       validate_args: bool = False, dtype: DTypeLike | None = tf.float32,
       name: str = "ffjord", *, variables_owner: Any = None,

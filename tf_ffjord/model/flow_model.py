@@ -11,7 +11,7 @@ import tensorflow_probability as tfp
 
 from tf_ffjord import validation
 from tf_ffjord._types import TensorLike
-from tf_ffjord.cnf import composite as flows
+from tf_ffjord.cnf import composite
 from tf_ffjord.cnf import density
 from tf_ffjord.cnf.ffjord import FFJORD
 from tf_ffjord.model import objectives
@@ -95,9 +95,9 @@ class FlowModel(FlowInference, keras.Model):
     self.dequantize = bool(dequantize)
     self.eval_options = density.eval_options(eval_options, self.event_size)
     self.bijector = bijector
-    self.eval_bijector = flows.with_options(bijector, **self.eval_options)
+    self.eval_bijector = composite.with_options(bijector, **self.eval_options)
     # Keras does not look inside tf.Modules: track the flows' layers here.
-    self.flow_layers = flows.keras_layers(bijector, self.eval_bijector)
+    self.flow_layers = composite.keras_layers(bijector, self.eval_bijector)
     self.base = standard_normal(self.event_shape, self._dtype())
     self.objective: objectives.Objective = objectives.MaximumLikelihood()
     object.__setattr__(self, "trackers", {})
@@ -128,13 +128,13 @@ class FlowModel(FlowInference, keras.Model):
     has seen data, even with lazily built dynamics.
     """
     del input_shape
-    probe = flows.with_options(self.bijector, solver="euler", step_size=1.0,
+    probe = composite.with_options(self.bijector, solver="euler", step_size=1.0,
                                trace="hutchinson")
     x = tf.zeros([1, *self.event_shape], self._dtype())
     context = None
     if self.context_dim:
       context = tf.zeros([1, self.context_dim], self._dtype())
-    flows.solve(probe, x, "inverse", context)
+    composite.solve(probe, x, "inverse", context)
     self.built = True
 
   # -- configuration -----------------------------------------------------
@@ -182,7 +182,7 @@ class FlowModel(FlowInference, keras.Model):
   @property
   def blocks(self) -> list[FFJORD]:
     """The flow's FFJORD blocks in data-to-base order."""
-    return flows.ffjord_blocks(self.bijector)
+    return composite.ffjord_blocks(self.bijector)
 
   @property
   def metrics(self) -> list[Any]:

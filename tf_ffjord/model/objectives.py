@@ -9,8 +9,8 @@ import tensorflow as tf
 from tf_ffjord import solvers
 from tf_ffjord._shorthand import resolve
 from tf_ffjord.cnf import density
-from tf_ffjord.cnf import trace_estimators as divergence
-from tf_ffjord.cnf import composite as flows
+from tf_ffjord.cnf import trace_estimators
+from tf_ffjord.cnf import composite
 from tf_ffjord.cnf import regularizers as regs
 from tf_ffjord.cnf.density import FlowView
 from tf_ffjord.model.flow_matching import flow_matching_loss
@@ -201,14 +201,14 @@ class MaximumLikelihood(Objective):
     return {**kinds, **dict.fromkeys(self.regularization, MEAN)}
 
   def check(self, flow: FlowView) -> None:
-    for block in flows.ffjord_blocks(flow.bijector):
+    for block in composite.ffjord_blocks(flow.bijector):
       regs.check(self.regularizers, block.trace)
 
   def loss(self, flow: FlowView, x: tf.Tensor,
            context: tf.Tensor | None = None
            ) -> tuple[tf.Tensor, dict[str, tf.Tensor]]:
     logp, sol = density.log_prob(flow, x, context, bijector=flow.bijector,
-                                 seed=divergence.replica_seed(),
+                                 seed=trace_estimators.replica_seed(),
                                  regularizers=self.regularizers)
     logs = {**density.nll_logs(flow, logp), "nfe": sol.nfe}
     loss = logs["nll"]
@@ -282,7 +282,7 @@ class FlowMatching(Objective):
     return {"fm_loss": MEAN}
 
   def check(self, flow: FlowView) -> None:
-    _, block = flows.flow_matching_parts(flow.bijector)
+    _, block = composite.flow_matching_parts(flow.bijector)
     if any(layer.trainable_weights for layer in block.keras_layers
            if layer is not block.dynamics):
       raise ValueError("Flow matching regresses a field over a fixed time "
@@ -301,7 +301,7 @@ class FlowMatching(Objective):
     # Keras' "auto" leaves XLA off on CPU, and a flow-matching step has no
     # solve whose own jit_compile would apply: decide by the solvers' rule
     # (on for dense dynamics on CPU, off for convolutions; on for GPUs).
-    _, block = flows.flow_matching_parts(flow.bijector)
+    _, block = composite.flow_matching_parts(flow.bijector)
     return solvers.use_xla(
         "auto", solvers.xla.num_weights(block.dynamics), None,
         len(flow.event_shape), solvers.xla.device_type(tf.zeros([])))
@@ -309,7 +309,7 @@ class FlowMatching(Objective):
   def loss(self, flow: FlowView, x: tf.Tensor,
            context: tf.Tensor | None = None
            ) -> tuple[tf.Tensor, dict[str, tf.Tensor]]:
-    pre, block = flows.flow_matching_parts(flow.bijector)
+    pre, block = composite.flow_matching_parts(flow.bijector)
     # Per dimension, so that learning rates and gradient clipping carry
     # over between data sets of different sizes.
     fm = tf.reduce_mean(flow_matching_loss(

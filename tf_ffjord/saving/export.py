@@ -7,7 +7,7 @@ from typing import TypeVar
 import tensorflow as tf
 
 from tf_ffjord.cnf import density
-from tf_ffjord.cnf import composite as flows
+from tf_ffjord.cnf import composite
 from tf_ffjord import validation
 
 __all__ = ["SIGNATURES", "export_model"]
@@ -43,7 +43,7 @@ class _Servable(tf.Module):
     options = {} if jit_compile == "model" else {"jit_compile": jit_compile}
     if not custom_gradients and all(
         not b.solver.own_adjoint
-        for b in flows.ffjord_blocks(view.eval_bijector)):
+        for b in composite.ffjord_blocks(view.eval_bijector)):
       # Traced without the adjoint's custom gradient, which the SavedModel
       # would not keep (and loading would warn about): the same forward
       # computation, differentiable by plain backprop through the solve.
@@ -53,14 +53,14 @@ class _Servable(tf.Module):
     # below and the traced functions.
     self._m = types.SimpleNamespace(
         view=view,
-        flow=flows.with_options(view.eval_bijector, **options),
-        hutchinson=flows.with_options(view.eval_bijector,
+        flow=composite.with_options(view.eval_bijector, **options),
+        hutchinson=composite.with_options(view.eval_bijector,
                                       trace="hutchinson", **options),
         what="images" if view.dequantize else "examples")
     # Every captured variable: the Keras weights, and the bijectors' own
     # (NFE counters), which Keras does not track.
-    blocks = (flows.ffjord_blocks(self._m.flow)
-              + flows.ffjord_blocks(self._m.hutchinson))
+    blocks = (composite.ffjord_blocks(self._m.flow)
+              + composite.ffjord_blocks(self._m.hutchinson))
     seen, captured = set(), []
     for v in [*view.variables, *(v for b in blocks for v in b.variables)]:
       if id(v) not in seen:
@@ -110,12 +110,12 @@ class _Servable(tf.Module):
 
   def _inverse(self, x, context=None):
     x, context = self._check(x, context)
-    sol = flows.solve(self._m.flow, x, "inverse", context)
+    sol = composite.solve(self._m.flow, x, "inverse", context)
     return {"z": sol.state, "log_det": sol.log_det}
 
   def _forward(self, z, context=None):
     z, context = self._check(z, context)
-    sol = flows.solve(self._m.flow, z, "forward", context)
+    sol = composite.solve(self._m.flow, z, "forward", context)
     return {"x": sol.state, "log_det": sol.log_det}
 
   def _log_prob(self, x, context=None):
