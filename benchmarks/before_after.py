@@ -24,7 +24,7 @@ import subprocess
 import sys
 import tempfile
 
-from benchmarks import latency
+from benchmarks import add_table_option, latency, printed_table
 
 __all__ = ["run_rounds", "format_table", "main"]
 
@@ -102,12 +102,9 @@ def main(argv=None):
   parser.add_argument("--after", default=".", help="checkout of the later one")
   parser.add_argument("--rounds", type=int, default=3)
   parser.add_argument("--out", default="benchmarks/results/before_after.json")
-  parser.add_argument("--table", metavar="JSON",
-                      help="print the table of a results file and exit")
+  add_table_option(parser)
   args = parser.parse_args(argv)
-  if args.table:
-    with open(args.table) as f:
-      print(format_table(json.load(f)))
+  if printed_table(args, format_table):
     return
   if not args.before:
     parser.error("--before is required (a checkout of the earlier commit)")

@@ -36,6 +36,8 @@ import sys
 import tempfile
 import time
 
+from benchmarks import add_table_option, printed_table
+
 _T_START = time.perf_counter()
 
 __all__ = ["MODELS", "PARTS", "run_part", "run_all", "measures", "format_table",
@@ -315,16 +317,13 @@ def main(argv=None):
   parser.add_argument("--env", action="append", default=[],
                       metavar="KEY=VALUE", help="set in every child")
   parser.add_argument("--out", default="benchmarks/results/latency.json")
-  parser.add_argument("--table", metavar="JSON",
-                      help="print the table of a results file and exit")
+  add_table_option(parser)
   parser.add_argument("--child", choices=PARTS, help=argparse.SUPPRESS)
   parser.add_argument("--model", help=argparse.SUPPRESS)
   parser.add_argument("--child-out", help=argparse.SUPPRESS)
   parser.add_argument("--saved", help=argparse.SUPPRESS)
   args = parser.parse_args(argv)
-  if args.table:
-    with open(args.table) as f:
-      print(format_table(json.load(f)))
+  if printed_table(args, format_table):
     return
   if args.child:
     args.part = args.child

@@ -47,6 +47,8 @@ from tf_ffjord import FFJORD, FFJORDModel, FlowModel, ODENet
 from tf_ffjord.cnf.image_transforms import LogitTransform
 from tf_ffjord.nets.unet import UNetODENet
 
+from benchmarks import add_table_option, printed_table
+
 __all__ = ["CASES", "POLICIES", "build", "run_case", "ml_toy",
            "format_table", "main"]
 
@@ -228,12 +230,9 @@ def main(argv=None):
   parser.add_argument("--out", default="benchmarks/results/precision.json")
   parser.add_argument("--ml-toy", type=int, metavar="STEPS",
                       help="run the toy maximum-likelihood check instead")
-  parser.add_argument("--table", metavar="JSON",
-                      help="print the table of a results file and exit")
+  add_table_option(parser)
   args = parser.parse_args(argv)
-  if args.table:
-    with open(args.table) as f:
-      print(format_table(json.load(f)))
+  if printed_table(args, format_table):
     return
   args.jit_compile = {"auto": "auto", "true": True,
                       "false": False}[args.jit_compile]
