@@ -101,12 +101,11 @@ def _solver_for(ode_solve_fn):
   """Our `solver=` for TFP's `ode_solve_fn`."""
   if ode_solve_fn is None:
     return "dopri5"
-  owner = getattr(ode_solve_fn, "__self__", None)
-  if (isinstance(owner, tfp.math.ode.Solver)
-      and getattr(ode_solve_fn, "__name__", None) == "solve"):
-    return owner  # a Solver's bound `solve`, as TFP users pass it
+  adapted = solvers.tfp_solver.adapt(ode_solve_fn)
+  if adapted is not None:
+    return adapted
   if callable(ode_solve_fn) and not isinstance(ode_solve_fn,
-                                               tfp.math.ode.Solver):
+                                               solvers.ODESolver):
     raise NotImplementedError(
         "ode_solve_fn must be the `solve` method of a tfp.math.ode.Solver "
         "(e.g. tfp.math.ode.DormandPrince(rtol=1e-5).solve), a "
@@ -114,7 +113,7 @@ def _solver_for(ode_solve_fn):
         f"function is not supported, got {ode_solve_fn!r}. Wrap your method "
         "in a tfp.math.ode.Solver subclass, or pass a tf_ffjord solver name "
         "or Solver (see tf_ffjord.make_solver).")
-  return ode_solve_fn  # a Solver, a name or a tf_ffjord Solver: checked later
+  return ode_solve_fn  # a name or a tf_ffjord solver: checked later
 
 
 def _keras_owners(fn, variables_owner):

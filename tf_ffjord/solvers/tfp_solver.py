@@ -196,7 +196,11 @@ def _counted(fn, counter):
 
 
 def adapt(solver: Any) -> TFPSolver | None:
-  """`TFPSolver(solver)` for a `tfp.math.ode.Solver`, else `None`."""
+  """`TFPSolver` of a `tfp.math.ode.Solver` or of its bound `solve` (TFP's `ode_solve_fn`), else `None`."""
+  owner = getattr(solver, "__self__", None)
+  if (isinstance(owner, tfp.math.ode.Solver)
+      and getattr(solver, "__name__", None) == "solve"):
+    solver = owner  # a Solver's bound `solve`, as TFP users pass it
   if isinstance(solver, tfp.math.ode.Solver):
     return TFPSolver(solver)
   return None
