@@ -80,8 +80,10 @@ def _net(spec):
 
 
 def _solver(args, trace):
-  return dict(time_length=0.5, trace=trace, solver="dopri5", rtol=args.rtol,
-              atol=args.rtol)
+  """The solve options of every flow: `FFJORD` arguments (a solver object)."""
+  from tf_ffjord import make_solver  # pylint: disable=g-import-not-at-top
+  return dict(time_length=0.5, trace=trace,
+              solver=make_solver("dopri5", rtol=args.rtol, atol=args.rtol))
 
 
 def tfp_train_step(dist, optimizer):

@@ -85,8 +85,7 @@ def build(case, policy):
                      out_channels=1, name="unetnet_0", dtype=policy)
     # ImageFlow(net="unet", multiscale=False, num_blocks=1, train_time=False)
     # with the net's policy given (ImageFlow builds its nets itself).
-    block = FFJORD(net, time_length=1.0, event_ndims=3,
-                   name="ffjord_0", )
+    block = FFJORD(net, time_length=1.0, event_ndims=3, name="ffjord_0")
     model = FlowModel(tfp.bijectors.Chain([LogitTransform(1e-6), block]),
                       (28, 28, 1), eval_options={}, dequantize=True)
     optimizer = keras.optimizers.Adam(2e-3, clipnorm=1.0)
