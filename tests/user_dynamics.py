@@ -21,7 +21,8 @@ KINDS = ("odenet", "keras", "module", "function")
 
 
 def _time_features(t, z):
-  t = tf.cast(t, z.dtype) * tf.ones_like(z[:, :1])
+  # t is a scalar in a solve, a [batch] vector in flow matching.
+  t = tf.reshape(tf.cast(t, z.dtype), [-1, 1]) * tf.ones_like(z[:, :1])
   return tf.concat([z, tf.sin(t), tf.cos(t)], axis=-1)
 
 

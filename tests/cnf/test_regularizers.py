@@ -187,10 +187,12 @@ def test_a_user_regularizer_integrates_its_rate():
   np.testing.assert_allclose(sol.regularization["scaled_speed"].numpy(),
                              2 * 2 * sol.regularization["l1"].numpy(),
                              rtol=1e-6)
+  # Against the closed form: |f| has kinks and the integrals are left out
+  # of the error norm, so the l1 integral converges at a lower order.
   for i, x in enumerate(X0):
     want = 4 * _closed_forms(x, 1.5, 1.0)["l1"]
     np.testing.assert_allclose(sol.regularization["scaled_speed"][i], want,
-                               rtol=1e-4)
+                               rtol=1e-3)
 
 
 def test_regularizers_are_objects_with_shorthands():
