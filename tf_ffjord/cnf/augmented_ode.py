@@ -72,7 +72,7 @@ class AugmentedODE:
     direction: `"inverse"` or `"forward"`.
     initial_time: t0, a scalar tensor of the state's dtype.
     event_ndims: number of event dimensions.
-    regularizers: names from `regularizers.REGULARIZERS`.
+    regularizers: checked `regularizers.Regularizer` objects (or names).
   """
 
   def __init__(self, dynamics: Dynamics, estimator: TraceEstimator,

@@ -284,9 +284,7 @@ class FFJORD(one_solve.OneSolveBijector):
       InvalidArgumentError: non-finite input, a solve beyond the solver's
         step limit, or NaN/inf met in the solve.
     """
-    if direction not in ("inverse", "forward"):
-      raise ValueError(f"direction must be 'inverse' or 'forward', got "
-                       f"{direction!r}.")
+    one_solve.check_direction(direction)
     checked = regs.check(regularizers, self._trace)
     x = self._check_input(x)
     if tf.executing_eagerly():  # one cached tf.function, not a retrace per call

@@ -231,7 +231,7 @@ def build_dynamics(dynamics: Dynamics, event_shape: ShapeLike,
     # (Keras' default `build`): it is probed once too.
     if not dynamics.built or not (dynamics.weights or probed):
       contract.probe(dynamics, event_shape, dtype, context_shape)
-      return [] if dynamics.built else None
+      return []  # its own weights: no others to find
     return None
   if probed:
     return None

@@ -27,8 +27,8 @@ __all__ = ["LOOSE_OPTIONS", "ffjord_arguments", "reject_loose"]
 # Each loose option and the FFJORD argument that carries it now.
 LOOSE_OPTIONS = {
     **{k: f"solver=make_solver('dopri5', {k}=...) (or Solver(method, "
-          "AdaptiveStepSize(...)))" for k in ("rtol", "atol", "max_num_steps",
-                                              "first_step_size")},
+          "AdaptiveStepSize(...)))" for k in solvers.SOLVER_OPTIONS
+       if k != "step_size"},
     "step_size": "solver=make_solver('rk4', step_size=...) (or "
                  "Solver('rk4', ConstantStepSize(num_steps)))",
     "gradient": "adjoint=... (a name in solvers.GRADIENTS or a "
